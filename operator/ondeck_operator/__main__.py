@@ -1,0 +1,3 @@
+from ondeck_operator.cli import main
+
+main()

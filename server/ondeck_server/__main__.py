@@ -1,0 +1,3 @@
+from ondeck_server.cli import main
+
+main()
