@@ -147,9 +147,7 @@ def build_multi_input(path: Path) -> Path:
 
     b = "batch"
     zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
-    two = helper.make_tensor(
-        "two", TensorProto.FLOAT16, [], np.array([2.0], np.float16).view(np.uint16)
-    )
+    two = helper.make_tensor("two", TensorProto.FLOAT16, [], [2.0])
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
     nodes = [
         helper.make_node("Where", ["mask", "ids", "zero"], ["masked"]),
