@@ -1,0 +1,144 @@
+"""The command lines of `ondeck-server convert` and `ondeck-server serve` built from a
+spec — the contract in docs/architecture.md — and the artifact key.
+
+`render` puts these lists into the Job and the Deployment; local mode (`ondeck run`) runs
+the very same lists as processes. Pure functions: no I/O, no defaults of the server
+repeated here beyond what the spec states (every value the spec has is passed
+explicitly, so what runs does not depend on the server's defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from ondeck_operator import __version__
+from ondeck_operator.constants import SERVER_PORT
+from ondeck_operator.types import InputSpec, ModelDeploymentSpec
+
+#: Bump when the meaning of an artifact changes without any spec field changing.
+ARTIFACT_KEY_SCHEMA = 1
+ARTIFACT_KEY_LENGTH = 16
+
+
+def artifact_key(spec: ModelDeploymentSpec) -> str:
+    """A short hash of everything that decides the artifact: the model source, the
+    optimize settings that change the output or whether it passes the accuracy gate, and
+    the ondeck version. The same spec always gives the same key; resources, timeouts and
+    everything about serving do not count."""
+    model = spec.model.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"credentials_secret"}
+    )
+    optimize = spec.optimize.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"timeout_seconds", "resources"}
+    )
+    identity = {
+        "schema": ARTIFACT_KEY_SCHEMA,
+        "ondeck": __version__,
+        "model": model,
+        "optimize": optimize,
+    }
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:ARTIFACT_KEY_LENGTH]
+
+
+def inputs_arg(inputs: list[InputSpec]) -> str:
+    """`name:dtype:[d0,d1,...]` entries joined by `;` (the `--inputs` syntax)."""
+    return ";".join(
+        f"{i.name}:{i.dtype.value}:[{','.join(str(d) for d in i.shape)}]" for i in inputs
+    )
+
+
+def _num(value: float) -> str:
+    # repr gives the shortest round-tripping form ("0.99", "2.0"), stable across runs.
+    return repr(float(value))
+
+
+def convert_args(
+    spec: ModelDeploymentSpec,
+    *,
+    store: str,
+    ref: str | None,
+    termination_log: str | None = None,
+    pvc_root: str | None = None,
+) -> list[str]:
+    """argv of `ondeck-server convert` after the program name (starts with "convert")."""
+    model, optimize = spec.model, spec.optimize
+    args = ["convert", "--source", model.uri]
+    if model.format is not None:
+        args += ["--format", model.format.value]
+    if model.sha256 is not None:
+        args += ["--sha256", model.sha256]
+    if model.inputs:
+        args += ["--inputs", inputs_arg(model.inputs)]
+    args += ["--level", optimize.level.value, "--quantize", optimize.quantize.value]
+    if optimize.calibration is not None:
+        args += ["--calibration", optimize.calibration]
+    validation = optimize.validation
+    args += [
+        "--validation-samples",
+        str(validation.samples),
+        "--min-cosine",
+        _num(validation.min_cosine),
+        "--max-top1-disagreement",
+        _num(validation.max_top1_disagreement),
+    ]
+    if model.allow_unsafe_pickle:
+        args.append("--allow-unsafe-pickle")
+    if model.s3_endpoint_url is not None:
+        args += ["--s3-endpoint-url", model.s3_endpoint_url]
+    if pvc_root is not None:
+        args += ["--pvc-root", pvc_root]
+    args += ["--store", store]
+    if ref is not None:
+        args += ["--ref", ref]
+    if termination_log is not None:
+        args += ["--termination-log", termination_log]
+    return args
+
+
+def serve_args(
+    spec: ModelDeploymentSpec,
+    *,
+    model_path: str,
+    name: str,
+    host: str = "0.0.0.0",
+    port: int = SERVER_PORT,
+    auth_token_file: str | None = None,
+) -> list[str]:
+    """argv of `ondeck-server serve` after the program name (starts with "serve")."""
+    server = spec.server
+    args = [
+        "serve",
+        "--model",
+        model_path,
+        "--name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(server.batching.max_batch_size),
+        "--max-delay-ms",
+        _num(server.batching.max_delay_ms),
+    ]
+    if server.threads is not None:
+        args += ["--threads", str(server.threads)]
+    if auth_token_file is not None:
+        args += ["--auth-token-file", auth_token_file]
+    if server.max_body_bytes is not None:
+        args += ["--max-body-bytes", str(server.max_body_bytes)]
+    if server.max_queue is not None:
+        args += ["--max-queue", str(server.max_queue)]
+    args += ["--drain-timeout", str(server.drain_timeout_seconds)]
+    return args
+
+
+def pvc_claims(spec: ModelDeploymentSpec) -> list[str]:
+    """Claims named by pvc:// URIs of the model and calibration, sorted, without repeats."""
+    claims = set()
+    for uri in (spec.model.uri, spec.optimize.calibration):
+        if uri is not None and uri.startswith("pvc://"):
+            claims.add(uri.removeprefix("pvc://").split("/", 1)[0])
+    return sorted(claims)

@@ -1,0 +1,183 @@
+"""`ondeck render`, `ondeck validate`, `ondeck crd` and `ondeck docs-reference`: the
+commands that turn ModelDeployment files into what the cluster would get, check them, and
+regenerate the files derived from the API types.
+
+A thin shell over `render`, `crd` and `reference`: read files, print or write text, exit
+non-zero with one readable line per problem. It never talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from ondeck_operator.config import ConfigError, OperatorConfig
+from ondeck_operator.constants import API_VERSION, GROUP, KIND
+from ondeck_operator.crd import CRD_PATHS, crd_yaml, validation_schema
+from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
+from ondeck_operator.render import RenderState, render
+from ondeck_operator.types import ModelDeployment, SpecError
+
+
+class InputError(Exception):
+    """A file could not be read or parsed."""
+
+
+class DriftError(Exception):
+    """A generated file differs from what the types generate."""
+
+
+FileOption = Annotated[
+    Path, typer.Option("--file", "-f", help="ModelDeployment YAML file ('-' for stdin).")
+]
+RootOption = Annotated[
+    Path, typer.Option("--root", help="Repository root the generated files live under.")
+]
+CheckOption = Annotated[
+    bool, typer.Option("--check", help="Only compare; exit 1 when a file differs.")
+]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"{type(exc).__name__}: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def _read_documents(path: Path) -> list[tuple[int, Any]]:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text)]
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise InputError(
+            f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}"
+        ) from None
+    return [(index, doc) for index, doc in enumerate(docs) if doc is not None]
+
+
+def _ours(doc: Any) -> bool:
+    return isinstance(doc, dict) and str(doc.get("apiVersion", "")).startswith(f"{GROUP}/")
+
+
+def schema_problems(doc: Any) -> list[str]:
+    """Problems the CRD's OpenAPI schema finds (what `kubectl apply` refuses)."""
+    import jsonschema  # a dev/CLI dependency; only this command needs it
+
+    validator = jsonschema.Draft202012Validator(validation_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path))):
+        where = ""
+        for part in error.absolute_path:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+        problems.append(f"{where or 'manifest'}: {error.message}")
+    return problems
+
+
+def check_manifest(doc: Any) -> list[str]:
+    """Every problem of one ModelDeployment document: schema first, then the rules."""
+    problems = schema_problems(doc)
+    try:
+        ModelDeployment.from_manifest(doc)
+    except SpecError as exc:
+        reported = {p.split(":", 1)[0] for p in problems}
+        problems += [p for p in exc.problems if p.split(":", 1)[0] not in reported]
+    return problems
+
+
+def _model_deployments(path: Path) -> Iterator[ModelDeployment]:
+    found = False
+    for _, doc in _read_documents(path):
+        if not _ours(doc):
+            continue
+        found = True
+        yield ModelDeployment.from_manifest(doc)
+    if not found:
+        raise InputError(f"{path} holds no {API_VERSION} {KIND}")
+
+
+def render_command(
+    file: FileOption,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Operator config YAML (camelCase keys).")
+    ] = None,
+) -> None:
+    """Print every object the operator would create for a ModelDeployment, as YAML."""
+    try:
+        operator_config = OperatorConfig.from_file(config) if config else OperatorConfig()
+        objects: list[dict[str, Any]] = []
+        for md in _model_deployments(file):
+            from ondeck_operator.args import artifact_key
+
+            state = RenderState(serving_key=artifact_key(md.spec), wanted_built=False)
+            objects += render(md, operator_config, state)
+    except (InputError, SpecError, ConfigError) as exc:
+        raise _fail(exc) from None
+    typer.echo(yaml.safe_dump_all(objects, sort_keys=False, width=100), nl=False)
+
+
+def validate_command(file: FileOption) -> None:
+    """Check ModelDeployment manifests against the CRD schema and the API rules."""
+    try:
+        docs = [(i, d) for i, d in _read_documents(file) if _ours(d)]
+    except InputError as exc:
+        raise _fail(exc) from None
+    if not docs:
+        raise _fail(InputError(f"{file} holds no {API_VERSION} {KIND}"))
+    failed = False
+    for index, doc in docs:
+        prefix = f"{file}" + (f" (document {index + 1})" if len(docs) > 1 else "")
+        problems = check_manifest(doc)
+        for problem in problems:
+            typer.echo(f"SpecError: {prefix}: {problem}", err=True)
+        failed = failed or bool(problems)
+        if not problems:
+            name = doc.get("metadata", {}).get("name")
+            typer.echo(f"{prefix}: {KIND} {name} is valid")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _write_or_check(root: Path, files: dict[str, str], *, check: bool, command: str) -> None:
+    stale = []
+    for relative, text in files.items():
+        path = root / relative
+        current = path.read_text(encoding="utf-8") if path.is_file() else None
+        if current == text:
+            continue
+        if check:
+            stale.append(relative)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {relative}")
+    if stale:
+        raise _fail(DriftError(f"{', '.join(stale)} differ from the API types; run `{command}`"))
+
+
+def crd_command(root: RootOption = Path("."), check: CheckOption = False) -> None:
+    """(Re)write the CRD under crds/ and charts/ondeck/crds/ from the API types."""
+    text = crd_yaml()
+    _write_or_check(root, dict.fromkeys(CRD_PATHS, text), check=check, command="ondeck crd")
+
+
+def docs_reference_command(root: RootOption = Path("."), check: CheckOption = False) -> None:
+    """(Re)write docs/reference/modeldeployment.md from the API types."""
+    _write_or_check(
+        root, {REFERENCE_PATH: reference_markdown()}, check=check, command="ondeck docs-reference"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("render")(render_command)
+    app.command("validate")(validate_command)
+    app.command("crd")(crd_command)
+    app.command("docs-reference")(docs_reference_command)

@@ -1,0 +1,135 @@
+"""Every fixed fact of the ModelDeployment API in one place: group, version, kind and
+names, label keys, the field manager, ports, mount paths, the default image, condition
+types, phases and condition reasons.
+
+Only names and values live here; nothing is computed and nothing is imported but the
+standard library. The API types (`ondeck_operator.types`) re-export the enums.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+from ondeck_operator import __version__
+
+GROUP: Final = "ondeck.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "ModelDeployment"
+LIST_KIND: Final = "ModelDeploymentList"
+PLURAL: Final = "modeldeployments"
+SINGULAR: Final = "modeldeployment"
+SHORT_NAMES: Final = ("md", "mdeploy")
+CATEGORIES: Final = ("ondeck",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+CRD_FILE: Final = f"{CRD_NAME}.yaml"
+
+#: The server-side-apply field manager of everything the operator writes.
+FIELD_MANAGER: Final = "ondeck"
+#: `app.kubernetes.io/managed-by` value, and the `app.kubernetes.io/part-of` value.
+MANAGED_BY: Final = "ondeck-operator"
+PART_OF: Final = "ondeck"
+#: `app.kubernetes.io/name` of every child (the application is the ondeck model server).
+APP_NAME: Final = "ondeck-server"
+
+# Label keys: the app.kubernetes.io recommended set plus ondeck's own.
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_VERSION: Final = "app.kubernetes.io/version"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+#: Every child carries it; its value is the ModelDeployment's name.
+LABEL_MODEL_DEPLOYMENT: Final = f"{GROUP}/model-deployment"
+#: The artifact key a Job builds, a PVC holds, or a Deployment's pods serve.
+LABEL_ARTIFACT_KEY: Final = f"{GROUP}/artifact-key"
+#: Label prefixes a user may not set through `spec.server.podLabels`.
+RESERVED_LABEL_PREFIXES: Final = ("app.kubernetes.io/", f"{GROUP}/")
+
+ANNOTATION_ARTIFACT_KEY: Final = f"{GROUP}/artifact-key"
+ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"
+
+# app.kubernetes.io/component values.
+COMPONENT_SERVER: Final = "server"
+COMPONENT_CONVERTER: Final = "converter"
+COMPONENT_ARTIFACTS: Final = "artifacts"
+
+DEFAULT_IMAGE: Final = f"ghcr.io/ondeck/ondeck-server:{__version__}"
+SERVER_PROGRAM: Final = "ondeck-server"
+SERVER_PORT: Final = 8080
+SERVER_PORT_NAME: Final = "http"
+SERVICE_PORT: Final = 80
+CONVERT_CONTAINER: Final = "convert"
+SERVER_CONTAINER: Final = "server"
+
+# V2 (Open Inference Protocol) endpoints the probes and scrapers use.
+HEALTH_LIVE_PATH: Final = "/v2/health/live"
+HEALTH_READY_PATH: Final = "/v2/health/ready"
+METRICS_PATH: Final = "/metrics"
+
+# Paths inside the pods.
+ARTIFACT_MOUNT_PATH: Final = "/artifacts"
+SOURCES_MOUNT_PATH: Final = "/sources"
+TMP_MOUNT_PATH: Final = "/tmp"
+AUTH_MOUNT_PATH: Final = "/var/run/secrets/ondeck/auth"
+AUTH_TOKEN_FILE: Final = "token"
+TERMINATION_LOG_PATH: Final = "/dev/termination-log"
+
+# Volume names.
+VOLUME_ARTIFACTS: Final = "artifacts"
+VOLUME_TMP: Final = "tmp"
+VOLUME_AUTH: Final = "auth-token"
+VOLUME_SOURCE_PREFIX: Final = "source-"
+
+#: Kubernetes length limits (characters).
+DNS_LABEL_MAX: Final = 63
+DNS_SUBDOMAIN_MAX: Final = 253
+LABEL_VALUE_MAX: Final = 63
+
+
+class Phase(StrEnum):
+    """`status.phase`: one word for humans; conditions are the API."""
+
+    PENDING = "Pending"
+    CONVERTING = "Converting"
+    DEPLOYING = "Deploying"
+    READY = "Ready"
+    FAILED = "Failed"
+
+
+class ConditionType(StrEnum):
+    """`status.conditions[].type`."""
+
+    #: The model is served at the wanted version and enough replicas are available.
+    READY = "Ready"
+    #: The artifact for the current spec is built and validated.
+    ARTIFACT_READY = "ArtifactReady"
+    #: The Deployment has its minimum number of available replicas.
+    AVAILABLE = "Available"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Reason(StrEnum):
+    """`status.conditions[].reason`: CamelCase, one per distinct cause."""
+
+    PENDING = "Pending"
+    CONVERTING = "Converting"
+    ARTIFACT_BUILT = "ArtifactBuilt"
+    CONVERSION_FAILED = "ConversionFailed"
+    CONVERSION_TIMED_OUT = "ConversionTimedOut"
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    VALIDATION_FAILED = "ValidationFailed"
+    SOURCE_UNAVAILABLE = "SourceUnavailable"
+    INVALID_SPEC = "InvalidSpec"
+    APPLY_FAILED = "ApplyFailed"
+    DEPLOYING = "Deploying"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    REPLICAS_AVAILABLE = "ReplicasAvailable"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    READY = "Ready"

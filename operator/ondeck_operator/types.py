@@ -1,0 +1,858 @@
+"""The ModelDeployment API (`ondeck.io/v1alpha1`) as pydantic v2 models: spec, status,
+defaults, bounds and cross-field rules. These models are the source of truth: the CRD
+(`ondeck crd`) and the reference page (`ondeck docs-reference`) are generated from them.
+
+Field names are snake_case in Python and camelCase in manifests (aliases; both are
+accepted). Cross-field rules are `Rule`s, checked here and, as CEL, by the API server.
+
+This module does no I/O and imports neither kopf nor kubernetes.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+
+from ondeck_operator.constants import (
+    API_VERSION,
+    DNS_LABEL_MAX,
+    KIND,
+    RESERVED_LABEL_PREFIXES,
+    ConditionStatus,
+    ConditionType,
+    Phase,
+    Reason,
+)
+from ondeck_operator.rules import RULE_ERROR, Rule, RuleChecked, add_rules_to_schema
+
+__all__ = [
+    "ArtifactPVC",
+    "ArtifactReport",
+    "ArtifactsSpec",
+    "AuthSpec",
+    "AutoscalingSpec",
+    "BatchingSpec",
+    "Condition",
+    "ConditionStatus",
+    "ConditionType",
+    "CustomMetric",
+    "EnvVar",
+    "EnvVarSource",
+    "Format",
+    "IngressSpec",
+    "IngressTLS",
+    "InputSpec",
+    "KeySelector",
+    "ModelDeployment",
+    "ModelDeploymentSpec",
+    "ModelDeploymentStatus",
+    "ModelSource",
+    "ObjectMeta",
+    "OptimizationLevel",
+    "OptimizeSpec",
+    "Phase",
+    "Quantize",
+    "Reason",
+    "ResourceRequirements",
+    "ServerSpec",
+    "ServiceSpec",
+    "SpecError",
+    "TensorDType",
+    "Toleration",
+    "ValidationSpec",
+]
+
+
+class SpecError(ValueError):
+    """A ModelDeployment manifest is invalid. `problems` holds one line per problem,
+    each naming the field (`spec.autoscaling.minReplicas: ...`) and the rule."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------- enums
+
+
+class Format(StrEnum):
+    """The source model's format; `ondeck-server convert --format`."""
+
+    ONNX = "onnx"
+    PYTORCH = "pytorch"
+    SKLEARN = "sklearn"
+
+
+class OptimizationLevel(StrEnum):
+    """onnxruntime graph optimization level saved offline; `--level`."""
+
+    DISABLED = "disabled"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+class Quantize(StrEnum):
+    """Weight quantization; `--quantize`. int8 is dynamic; int8-static needs calibration."""
+
+    NONE = "none"
+    INT8 = "int8"
+    INT8_STATIC = "int8-static"
+    FP16 = "fp16"
+
+
+class TensorDType(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    FLOAT64 = "float64"
+    INT8 = "int8"
+    INT16 = "int16"
+    INT32 = "int32"
+    INT64 = "int64"
+    UINT8 = "uint8"
+    BOOL = "bool"
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class PathType(StrEnum):
+    PREFIX = "Prefix"
+    EXACT = "Exact"
+    IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"
+
+
+class AccessMode(StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_ONLY_MANY = "ReadOnlyMany"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
+class PullPolicy(StrEnum):
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class TolerationOperator(StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+# ----------------------------------------------------------------- scalar types
+
+DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_1035_RE = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOST_RE = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY_RE = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+URI_RE = r"^((file|https?|s3|gs|hf|pvc)://\S+|[^:\s]\S*)$"
+PVC_URI_RE = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S+$"
+_QUANTITY = re.compile(QUANTITY_RE)
+
+#: A Kubernetes object name (DNS-1123 subdomain).
+ObjectName = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_RE)
+]
+
+
+def _to_quantity(value: object) -> object:
+    if isinstance(value, bool):
+        return value  # refused below: a bool is no quantity
+    if isinstance(value, int | float):
+        value = str(value)
+    if isinstance(value, str) and not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
+    return value
+
+
+#: A Kubernetes resource quantity (`500m`, `2`, `1Gi`); integers are accepted.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_to_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_RE,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+#: A free-form Kubernetes object passed through unchanged (e.g. an Affinity).
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class _Model(RuleChecked):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        json_schema_extra=add_rules_to_schema,
+    )
+
+
+# ----------------------------------------------------------------------- model
+
+
+class InputSpec(_Model):
+    """One model input, for formats whose inputs cannot be read from the file (PyTorch)."""
+
+    name: str = Field(
+        min_length=1, max_length=128, pattern=r"^[^:;\s]+$", description="Input tensor name."
+    )
+    dtype: TensorDType = Field(description="Element type.")
+    shape: list[Annotated[int, Field(ge=-1)]] = Field(
+        max_length=8, description="Dimensions; -1 for a dynamic dimension (e.g. the batch)."
+    )
+
+
+class ModelSource(_Model):
+    """Where the model comes from and how to read it."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="uri",
+            cel="!self.uri.startsWith('pvc://') || self.uri.matches(r'" + PVC_URI_RE + "')",
+            message="a pvc:// uri must be pvc://<claim>/<path> with a valid claim name",
+            check=lambda m: not m.uri.startswith("pvc://") or re.match(PVC_URI_RE, m.uri),
+        ),
+        Rule(
+            field="inputs",
+            cel="!has(self.format) || self.format != 'pytorch' || "
+            "(has(self.inputs) && size(self.inputs) > 0)",
+            message="format pytorch needs inputs (name, dtype and shape of each input)",
+            check=lambda m: m.format != Format.PYTORCH or bool(m.inputs),
+        ),
+    )
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=URI_RE,
+        description="Model location: file://, a plain path, http(s)://, s3://bucket/key, "
+        "gs://bucket/key, hf://repo/file or pvc://<claim>/<path>.",
+    )
+    format: Format | None = Field(
+        default=None, description="Source format; inferred from the file when omitted."
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[a-f0-9]{64}$",
+        description="Expected SHA-256 of the fetched file (lower-case hex); a mismatch fails "
+        "the conversion and nothing is deployed.",
+    )
+    credentials_secret: ObjectName | None = Field(
+        default=None,
+        description="Secret in the same namespace whose keys (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, HF_TOKEN, ...) become "
+        "environment variables of the conversion Job.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        alias="s3EndpointURL",
+        pattern=r"^https?://\S+$",
+        max_length=2048,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, ...).",
+    )
+    inputs: list[InputSpec] | None = Field(
+        default=None,
+        max_length=64,
+        description="Model inputs; required for pytorch, optional otherwise.",
+    )
+    allow_unsafe_pickle: bool = Field(
+        default=False,
+        description="Allow joblib/pickle scikit-learn files, which run code when loaded. "
+        "Only for models you trust; prefer skops or ONNX.",
+    )
+
+
+class ValidationSpec(_Model):
+    """The accuracy gate: the optimized model must agree with the original."""
+
+    samples: int = Field(default=64, ge=1, le=10000, description="Number of inputs compared.")
+    min_cosine: float = Field(
+        default=0.99,
+        ge=0.0,
+        le=1.0,
+        description="Lowest allowed cosine similarity between original and optimized outputs.",
+    )
+    max_top1_disagreement: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Highest allowed fraction of samples whose arg-max differs.",
+    )
+
+
+class OptimizeSpec(_Model):
+    """How the conversion Job optimizes and checks the model."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="calibration",
+            cel="self.quantize != 'int8-static' || has(self.calibration)",
+            message="quantize int8-static needs calibration (a .npz of input arrays)",
+            check=lambda m: m.quantize != Quantize.INT8_STATIC or m.calibration is not None,
+        ),
+        Rule(
+            field="calibration",
+            cel="!has(self.calibration) || !self.calibration.startsWith('pvc://') || "
+            "self.calibration.matches(r'" + PVC_URI_RE + "')",
+            message="a pvc:// calibration must be pvc://<claim>/<path> with a valid claim name",
+            check=lambda m: (
+                m.calibration is None
+                or not m.calibration.startswith("pvc://")
+                or re.match(PVC_URI_RE, m.calibration)
+            ),
+        ),
+    )
+
+    level: OptimizationLevel = Field(
+        default=OptimizationLevel.BASIC,
+        description="onnxruntime graph optimization level; basic is hardware independent.",
+    )
+    quantize: Quantize = Field(default=Quantize.NONE, description="Weight quantization.")
+    calibration: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=URI_RE,
+        description="A .npz of input arrays for int8-static, fetched like the model.",
+    )
+    validation: ValidationSpec = Field(
+        default_factory=ValidationSpec,
+        json_schema_extra={"default": {}},
+        description="Accuracy gate between the original and the optimized model.",
+    )
+    timeout_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="Deadline of the conversion Job (activeDeadlineSeconds).",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="Resources of the conversion Job; the operator's default when omitted.",
+    )
+
+
+class ResourceRequirements(_Model):
+    """Container resources, as in a Pod spec."""
+
+    requests: dict[str, Quantity] | None = Field(
+        default=None, max_length=16, description="Minimum resources, e.g. cpu: 500m."
+    )
+    limits: dict[str, Quantity] | None = Field(
+        default=None, max_length=16, description="Maximum resources, e.g. memory: 2Gi."
+    )
+
+
+OptimizeSpec.model_rebuild()
+
+
+class BatchingSpec(_Model):
+    """Dynamic batching of concurrent requests in the server."""
+
+    max_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Largest batch; 1 turns batching off."
+    )
+    max_delay_ms: float = Field(
+        default=2.0, ge=0.0, le=1000.0, description="Longest wait to fill a batch."
+    )
+
+
+class AuthSpec(_Model):
+    """Bearer-token authentication of inference requests."""
+
+    secret_name: ObjectName = Field(description="Secret holding the token.")
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the token in the Secret.",
+    )
+
+
+class KeySelector(_Model):
+    name: ObjectName = Field(description="Name of the Secret or ConfigMap.")
+    key: str = Field(min_length=1, max_length=253, description="Key in it.")
+    optional: bool | None = Field(default=None, description="Whether it may be missing.")
+
+
+class EnvVarSource(_Model):
+    """One source of an environment variable's value."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="secretKeyRef",
+            cel="[has(self.secretKeyRef), has(self.configMapKeyRef)].filter(x, x).size() == 1",
+            message="set exactly one of secretKeyRef and configMapKeyRef",
+            check=lambda m: (m.secret_key_ref is None) != (m.config_map_key_ref is None),
+        ),
+    )
+
+    secret_key_ref: KeySelector | None = Field(default=None, description="A Secret key.")
+    config_map_key_ref: KeySelector | None = Field(default=None, description="A ConfigMap key.")
+
+
+class EnvVar(_Model):
+    """An environment variable of the server container."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="valueFrom",
+            cel="!(has(self.value) && has(self.valueFrom))",
+            message="set value or valueFrom, not both",
+            check=lambda m: m.value is None or m.value_from is None,
+        ),
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        description="Variable name.",
+    )
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: EnvVarSource | None = Field(default=None, description="Value from a key.")
+
+
+class Toleration(_Model):
+    """A toleration of the server pods, as in a Pod spec."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: TolerationOperator | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: TaintEffect | None = None
+    toleration_seconds: int | None = None
+
+
+class ServerSpec(_Model):
+    """The inference server Deployment."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="podLabels",
+            cel="!has(self.podLabels) || self.podLabels.all(k, "
+            + " && ".join(f"!k.startsWith('{p}')" for p in RESERVED_LABEL_PREFIXES)
+            + ")",
+            message="podLabels may not use the reserved prefixes "
+            + " or ".join(RESERVED_LABEL_PREFIXES),
+            check=lambda m: (
+                not any(k.startswith(RESERVED_LABEL_PREFIXES) for k in m.pod_labels or {})
+            ),
+        ),
+    )
+
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Server image; the operator's default when omitted. The conversion "
+        "Job runs the same image.",
+    )
+    image_pull_policy: PullPolicy | None = Field(default=None, description="Pull policy.")
+    image_pull_secrets: list[ObjectName] | None = Field(
+        default=None, max_length=16, description="Names of image pull Secrets."
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Replicas when autoscaling is off (the scale subresource sets it).",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "1", "memory": "1Gi"}, limits={"memory": "2Gi"}
+        ),
+        json_schema_extra={
+            "default": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+        },
+        description="Server container resources.",
+    )
+    batching: BatchingSpec = Field(
+        default_factory=BatchingSpec,
+        json_schema_extra={"default": {}},
+        description="Dynamic batching.",
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="onnxruntime intra-op threads; the container's CPU quota when omitted.",
+    )
+    max_body_bytes: int | None = Field(
+        default=None, ge=1024, description="Largest request body; 413 past it."
+    )
+    max_queue: int | None = Field(
+        default=None, ge=1, description="Most queued requests; 503 with Retry-After past it."
+    )
+    drain_timeout_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="On shutdown, how long in-flight requests may finish.",
+    )
+    auth: AuthSpec | None = Field(default=None, description="Require a bearer token.")
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=128, description="Extra environment variables."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Node selector of the server pods."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=64, description="Tolerations of the server pods."
+    )
+    affinity: FreeForm | None = Field(
+        default=None, description="Affinity of the server pods, as in a Pod spec."
+    )
+    service_account_name: ObjectName | None = Field(
+        default=None, description="ServiceAccount of the server and conversion pods."
+    )
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Extra annotations of the server pods."
+    )
+    pod_labels: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Extra labels of the server pods."
+    )
+
+
+class CustomMetric(_Model):
+    """A per-pod metric (from a metrics adapter) to scale on, as an average target."""
+
+    name: str = Field(
+        min_length=1, max_length=253, description="Metric name, e.g. ondeck_queue_depth."
+    )
+    target_average_value: Quantity = Field(description="Wanted average value per pod.")
+
+
+class AutoscalingSpec(_Model):
+    """A HorizontalPodAutoscaler for the server; `server.replicas` is then ignored."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="minReplicas",
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda m: m.min_replicas <= m.max_replicas,
+        ),
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    target_cpu_utilization: int = Field(
+        default=70,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilization",
+        description="Wanted average CPU use, percent of the CPU request.",
+    )
+    metric: CustomMetric | None = Field(
+        default=None, description="Also scale on this per-pod metric."
+    )
+
+
+class ServiceSpec(_Model):
+    """The Service in front of the server pods."""
+
+    type: ServiceType = Field(default=ServiceType.CLUSTER_IP, description="Service type.")
+    port: int = Field(default=80, ge=1, le=65535, description="Service port.")
+    annotations: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Service annotations."
+    )
+
+
+class IngressTLS(_Model):
+    secret_name: ObjectName = Field(description="Secret with the TLS certificate and key.")
+
+
+class IngressSpec(_Model):
+    """An Ingress (networking.k8s.io/v1) to the Service."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="tls",
+            cel="!has(self.tls) || has(self.host)",
+            message="tls needs host (the certificate is for a host name)",
+            check=lambda m: m.tls is None or m.host is not None,
+        ),
+    )
+
+    host: str | None = Field(
+        default=None, max_length=253, pattern=HOST_RE, description="Host name; all when omitted."
+    )
+    path: str = Field(
+        default="/",
+        min_length=1,
+        max_length=1024,
+        pattern=r"^/\S*$",
+        description="Path matched on the request (the server sees it unchanged).",
+    )
+    path_type: PathType = Field(default=PathType.PREFIX, description="How path matches.")
+    class_name: str | None = Field(default=None, max_length=253, description="IngressClass name.")
+    annotations: dict[str, str] | None = Field(
+        default=None, max_length=64, description="Ingress annotations."
+    )
+    tls: IngressTLS | None = Field(default=None, description="Serve HTTPS for host.")
+
+
+class ArtifactPVC(_Model):
+    """The PersistentVolumeClaim the conversion Job writes the artifact to."""
+
+    size: Quantity = Field(default="5Gi", description="Claim size.")
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="StorageClass; the operator's default, else the cluster's, when omitted.",
+    )
+    access_modes: list[AccessMode] = Field(
+        default_factory=lambda: [AccessMode.READ_WRITE_ONCE],
+        min_length=1,
+        max_length=4,
+        json_schema_extra={"default": ["ReadWriteOnce"]},
+        description="Access modes; ReadOnlyMany or ReadWriteMany when replicas span nodes.",
+    )
+
+
+class ArtifactsSpec(_Model):
+    """Where artifacts are stored: a claim per artifact (default), or an existing claim."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="existingClaim",
+            cel="!(has(self.pvc) && has(self.existingClaim))",
+            message="set pvc or existingClaim, not both",
+            check=lambda m: m.pvc is None or m.existing_claim is None,
+        ),
+    )
+
+    pvc: ArtifactPVC | None = Field(
+        default=None, description="Settings of the claim created per artifact."
+    )
+    existing_claim: ObjectName | None = Field(
+        default=None,
+        description="Use this existing claim as the artifact store instead (shared, "
+        "usually ReadWriteMany).",
+    )
+
+
+class ModelDeploymentSpec(_Model):
+    """The wanted state: a model, how to optimize it, and how to serve it."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="autoscaling",
+            cel="!has(self.autoscaling) || (has(self.server) && has(self.server.resources) "
+            "&& has(self.server.resources.requests) && 'cpu' in self.server.resources.requests)",
+            message="autoscaling needs server.resources.requests.cpu "
+            "(the CPU target is a percentage of it)",
+            check=lambda m: m.autoscaling is None or "cpu" in (m.server.resources.requests or {}),
+        ),
+    )
+
+    model: ModelSource = Field(description="The model to serve.")
+    optimize: OptimizeSpec = Field(
+        default_factory=OptimizeSpec,
+        json_schema_extra={"default": {}},
+        description="Optimization, quantization and the accuracy gate.",
+    )
+    server: ServerSpec = Field(
+        default_factory=ServerSpec,
+        json_schema_extra={"default": {}},
+        description="The inference server.",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale the server with a HorizontalPodAutoscaler."
+    )
+    service: ServiceSpec = Field(
+        default_factory=ServiceSpec,
+        json_schema_extra={"default": {}},
+        description="The Service.",
+    )
+    ingress: IngressSpec | None = Field(default=None, description="Expose through an Ingress.")
+    artifacts: ArtifactsSpec = Field(
+        default_factory=ArtifactsSpec,
+        json_schema_extra={"default": {}},
+        description="Artifact storage.",
+    )
+
+    def wanted_replicas(self) -> int:
+        """The fewest replicas the user asked for (the HPA's minimum when autoscaling)."""
+        return self.autoscaling.min_replicas if self.autoscaling else self.server.replicas
+
+
+# ---------------------------------------------------------------------- status
+
+
+class _Status(_Model):
+    # Status is written by the operator; tolerate fields from newer operators.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(_Status):
+    """A condition, as in Kubernetes API conventions (metav1.Condition)."""
+
+    type: str = Field(max_length=316, description="Ready, ArtifactReady or Available.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase cause.",
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When status last changed (RFC 3339).",
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The generation this condition was computed for."
+    )
+
+
+class TensorReport(_Status):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ArtifactReport(_Status):
+    """What the conversion produced (from its JSON summary)."""
+
+    key: str | None = Field(default=None, description="Artifact key (hash of the inputs).")
+    digest: str | None = Field(default=None, description="Content digest of the artifact.")
+    path: str | None = Field(default=None, description="Path in the artifact store.")
+    size_bytes: int | None = Field(default=None, description="Optimized model size.")
+    original_size_bytes: int | None = Field(default=None, description="Source model size.")
+    format: str | None = Field(default=None, description="Source format.")
+    quantize: str | None = Field(default=None, description="Quantization applied.")
+    inputs: list[TensorReport] | None = Field(default=None, description="Model inputs.")
+    outputs: list[TensorReport] | None = Field(default=None, description="Model outputs.")
+    validation: FreeForm | None = Field(default=None, description="Accuracy gate report.")
+    cached: bool | None = Field(default=None, description="Whether it already existed.")
+
+
+class ModelDeploymentStatus(_Status):
+    """The observed state, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The generation the operator last acted on."
+    )
+    phase: Phase | None = Field(default=None, description="One-word summary.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, ArtifactReady and Available.",
+    )
+    url: str | None = Field(default=None, description="Inference URL of the model.")
+    artifact: ArtifactReport | None = Field(default=None, description="The artifact being served.")
+    replicas: int | None = Field(default=None, description="Server pods.")
+    ready_replicas: int | None = Field(default=None, description="Ready server pods.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the server pods (scale subresource)."
+    )
+
+
+# ------------------------------------------------------------------------ root
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metadata ondeck reads; everything else is kept as is."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str = Field(min_length=1, max_length=DNS_LABEL_MAX, pattern=DNS_1035_RE)
+    namespace: str | None = Field(default=None, max_length=DNS_LABEL_MAX, pattern=DNS_LABEL_RE)
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ModelDeployment(BaseModel):
+    """A model served on Kubernetes: fetched, converted to ONNX, optimized, validated,
+    and served behind a Service, an optional Ingress and an optional autoscaler."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    api_version: Literal["ondeck.io/v1alpha1"] = Field(default=API_VERSION)
+    kind: Literal["ModelDeployment"] = Field(default=KIND)
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: object) -> Self:
+        """Validate a parsed YAML/JSON object; raise `SpecError` naming every problem."""
+        if not isinstance(manifest, dict):
+            raise SpecError([f"manifest: expected a mapping, got {type(manifest).__name__}"])
+        try:
+            return cls.model_validate(manifest)
+        except ValidationError as exc:
+            raise SpecError(format_errors(exc)) from None
+
+    def to_manifest(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: `spec.autoscaling.minReplicas: <what is wrong>`."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        # A tagged-union or wrapper step adds noise to the path; drop what is no field.
+        loc = [p for p in loc if not p.startswith("function-")]
+        if err["type"] == RULE_ERROR:
+            loc.append(str(err.get("ctx", {}).get("field", "")))
+        where = _join_loc(loc) or "manifest"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see docs/reference/modeldeployment.md)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def _join_loc(parts: list[str]) -> str:
+    out = ""
+    for part in parts:
+        if part.isdigit():
+            out += f"[{part}]"
+        elif out:
+            out += f".{part}"
+        else:
+            out = part
+    return out
