@@ -140,9 +140,14 @@ def publish(staging: Path, store: Path, digest: str) -> Path:
     return final
 
 
+def valid_ref_name(ref: str) -> bool:
+    """True when `ref` can name `<store>/refs/<ref>`."""
+    return _REF_NAME.match(ref) is not None
+
+
 def point_ref(store: Path, ref: str, digest: str) -> Path:
     """Atomically point `<store>/refs/<ref>` at `<store>/<digest>`."""
-    if not _REF_NAME.match(ref):
+    if not valid_ref_name(ref):
         raise ArtifactError(
             f"ref name {ref!r} must be lower-case letters, digits, '.', '_' or '-' (≤ 253)"
         )

@@ -1,0 +1,144 @@
+"""Small helpers around ONNX files shared by the converters and stages: saving (with
+external data past protobuf's 2 GB limit), the files a model consists of, its declared
+inputs/outputs in V2 terms, and an onnxruntime runner. No conversion logic lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ondeck_server.artifact import TensorInfo
+
+if TYPE_CHECKING:
+    import onnx
+
+# protobuf cannot serialize a message of 2 GiB or more; stay well below it.
+LARGE_BYTES = 1_800_000_000
+EXTERNAL_DATA_SUFFIX = ".data"
+
+Feeds = dict[str, np.ndarray]
+Runner = Callable[[Feeds], list[np.ndarray]]
+
+_V2_OF_NUMPY = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "float64": "FP64",
+    "int64": "INT64",
+    "int32": "INT32",
+    "int16": "INT16",
+    "int8": "INT8",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "bool": "BOOL",
+    "object": "BYTES",
+}
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Save `model`; tensors go to `<name>.data` next to it when the model is large."""
+    import onnx
+
+    large = model.ByteSize() > LARGE_BYTES
+    if large:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + EXTERNAL_DATA_SUFFIX,
+        )
+    else:
+        onnx.save_model(model, str(path))
+
+
+def normalize_opsets(model: onnx.ModelProto, *, default_version: int = 17) -> bool:
+    """One opset import per domain (the highest version), and the default ONNX domain
+    present: skl2onnx repeats the default domain, and leaves it out of models made only
+    of ai.onnx.ml operators, which onnxruntime's quantizer refuses. True if changed."""
+    import onnx
+
+    versions: dict[str, int] = {}
+    for op in model.opset_import:
+        domain = "" if op.domain == "ai.onnx" else op.domain
+        versions[domain] = max(versions.get(domain, 0), op.version)
+    versions.setdefault("", default_version)
+    wanted = sorted(versions.items())
+    current = sorted((op.domain, op.version) for op in model.opset_import)
+    if current == wanted:
+        return False
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in wanted)
+    return True
+
+
+def external_data_locations(path: Path) -> list[str]:
+    """The external data files a model refers to (relative to its folder)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    found: list[str] = []
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in found:
+                    found.append(entry.value)
+    return found
+
+
+def model_files(path: Path) -> list[Path]:
+    """`path` and the external data files it refers to."""
+    return [path, *(path.parent / loc for loc in external_data_locations(path))]
+
+
+def total_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in model_files(path) if p.is_file())
+
+
+def io_info(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The graph inputs (without initializers) and outputs, as V2 names/datatypes/shapes."""
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [_info(v) for v in model.graph.input if v.name not in initializers]
+    outputs = [_info(v) for v in model.graph.output]
+    return inputs, outputs
+
+
+def _info(value: Any) -> TensorInfo:
+    import onnx
+
+    tensor_type = value.type.tensor_type
+    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+    return TensorInfo(
+        name=value.name, datatype=_V2_OF_NUMPY.get(np_dtype.name, "BYTES"), shape=dims
+    )
+
+
+def session(path: Path, *, threads: int = 1, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session (graph optimization as onnxruntime does by default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def runner(path: Path, *, threads: int = 1) -> Runner:
+    sess = session(path, threads=threads)
+
+    def run(feeds: Feeds) -> list[np.ndarray]:
+        return [np.asarray(o) for o in sess.run(None, feeds)]
+
+    return run

@@ -1,0 +1,349 @@
+"""The pipeline: fetch → (cache check) → convert → optimize → quantize → validate →
+publish, for one ConvertRequest.
+
+Idempotent: the digest is known once the source is fetched; when `<store>/<digest>` is a
+complete, valid artifact, nothing else runs and the outcome says `cached`. Crash safe:
+all work happens in locked `.tmp-*` folders inside the store, the artifact appears
+under its final name by one rename, and stale temporary folders are removed first.
+Reports stage timings through `Events`; prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ondeck_server import artifact
+from ondeck_server.pipeline import onnx_tools, store
+from ondeck_server.pipeline.converted import Converted
+from ondeck_server.pipeline.digest import compute_digest, converter_versions
+from ondeck_server.pipeline.errors import (
+    InvalidSettings,
+    PipelineError,
+    StoreFailed,
+    UnsupportedFormat,
+)
+from ondeck_server.pipeline.fetch import (
+    Fetched,
+    FetchSettings,
+    NoProgress,
+    Progress,
+    fetch,
+    file_sha256,
+    sibling_uri,
+)
+from ondeck_server.pipeline.formats import Format, SourceKind, infer_kind
+from ondeck_server.pipeline.inputs_spec import InputSpec, render_inputs
+from ondeck_server.pipeline.onnx_tools import Feeds
+from ondeck_server.pipeline.optimize import OptimizationLevel, optimize
+from ondeck_server.pipeline.quantize import Quantize, quantize
+from ondeck_server.pipeline.validate import MAX_BATCH, Thresholds, make_samples, validate
+
+
+class ConvertRequest(BaseModel):
+    """Everything `ondeck-server convert` was asked to do."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    store: Path
+    format: Format | None = None
+    sha256: str | None = None
+    inputs: list[InputSpec] | None = None
+    level: OptimizationLevel = OptimizationLevel.BASIC
+    quantize: Quantize = Quantize.NONE
+    calibration: str | None = None
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    allow_unsafe_pickle: bool = False
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    ref: str | None = None
+
+
+class Outcome(BaseModel):
+    manifest: artifact.Manifest
+    path: Path
+    cached: bool
+
+
+class Events(Protocol):
+    """Where the pipeline reports progress (the CLI prints it on stderr)."""
+
+    def stage(self, name: str, seconds: float, detail: str) -> None: ...
+
+    def bytes_progress(self) -> Progress: ...
+
+
+class _Silent:
+    def stage(self, name: str, seconds: float, detail: str) -> None:
+        pass
+
+    def bytes_progress(self) -> Progress:
+        return NoProgress()
+
+
+class _Clock:
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[list[str]]:
+        detail: list[str] = []
+        start = time.perf_counter()
+        yield detail
+        seconds = time.perf_counter() - start
+        self.timings[name] = round(seconds, 3)
+        self.events.stage(name, seconds, " ".join(detail))
+
+
+def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome:
+    """Run the pipeline; raise a PipelineError subclass on any failure."""
+    events = events or _Silent()
+    if request.quantize is Quantize.INT8_STATIC and request.calibration is None:
+        raise InvalidSettings(
+            "--quantize int8-static needs --calibration: an .npz with one array per model "
+            "input (first dimension = samples); or use --quantize int8 (dynamic)"
+        )
+    root = request.store
+    try:
+        store.clean_stale(root)
+        with store.work_dir(root) as work:
+            return _convert(request, work=work, events=events)
+    except OSError as exc:
+        mapped = store.disk_error(exc, root)
+        if mapped is None:
+            raise StoreFailed(f"writing the artifact to {root} failed: {exc}") from None
+        raise mapped from None
+    except PipelineError as exc:
+        if not isinstance(exc, StoreFailed) and store.nearly_full(root):
+            raise StoreFailed(
+                f"the artifact store {root} is full ({exc.one_line()}); give it more room "
+                "(spec.artifacts.pvc.size) or remove unused artifacts"
+            ) from None
+        raise
+
+
+def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
+    clock = _Clock(events)
+    downloads = work / "download"
+    with clock.stage("fetch") as detail:
+        source = fetch(
+            request.source,
+            dest=downloads,
+            settings=request.fetch,
+            expected_sha256=request.sha256,
+            progress=events.bytes_progress(),
+        )
+        name = Path(source.path).name
+        kind = infer_kind(source.path, declared=request.format, name=name)
+        extra = _fetch_external_data(source, kind=kind, request=request, dest=downloads)
+        calibration, calibration_sha = _fetch_calibration(request, dest=work / "calibration")
+        detail.append(f"{name} ({source.size_bytes} bytes, {kind.value})")
+    fmt = kind.format
+    settings = _settings(request, kind=kind, calibration_sha=calibration_sha)
+    versions = converter_versions(fmt)
+    digest = compute_digest(
+        source_sha256=source.sha256,
+        extra_sha256=extra,
+        fmt=fmt,
+        settings=settings,
+        versions=versions,
+    )
+    final = request.store / digest
+    cached = store.valid_artifact(final, digest)
+    if cached is not None:
+        _point_ref(request, digest)
+        events.stage("cached", 0.0, f"{final} is already built")
+        return Outcome(manifest=cached, path=final, cached=True)
+    if final.exists():
+        shutil.rmtree(final)  # a leftover that is not a valid artifact for this digest
+
+    with clock.stage("convert") as detail:
+        converted = _run_converter(source, kind=kind, request=request, out=work / "fp32.onnx")
+        detail.append(f"{converted.reference_name} → ONNX")
+    with clock.stage("optimize") as detail:
+        optimized = work / "optimized.onnx"
+        optimize(converted.onnx_path, level=request.level, out=optimized)
+        detail.append(request.level.value)
+    staging = artifact.staging_dir(request.store, digest)
+    try:
+        with store.locked(staging):
+            model = staging / artifact.MODEL_FILE
+            with clock.stage("quantize") as detail:
+                quantize(
+                    optimized, mode=request.quantize, out=model, work=work, calibration=calibration
+                )
+                detail.append(request.quantize.value)
+            with clock.stage("validate") as detail:
+                report = _validate(converted, model=model, request=request, calibration=calibration)
+                detail.append(
+                    f"{report.samples} samples, cosine {report.cosine}, "
+                    f"top-1 disagreement {report.top1_disagreement}"
+                )
+            with clock.stage("write"):
+                inputs, outputs = onnx_tools.io_info(model)
+                manifest = artifact.Manifest(
+                    digest=digest,
+                    name=Path(name).stem,
+                    source=artifact.SourceInfo(
+                        uri=request.source,
+                        sha256=source.sha256,
+                        format=fmt.value,
+                        size_bytes=source.size_bytes,
+                    ),
+                    inputs=inputs,
+                    outputs=outputs,
+                    original_size_bytes=onnx_tools.total_size(converted.onnx_path),
+                    size_bytes=onnx_tools.total_size(model),
+                    settings=settings,
+                    validation=report.model_dump(mode="json", by_alias=True),
+                    versions=versions,
+                    timings=clock.timings,
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                )
+                (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
+                _finish_files(staging)
+                path = artifact.publish(staging, request.store, digest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point_ref(request, digest)
+    return Outcome(manifest=artifact.read_manifest(path), path=path, cached=False)
+
+
+def _settings(
+    request: ConvertRequest, *, kind: SourceKind, calibration_sha: str | None
+) -> dict[str, Any]:
+    return {
+        "sourceKind": kind.value,
+        "inputs": render_inputs(request.inputs) if request.inputs else None,
+        "level": request.level.value,
+        "quantize": request.quantize.value,
+        "calibrationSha256": calibration_sha,
+        "validation": request.thresholds.model_dump(mode="json", by_alias=True),
+    }
+
+
+def _fetch_external_data(
+    source: Fetched, *, kind: SourceKind, request: ConvertRequest, dest: Path
+) -> dict[str, str]:
+    """Fetch (when remote) and hash the external data files an ONNX model refers to."""
+    if kind is not SourceKind.ONNX:
+        return {}
+    try:
+        locations = onnx_tools.external_data_locations(source.path)
+    except Exception:  # a corrupt model: the converter reports it properly
+        return {}
+    hashes: dict[str, str] = {}
+    for location in locations:
+        local = source.path.parent / location
+        if source.downloaded and not local.exists():
+            fetched = fetch(
+                sibling_uri(request.source, location),
+                dest=local.parent,
+                settings=request.fetch,
+                progress=NoProgress(),
+            )
+            hashes[location] = fetched.sha256
+        elif local.is_file():
+            hashes[location] = file_sha256(local)
+    return hashes
+
+
+def _fetch_calibration(request: ConvertRequest, *, dest: Path) -> tuple[Feeds | None, str | None]:
+    if request.calibration is None:
+        return None, None
+    fetched = fetch(request.calibration, dest=dest, settings=request.fetch)
+    try:
+        with np.load(fetched.path, allow_pickle=False) as data:
+            arrays = {key: np.asarray(data[key]) for key in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidSettings(
+            f"--calibration {request.calibration} is not an .npz of arrays ({exc}); write it "
+            "with numpy.savez(path, input_name=array, ...)"
+        ) from None
+    if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
+        raise InvalidSettings(
+            f"--calibration {request.calibration} holds no samples; give one array per "
+            "input with the samples along the first dimension"
+        )
+    return arrays, fetched.sha256
+
+
+def _run_converter(
+    source: Fetched, *, kind: SourceKind, request: ConvertRequest, out: Path
+) -> Converted:
+    if kind is SourceKind.ONNX:
+        from ondeck_server.pipeline.convert_onnx import convert_onnx
+
+        return convert_onnx(source.path, out=out)
+    if kind.format is Format.PYTORCH:
+        from ondeck_server.pipeline.convert_pytorch import convert_pytorch
+
+        return convert_pytorch(source.path, kind=kind, inputs=request.inputs, out=out)
+    if kind.format is Format.SKLEARN:
+        from ondeck_server.pipeline.convert_sklearn import convert_sklearn
+
+        return convert_sklearn(
+            source.path,
+            kind=kind,
+            inputs=request.inputs,
+            allow_unsafe_pickle=request.allow_unsafe_pickle,
+            out=out,
+        )
+    raise UnsupportedFormat(f"no converter for {kind.value}")  # pragma: no cover
+
+
+def _validate(
+    converted: Converted, *, model: Path, request: ConvertRequest, calibration: Feeds | None
+) -> Any:
+    samples, sample_source = make_samples(
+        converted.inputs, count=request.thresholds.samples, calibration=calibration
+    )
+    reference = converted.reference or onnx_tools.runner(converted.onnx_path)
+    fixed = {s.shape[0] for s in converted.inputs if s.shape and s.shape[0] > 0}
+    batch = fixed.pop() if len(fixed) == 1 else MAX_BATCH
+    _, outputs = onnx_tools.io_info(model)
+    return validate(
+        reference=reference,
+        reference_name=converted.reference_name,
+        candidate=onnx_tools.runner(model),
+        output_names=[o.name for o in outputs],
+        samples=samples,
+        sample_source=sample_source,
+        thresholds=request.thresholds,
+        batch=batch,
+    )
+
+
+def _point_ref(request: ConvertRequest, digest: str) -> None:
+    if request.ref is None:
+        return
+    try:
+        artifact.point_ref(request.store, request.ref, digest)
+    except artifact.ArtifactError as exc:
+        raise InvalidSettings(f"--ref: {exc}") from None
+
+
+def _finish_files(folder: Path) -> None:
+    """Make the artifact readable by the server (which may run as another user than the
+    Job) and flush it to disk before the rename makes it visible: a crash after the
+    rename must not leave a complete-looking folder of empty files."""
+    folder.chmod(0o755)
+    for entry in folder.iterdir():
+        if entry.is_file():
+            entry.chmod(0o644)
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
