@@ -1,0 +1,93 @@
+"""`ServeSettings`: every knob of `ondeck-server serve`, validated once at start-up.
+
+Each field has exactly one command-line flag and one `ONDECK_…` environment variable
+(listed in `FLAGS`, the one table the CLI, the docs test and docs/server.md follow).
+This module validates values; it does not read files or start anything.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+#: field name -> (flag, environment variable)
+FLAGS: dict[str, tuple[str, str]] = {
+    "model": ("--model", "ONDECK_MODEL"),
+    "name": ("--name", "ONDECK_MODEL_NAME"),
+    "host": ("--host", "ONDECK_HOST"),
+    "port": ("--port", "ONDECK_PORT"),
+    "max_batch_size": ("--max-batch-size", "ONDECK_MAX_BATCH_SIZE"),
+    "max_delay_ms": ("--max-delay-ms", "ONDECK_MAX_DELAY_MS"),
+    "threads": ("--threads", "ONDECK_THREADS"),
+    "auth_token_file": ("--auth-token-file", "ONDECK_AUTH_TOKEN_FILE"),
+    "auth_token": ("--auth-token", "ONDECK_AUTH_TOKEN"),
+    "max_body_bytes": ("--max-body-bytes", "ONDECK_MAX_BODY_BYTES"),
+    "max_queue": ("--max-queue", "ONDECK_MAX_QUEUE"),
+    "drain_timeout": ("--drain-timeout", "ONDECK_DRAIN_TIMEOUT"),
+}
+
+
+class ServeSettings(BaseModel):
+    """Settings of one model server process."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Path = Field(description="a model.onnx, an artifact folder, or a refs/NAME link")
+    name: str | None = Field(
+        default=None,
+        description="model name in URLs; default: the manifest's name, else the file name",
+    )
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0: any free port)")
+    max_batch_size: int = Field(
+        default=32, ge=1, le=4096, description="rows per dynamic batch; 1 turns batching off"
+    )
+    max_delay_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=1000.0,
+        description="longest a partly filled batch waits for requests already being received",
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="onnxruntime intra-op threads; default: CPU quota"
+    )
+    auth_token_file: Path | None = Field(
+        default=None, description="file holding the bearer token (a mounted Secret)"
+    )
+    auth_token: SecretStr | None = Field(default=None, description="the bearer token itself")
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="largest request body; 413 past it"
+    )
+    max_queue: int = Field(
+        default=256, ge=1, description="requests waiting for inference; 503 + Retry-After past it"
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0.0, le=3600.0, description="SIGTERM: seconds to finish in-flight work"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(
+                "must start with a letter or digit and hold only letters, digits, '.', '_'"
+                " or '-' (at most 128)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> ServeSettings:
+        if self.auth_token_file is not None and self.auth_token is not None:
+            raise ValueError("give --auth-token-file or --auth-token, not both")
+        return self
+
+
+def model_name_for(path: Path, manifest_name: str | None) -> str:
+    """The default model name: the manifest's, else the file or folder name, made URL-safe."""
+    candidate = manifest_name or (path.parent.name if path.name == "model.onnx" else path.stem)
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", candidate).strip("-._") or "model"
+    return cleaned[:128]
