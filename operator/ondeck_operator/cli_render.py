@@ -9,7 +9,7 @@ non-zero with one readable line per problem. It never talks to a cluster.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ from ondeck_operator.constants import API_VERSION, GROUP, KIND
 from ondeck_operator.crd import CRD_PATHS, crd_yaml, validation_schema
 from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
 from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment, SpecError
+from ondeck_operator.types import ModelDeployment, SpecError, pattern_hint
 
 
 class InputError(Exception):
@@ -68,17 +68,51 @@ def _ours(doc: Any) -> bool:
     return isinstance(doc, dict) and str(doc.get("apiVersion", "")).startswith(f"{GROUP}/")
 
 
+def _path(parts: Iterable[object]) -> str:
+    where = ""
+    for part in parts:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return where
+
+
+def _schema_error_lines(error: Any) -> list[str]:
+    """One readable line per problem of a jsonschema error, at the field it is about."""
+    where = _path(error.absolute_path)
+    instance, kind = error.instance, error.validator
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        known = set(error.schema.get("properties", {}))
+        return [
+            f"{_path([*error.absolute_path, key])}: unknown field (check the spelling; see "
+            "docs/reference/modeldeployment.md)"
+            for key in sorted(set(instance) - known)
+        ]
+    if kind == "required" and isinstance(instance, dict):
+        return [
+            f"{_path([*error.absolute_path, key])}: required field is missing"
+            for key in error.validator_value
+            if key not in instance
+        ]
+    message = error.message
+    if kind == "pattern":
+        message = f"{instance!r} is not {pattern_hint(error.validator_value)}"
+    elif kind == "maxLength":
+        message = f"{instance!r} is longer than {error.validator_value} characters"
+    return [f"{where or 'manifest'}: {message}"]
+
+
 def schema_problems(doc: Any) -> list[str]:
     """Problems the CRD's OpenAPI schema finds (what `kubectl apply` refuses)."""
-    import jsonschema  # a dev/CLI dependency; only this command needs it
+    import jsonschema  # only this command needs it
 
     validator = jsonschema.Draft202012Validator(validation_schema())
-    problems = []
+    problems: list[str] = []
+    seen: set[str] = set()
     for error in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path))):
-        where = ""
-        for part in error.absolute_path:
-            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
-        problems.append(f"{where or 'manifest'}: {error.message}")
+        for line in _schema_error_lines(error):
+            where = line.split(": ", 1)[0]
+            if where not in seen:  # one line per field: the first problem found there
+                seen.add(where)
+                problems.append(line)
     return problems
 
 
@@ -88,8 +122,8 @@ def check_manifest(doc: Any) -> list[str]:
     try:
         ModelDeployment.from_manifest(doc)
     except SpecError as exc:
-        reported = {p.split(":", 1)[0] for p in problems}
-        problems += [p for p in exc.problems if p.split(":", 1)[0] not in reported]
+        reported = {p.split(": ", 1)[0] for p in problems}
+        problems += [p for p in exc.problems if p.split(": ", 1)[0] not in reported]
     return problems
 
 
@@ -99,7 +133,11 @@ def _model_deployments(path: Path) -> Iterator[ModelDeployment]:
         if not _ours(doc):
             continue
         found = True
-        yield ModelDeployment.from_manifest(doc)
+        try:
+            md = ModelDeployment.from_manifest(doc)
+        except SpecError as exc:
+            raise SpecError([f"{path}: {problem}" for problem in exc.problems]) from None
+        yield md
     if not found:
         raise InputError(f"{path} holds no {API_VERSION} {KIND}")
 

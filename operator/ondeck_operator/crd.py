@@ -46,7 +46,6 @@ NAME_RULE = {
     "rule": f"size(self.metadata.name) <= 63 && self.metadata.name.matches(r'{DNS_1035_RE}')",
     "message": "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', "
     "starting with a letter, at most 63 characters): it also names the Service",
-    "fieldPath": ".metadata.name",
     "reason": "FieldValueInvalid",
 }
 

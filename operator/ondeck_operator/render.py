@@ -363,9 +363,10 @@ def render_deployment(
     auth_file = f"{AUTH_MOUNT_PATH}/{AUTH_TOKEN_FILE}" if server.auth else None
     args = serve_args(spec, model_path=model_path, name=md.metadata.name, auth_token_file=auth_file)
     image, pull_policy = _image(md, config)
-    env = list(_BASE_ENV)
+    # One entry per name (server-side apply keys env by name); the user's wins.
+    env = {var["name"]: var for var in _BASE_ENV}
     for var in server.env or []:
-        env.append(var.model_dump(mode="json", by_alias=True, exclude_none=True))
+        env[var.name] = var.model_dump(mode="json", by_alias=True, exclude_none=True)
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_ARTIFACTS, "mountPath": store, "readOnly": True},
         {"name": VOLUME_TMP, "mountPath": TMP_MOUNT_PATH},
@@ -398,7 +399,7 @@ def render_deployment(
         "imagePullPolicy": pull_policy,
         "command": [SERVER_PROGRAM],
         "args": args,
-        "env": env,
+        "env": list(env.values()),
         "ports": [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "resources": _resources(server.resources),
         "startupProbe": _http_probe(

@@ -161,6 +161,26 @@ class TaintEffect(StrEnum):
     NO_EXECUTE = "NoExecute"
 
 
+#: A list whose items are keyed by `name`: the API server refuses duplicate names.
+_LIST_MAP_BY_NAME: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
+
+
+def unique_names_rule(field: str) -> Rule:
+    """No two items of list `field` share a `name`."""
+    return Rule(
+        field=field,
+        cel=f"!has(self.{field}) || "
+        f"self.{field}.all(x, self.{field}.exists_one(y, y.name == x.name))",
+        message=f"{field} names must be unique",
+        check=lambda m: (
+            len({i.name for i in getattr(m, field) or []}) == len(getattr(m, field) or [])
+        ),
+    )
+
+
 # ----------------------------------------------------------------- scalar types
 
 DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -171,9 +191,68 @@ QUANTITY_RE = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-URI_RE = r"^((file|https?|s3|gs|hf|pvc)://\S+|[^:\s]\S*)$"
+URI_RE = r"^((file|https?|s3|gs|hf|pvc)://\S+|[^:\s]+)$"
 PVC_URI_RE = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S+$"
+INPUT_NAME_RE = r"^[^:;\s]+$"
+SHA256_RE = r"^[a-f0-9]{64}$"
+HTTP_URL_RE = r"^https?://\S+$"
+SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
+ENV_NAME_RE = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+URL_PATH_RE = r"^/\S*$"
+REASON_RE = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 _QUANTITY = re.compile(QUANTITY_RE)
+LABEL_KEY_RE = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_RE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+_LABEL_KEY = re.compile(LABEL_KEY_RE)
+
+#: A label value: at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends.
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_RE)]
+
+
+#: What each pattern means, for error messages (a regex is no message).
+PATTERN_HINTS: dict[str, str] = {
+    DNS_LABEL_RE: "a DNS-1123 label: lower-case letters, digits and '-', starting and "
+    "ending with a letter or digit",
+    DNS_1035_RE: "a DNS-1035 label: lower-case letters, digits and '-', starting with a "
+    "letter and ending with a letter or digit",
+    DNS_SUBDOMAIN_RE: "a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit",
+    HOST_RE: "a lower-case DNS host name, optionally starting with '*.'",
+    QUANTITY_RE: "a Kubernetes quantity (e.g. 500m, 2, 1Gi)",
+    URI_RE: "a file://, http(s)://, s3://, gs://, hf:// or pvc:// URI, or a plain path",
+    PVC_URI_RE: "pvc://<claim>/<path>",
+    INPUT_NAME_RE: "a tensor name without ':', ';' or white space",
+    SHA256_RE: "64 lower-case hexadecimal digits",
+    HTTP_URL_RE: "an http:// or https:// URL",
+    SECRET_KEY_RE: "a Secret key: letters, digits, '-', '_' and '.'",
+    ENV_NAME_RE: "an environment variable name: letters, digits, '-', '_' and '.', not "
+    "starting with a digit",
+    URL_PATH_RE: "a path starting with '/'",
+    REASON_RE: "a CamelCase reason",
+    LABEL_KEY_RE: "a label key: an optional DNS-subdomain prefix and '/', then at most 63 "
+    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+    LABEL_VALUE_RE: "a label value: at most 63 letters, digits, '-', '_' or '.', starting "
+    "and ending with a letter or digit",
+}
+
+
+def pattern_hint(pattern: str) -> str:
+    return PATTERN_HINTS.get(pattern, f"a string matching {pattern}")
+
+
+def keys_rule(field: str, attr: str) -> Rule:
+    """The keys of map `field` must be qualified names (label and annotation keys)."""
+    return Rule(
+        field=field,
+        cel=f"!has(self.{field}) || self.{field}.all(k, k.matches(r'{LABEL_KEY_RE}'))",
+        message=f"{field} keys must be an optional DNS-subdomain prefix and '/', then at most "
+        "63 letters, digits, '-', '_' or '.' that start and end with a letter or digit",
+        check=lambda m: all(_LABEL_KEY.match(k) for k in getattr(m, attr) or {}),
+    )
+
 
 #: A Kubernetes object name (DNS-1123 subdomain).
 ObjectName = Annotated[
@@ -228,7 +307,7 @@ class InputSpec(_Model):
     """One model input, for formats whose inputs cannot be read from the file (PyTorch)."""
 
     name: str = Field(
-        min_length=1, max_length=128, pattern=r"^[^:;\s]+$", description="Input tensor name."
+        min_length=1, max_length=128, pattern=INPUT_NAME_RE, description="Input tensor name."
     )
     dtype: TensorDType = Field(description="Element type.")
     shape: list[Annotated[int, Field(ge=-1)]] = Field(
@@ -253,6 +332,7 @@ class ModelSource(_Model):
             message="format pytorch needs inputs (name, dtype and shape of each input)",
             check=lambda m: m.format != Format.PYTORCH or bool(m.inputs),
         ),
+        unique_names_rule("inputs"),
     )
 
     uri: str = Field(
@@ -267,7 +347,7 @@ class ModelSource(_Model):
     )
     sha256: str | None = Field(
         default=None,
-        pattern=r"^[a-f0-9]{64}$",
+        pattern=SHA256_RE,
         description="Expected SHA-256 of the fetched file (lower-case hex); a mismatch fails "
         "the conversion and nothing is deployed.",
     )
@@ -280,13 +360,14 @@ class ModelSource(_Model):
     s3_endpoint_url: str | None = Field(
         default=None,
         alias="s3EndpointURL",
-        pattern=r"^https?://\S+$",
+        pattern=HTTP_URL_RE,
         max_length=2048,
         description="Endpoint of an S3-compatible store (MinIO, Ceph, ...).",
     )
     inputs: list[InputSpec] | None = Field(
         default=None,
         max_length=64,
+        json_schema_extra=_LIST_MAP_BY_NAME,
         description="Model inputs; required for pytorch, optional otherwise.",
     )
     allow_unsafe_pickle: bool = Field(
@@ -320,7 +401,8 @@ class OptimizeSpec(_Model):
     __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
             field="calibration",
-            cel="self.quantize != 'int8-static' || has(self.calibration)",
+            # has(): the API server also checks this rule on the CRD's default ({}).
+            cel="!has(self.quantize) || self.quantize != 'int8-static' || has(self.calibration)",
             message="quantize int8-static needs calibration (a .npz of input arrays)",
             check=lambda m: m.quantize != Quantize.INT8_STATIC or m.calibration is not None,
         ),
@@ -399,7 +481,7 @@ class AuthSpec(_Model):
         default="token",
         min_length=1,
         max_length=253,
-        pattern=r"^[-._a-zA-Z0-9]+$",
+        pattern=SECRET_KEY_RE,
         description="Key of the token in the Secret.",
     )
 
@@ -441,7 +523,7 @@ class EnvVar(_Model):
     name: str = Field(
         min_length=1,
         max_length=256,
-        pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        pattern=ENV_NAME_RE,
         description="Variable name.",
     )
     value: str | None = Field(default=None, description="Literal value.")
@@ -451,11 +533,42 @@ class EnvVar(_Model):
 class Toleration(_Model):
     """A toleration of the server pods, as in a Pod spec."""
 
-    key: str | None = Field(default=None, max_length=316)
-    operator: TolerationOperator | None = None
-    value: str | None = Field(default=None, max_length=63)
-    effect: TaintEffect | None = None
-    toleration_seconds: int | None = None
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="operator",
+            cel="has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+            message="operator must be Exists when key is empty (it then tolerates every taint)",
+            check=lambda m: m.key is not None or m.operator == TolerationOperator.EXISTS,
+        ),
+        Rule(
+            field="value",
+            cel="!has(self.operator) || self.operator != 'Exists' || !has(self.value) "
+            "|| self.value == ''",
+            message="value must be empty when operator is Exists",
+            check=lambda m: m.operator != TolerationOperator.EXISTS or not m.value,
+        ),
+        Rule(
+            field="tolerationSeconds",
+            cel="!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            message="tolerationSeconds needs effect NoExecute",
+            check=lambda m: m.toleration_seconds is None or m.effect == TaintEffect.NO_EXECUTE,
+        ),
+    )
+
+    key: str | None = Field(
+        default=None,
+        max_length=316,
+        pattern=LABEL_KEY_RE,
+        description="Taint key; empty with operator Exists tolerates every taint.",
+    )
+    operator: TolerationOperator | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: LabelValue | None = Field(default=None, description="Taint value for Equal.")
+    effect: TaintEffect | None = Field(default=None, description="Taint effect; all when empty.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="For NoExecute: how long the pod stays bound."
+    )
 
 
 class ServerSpec(_Model):
@@ -473,6 +586,10 @@ class ServerSpec(_Model):
                 not any(k.startswith(RESERVED_LABEL_PREFIXES) for k in m.pod_labels or {})
             ),
         ),
+        keys_rule("podLabels", "pod_labels"),
+        keys_rule("podAnnotations", "pod_annotations"),
+        keys_rule("nodeSelector", "node_selector"),
+        unique_names_rule("env"),
     )
 
     image: str | None = Field(
@@ -526,9 +643,12 @@ class ServerSpec(_Model):
     )
     auth: AuthSpec | None = Field(default=None, description="Require a bearer token.")
     env: list[EnvVar] | None = Field(
-        default=None, max_length=128, description="Extra environment variables."
+        default=None,
+        max_length=128,
+        json_schema_extra=_LIST_MAP_BY_NAME,
+        description="Extra environment variables (HOME=/tmp is set; one here wins).",
     )
-    node_selector: dict[str, str] | None = Field(
+    node_selector: dict[str, LabelValue] | None = Field(
         default=None, max_length=64, description="Node selector of the server pods."
     )
     tolerations: list[Toleration] | None = Field(
@@ -543,7 +663,7 @@ class ServerSpec(_Model):
     pod_annotations: dict[str, str] | None = Field(
         default=None, max_length=64, description="Extra annotations of the server pods."
     )
-    pod_labels: dict[str, str] | None = Field(
+    pod_labels: dict[str, LabelValue] | None = Field(
         default=None, max_length=64, description="Extra labels of the server pods."
     )
 
@@ -586,6 +706,8 @@ class AutoscalingSpec(_Model):
 class ServiceSpec(_Model):
     """The Service in front of the server pods."""
 
+    __rules__: ClassVar[tuple[Rule, ...]] = (keys_rule("annotations", "annotations"),)
+
     type: ServiceType = Field(default=ServiceType.CLUSTER_IP, description="Service type.")
     port: int = Field(default=80, ge=1, le=65535, description="Service port.")
     annotations: dict[str, str] | None = Field(
@@ -607,6 +729,7 @@ class IngressSpec(_Model):
             message="tls needs host (the certificate is for a host name)",
             check=lambda m: m.tls is None or m.host is not None,
         ),
+        keys_rule("annotations", "annotations"),
     )
 
     host: str | None = Field(
@@ -616,7 +739,7 @@ class IngressSpec(_Model):
         default="/",
         min_length=1,
         max_length=1024,
-        pattern=r"^/\S*$",
+        pattern=URL_PATH_RE,
         description="Path matched on the request (the server sees it unchanged).",
     )
     path_type: PathType = Field(default=PathType.PREFIX, description="How path matches.")
@@ -728,7 +851,7 @@ class Condition(_Status):
     reason: str = Field(
         min_length=1,
         max_length=1024,
-        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        pattern=REASON_RE,
         description="CamelCase cause.",
     )
     message: str = Field(default="", max_length=32768, description="Human-readable detail.")
@@ -842,6 +965,8 @@ def format_errors(exc: ValidationError) -> list[str]:
             msg = "unknown field (check the spelling; see docs/reference/modeldeployment.md)"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "string_pattern_mismatch":
+            msg = f"{err['input']!r} is not {pattern_hint(str(err['ctx']['pattern']))}"
         lines.append(f"{where}: {msg}")
     return lines
 
