@@ -8,7 +8,7 @@ this module is cheap. This module builds models; it does not serve or convert th
 | builder | inputs | outputs | batch dim |
 |---|---|---|---|
 | `build_mlp` | input FP32 [-1, 256] | logits FP32 [-1, 10] | dynamic |
-| `build_cnn` | input FP32 [-1, 3, 64, 64] | logits FP32 [-1, 10] | dynamic |
+| `build_cnn` | input FP32 [-1, 3, 32, 32] | logits FP32 [-1, 10] | dynamic |
 | `build_sklearn` | input FP32 [-1, 4] | label INT64 [-1], probabilities FP32 [-1, 3] | dynamic |
 | `build_multi_input` | ids INT64, mask BOOL, x16 FP16 [-1, 4] | masked, count, any, y16 | dynamic |
 | `build_all_types` | in_<DT> for every V2 datatype, [-1, 3] | out_<DT> = identity | dynamic |
@@ -78,25 +78,25 @@ def build_mlp(path: Path, *, seed: int = 0) -> Path:
 
 
 def build_cnn(path: Path, *, seed: int = 0) -> Path:
-    """A small CNN on 3x64x64 images (a few ms per sample on one core): compute bound."""
+    """A small CNN on 3x32x32 images (~3 ms per sample on one core): compute bound."""
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
+        nn.Conv2d(3, 64, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(64, 128, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1),
+        nn.Conv2d(128, 256, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(128, 10),
+        nn.Linear(256, 10),
     )
-    return _export_torch(model, torch.randn(2, 3, 64, 64), path)
+    return _export_torch(model, torch.randn(2, 3, 32, 32), path)
 
 
 def build_sklearn(path: Path) -> Path:
@@ -249,7 +249,7 @@ def sample_inputs(name: str, rows: int, *, seed: int = 0) -> dict[str, np.ndarra
     if name == "mlp":
         return {"input": rng.standard_normal((rows, 256)).astype(np.float32)}
     if name == "cnn":
-        return {"input": rng.standard_normal((rows, 3, 64, 64)).astype(np.float32)}
+        return {"input": rng.standard_normal((rows, 3, 32, 32)).astype(np.float32)}
     if name == "sklearn":
         low, high = np.array([4.3, 2.0, 1.0, 0.1]), np.array([7.9, 4.4, 6.9, 2.5])
         return {"input": rng.uniform(low, high, (rows, 4)).astype(np.float32)}
