@@ -36,7 +36,8 @@ def _spec(doc: Doc) -> Doc:
 BAD: tuple[Bad, ...] = (
     # Cross-field rules (CEL in the CRD, model validators in pydantic).
     Bad("min-above-max", lambda d: _spec(d)["autoscaling"].update(minReplicas=9),
-        "spec.autoscaling.minReplicas", "minReplicas must be less than or equal to maxReplicas", True),
+        "spec.autoscaling.minReplicas",
+        "minReplicas must be less than or equal to maxReplicas", True),
     Bad("int8-static-without-calibration", lambda d: _spec(d)["optimize"].pop("calibration"),
         "spec.optimize.calibration", "quantize int8-static needs calibration", True),
     Bad("tls-without-host", lambda d: _spec(d)["ingress"].pop("host"),
@@ -51,7 +52,8 @@ BAD: tuple[Bad, ...] = (
     Bad("pytorch-without-inputs", lambda d: _spec(d)["model"].update(format="pytorch"),
         "spec.model.inputs", "format pytorch needs inputs", True),
     Bad("duplicate-input-names",
-        lambda d: _spec(d)["model"].update(inputs=[{"name": "x", "dtype": "float32", "shape": [1]}] * 2),
+        lambda d: _spec(d)["model"].update(
+            inputs=[{"name": "x", "dtype": "float32", "shape": [1]}] * 2),
         "spec.model.inputs", "inputs names must be unique", True),
     Bad("reserved-pod-label",
         lambda d: _spec(d)["server"]["podLabels"].update({"ondeck.io/model-deployment": "z"}),
@@ -80,7 +82,8 @@ BAD: tuple[Bad, ...] = (
         "set exactly one of secretKeyRef and configMapKeyRef", True),
     Bad("env-value-from-both",
         lambda d: _spec(d)["server"]["env"].append({"name": "Z", "valueFrom": {
-            "secretKeyRef": {"name": "s", "key": "k"}, "configMapKeyRef": {"name": "c", "key": "k"}}}),
+            "secretKeyRef": {"name": "s", "key": "k"},
+            "configMapKeyRef": {"name": "c", "key": "k"}}}),
         "spec.server.env[2].valueFrom.secretKeyRef",
         "set exactly one of secretKeyRef and configMapKeyRef", True),
     Bad("env-duplicate-names",
@@ -99,7 +102,8 @@ BAD: tuple[Bad, ...] = (
         "spec.server.tolerations[0].operator", "operator must be Exists when key is empty", True),
     Bad("toleration-seconds-without-no-execute",
         lambda d: _spec(d)["server"]["tolerations"][0].update(tolerationSeconds=30),
-        "spec.server.tolerations[0].tolerationSeconds", "tolerationSeconds needs effect NoExecute", True),
+        "spec.server.tolerations[0].tolerationSeconds",
+        "tolerationSeconds needs effect NoExecute", True),
     Bad("name-not-dns-1035", lambda d: d["metadata"].update(name="1-iris"),
         "metadata.name", "is not a DNS-1035 label"),
     # Field constraints (the CRD's OpenAPI schema, pydantic field types).

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
+from click.testing import Result
 from typer.testing import CliRunner
 
 from ondeck_operator import cli_render
@@ -31,7 +32,7 @@ def app() -> typer.Typer:
     return app
 
 
-def run(app: typer.Typer, *args: str, stdin: str | None = None):  # noqa: ANN201
+def run(app: typer.Typer, *args: str, stdin: str | None = None) -> Result:
     return CliRunner().invoke(app, list(args), input=stdin)
 
 
