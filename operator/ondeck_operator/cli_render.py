@@ -19,9 +19,10 @@ import yaml
 from ondeck_operator.config import ConfigError, OperatorConfig
 from ondeck_operator.constants import API_VERSION, GROUP, KIND
 from ondeck_operator.crd import CRD_PATHS, crd_yaml, validation_schema
+from ondeck_operator.fields import pattern_hint
 from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
 from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment, SpecError, pattern_hint
+from ondeck_operator.types import ModelDeployment, SpecError
 
 
 class InputError(Exception):

@@ -20,7 +20,8 @@ from ondeck_operator.constants import (
     DEFAULT_IMAGE,
     SOURCES_MOUNT_PATH,
 )
-from ondeck_operator.types import PullPolicy, Quantity, ResourceRequirements, format_errors
+from ondeck_operator.fields import PullPolicy, Quantity
+from ondeck_operator.types import ResourceRequirements, format_errors
 
 
 class ConfigError(ValueError):

@@ -27,8 +27,8 @@ from ondeck_operator.constants import (
     SINGULAR,
     VERSION,
 )
+from ondeck_operator.fields import DNS_1035_RE
 from ondeck_operator.types import (
-    DNS_1035_RE,
     ModelDeployment,
     ModelDeploymentSpec,
     ModelDeploymentStatus,

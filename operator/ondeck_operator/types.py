@@ -11,33 +11,57 @@ This module does no I/O and imports neither kopf nor kubernetes.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    WithJsonSchema,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from ondeck_operator.constants import (
-    API_VERSION,
     DNS_LABEL_MAX,
-    KIND,
     RESERVED_LABEL_PREFIXES,
     ConditionStatus,
     ConditionType,
     Phase,
     Reason,
 )
-from ondeck_operator.rules import RULE_ERROR, Rule, RuleChecked, add_rules_to_schema
+from ondeck_operator.fields import (
+    DNS_1035_RE,
+    DNS_LABEL_RE,
+    ENV_NAME_RE,
+    HOST_RE,
+    HTTP_URL_RE,
+    INPUT_NAME_RE,
+    LABEL_KEY_RE,
+    LIST_MAP_BY_NAME,
+    PVC_URI_RE,
+    REASON_RE,
+    SECRET_KEY_RE,
+    SHA256_RE,
+    URI_RE,
+    URL_PATH_RE,
+    AccessMode,
+    ApiModel,
+    Format,
+    FreeForm,
+    LabelValue,
+    ObjectName,
+    OptimizationLevel,
+    PathType,
+    PullPolicy,
+    Quantity,
+    Quantize,
+    ServiceType,
+    TaintEffect,
+    TensorDType,
+    TolerationOperator,
+    keys_rule,
+    pattern_hint,
+    unique_names_rule,
+)
+from ondeck_operator.rules import RULE_ERROR, Rule
 
 __all__ = [
+    "AccessMode",
     "ArtifactPVC",
     "ArtifactReport",
     "ArtifactsSpec",
@@ -62,16 +86,23 @@ __all__ = [
     "ObjectMeta",
     "OptimizationLevel",
     "OptimizeSpec",
+    "PathType",
     "Phase",
+    "PullPolicy",
     "Quantize",
     "Reason",
     "ResourceRequirements",
     "ServerSpec",
     "ServiceSpec",
+    "ServiceType",
     "SpecError",
+    "TaintEffect",
     "TensorDType",
+    "TensorReport",
     "Toleration",
+    "TolerationOperator",
     "ValidationSpec",
+    "format_errors",
 ]
 
 
@@ -84,226 +115,10 @@ class SpecError(ValueError):
         super().__init__("; ".join(problems))
 
 
-# ---------------------------------------------------------------------------- enums
-
-
-class Format(StrEnum):
-    """The source model's format; `ondeck-server convert --format`."""
-
-    ONNX = "onnx"
-    PYTORCH = "pytorch"
-    SKLEARN = "sklearn"
-
-
-class OptimizationLevel(StrEnum):
-    """onnxruntime graph optimization level saved offline; `--level`."""
-
-    DISABLED = "disabled"
-    BASIC = "basic"
-    EXTENDED = "extended"
-    ALL = "all"
-
-
-class Quantize(StrEnum):
-    """Weight quantization; `--quantize`. int8 is dynamic; int8-static needs calibration."""
-
-    NONE = "none"
-    INT8 = "int8"
-    INT8_STATIC = "int8-static"
-    FP16 = "fp16"
-
-
-class TensorDType(StrEnum):
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    FLOAT64 = "float64"
-    INT8 = "int8"
-    INT16 = "int16"
-    INT32 = "int32"
-    INT64 = "int64"
-    UINT8 = "uint8"
-    BOOL = "bool"
-
-
-class ServiceType(StrEnum):
-    CLUSTER_IP = "ClusterIP"
-    NODE_PORT = "NodePort"
-    LOAD_BALANCER = "LoadBalancer"
-
-
-class PathType(StrEnum):
-    PREFIX = "Prefix"
-    EXACT = "Exact"
-    IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"
-
-
-class AccessMode(StrEnum):
-    READ_WRITE_ONCE = "ReadWriteOnce"
-    READ_ONLY_MANY = "ReadOnlyMany"
-    READ_WRITE_MANY = "ReadWriteMany"
-    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
-
-
-class PullPolicy(StrEnum):
-    ALWAYS = "Always"
-    IF_NOT_PRESENT = "IfNotPresent"
-    NEVER = "Never"
-
-
-class TolerationOperator(StrEnum):
-    EXISTS = "Exists"
-    EQUAL = "Equal"
-
-
-class TaintEffect(StrEnum):
-    NO_SCHEDULE = "NoSchedule"
-    PREFER_NO_SCHEDULE = "PreferNoSchedule"
-    NO_EXECUTE = "NoExecute"
-
-
-#: A list whose items are keyed by `name`: the API server refuses duplicate names.
-_LIST_MAP_BY_NAME: dict[str, Any] = {
-    "x-kubernetes-list-type": "map",
-    "x-kubernetes-list-map-keys": ["name"],
-}
-
-
-def unique_names_rule(field: str) -> Rule:
-    """No two items of list `field` share a `name`."""
-    return Rule(
-        field=field,
-        cel=f"!has(self.{field}) || "
-        f"self.{field}.all(x, self.{field}.exists_one(y, y.name == x.name))",
-        message=f"{field} names must be unique",
-        check=lambda m: (
-            len({i.name for i in getattr(m, field) or []}) == len(getattr(m, field) or [])
-        ),
-    )
-
-
-# ----------------------------------------------------------------- scalar types
-
-DNS_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_1035_RE = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-HOST_RE = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-QUANTITY_RE = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-URI_RE = r"^((file|https?|s3|gs|hf|pvc)://\S+|[^:\s]+)$"
-PVC_URI_RE = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S+$"
-INPUT_NAME_RE = r"^[^:;\s]+$"
-SHA256_RE = r"^[a-f0-9]{64}$"
-HTTP_URL_RE = r"^https?://\S+$"
-SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
-ENV_NAME_RE = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-URL_PATH_RE = r"^/\S*$"
-REASON_RE = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
-_QUANTITY = re.compile(QUANTITY_RE)
-LABEL_KEY_RE = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
-LABEL_VALUE_RE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
-_LABEL_KEY = re.compile(LABEL_KEY_RE)
-
-#: A label value: at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends.
-LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_RE)]
-
-
-#: What each pattern means, for error messages (a regex is no message).
-PATTERN_HINTS: dict[str, str] = {
-    DNS_LABEL_RE: "a DNS-1123 label: lower-case letters, digits and '-', starting and "
-    "ending with a letter or digit",
-    DNS_1035_RE: "a DNS-1035 label: lower-case letters, digits and '-', starting with a "
-    "letter and ending with a letter or digit",
-    DNS_SUBDOMAIN_RE: "a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', "
-    "starting and ending with a letter or digit",
-    HOST_RE: "a lower-case DNS host name, optionally starting with '*.'",
-    QUANTITY_RE: "a Kubernetes quantity (e.g. 500m, 2, 1Gi)",
-    URI_RE: "a file://, http(s)://, s3://, gs://, hf:// or pvc:// URI, or a plain path",
-    PVC_URI_RE: "pvc://<claim>/<path>",
-    INPUT_NAME_RE: "a tensor name without ':', ';' or white space",
-    SHA256_RE: "64 lower-case hexadecimal digits",
-    HTTP_URL_RE: "an http:// or https:// URL",
-    SECRET_KEY_RE: "a Secret key: letters, digits, '-', '_' and '.'",
-    ENV_NAME_RE: "an environment variable name: letters, digits, '-', '_' and '.', not "
-    "starting with a digit",
-    URL_PATH_RE: "a path starting with '/'",
-    REASON_RE: "a CamelCase reason",
-    LABEL_KEY_RE: "a label key: an optional DNS-subdomain prefix and '/', then at most 63 "
-    "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
-    LABEL_VALUE_RE: "a label value: at most 63 letters, digits, '-', '_' or '.', starting "
-    "and ending with a letter or digit",
-}
-
-
-def pattern_hint(pattern: str) -> str:
-    return PATTERN_HINTS.get(pattern, f"a string matching {pattern}")
-
-
-def keys_rule(field: str, attr: str) -> Rule:
-    """The keys of map `field` must be qualified names (label and annotation keys)."""
-    return Rule(
-        field=field,
-        cel=f"!has(self.{field}) || self.{field}.all(k, k.matches(r'{LABEL_KEY_RE}'))",
-        message=f"{field} keys must be an optional DNS-subdomain prefix and '/', then at most "
-        "63 letters, digits, '-', '_' or '.' that start and end with a letter or digit",
-        check=lambda m: all(_LABEL_KEY.match(k) for k in getattr(m, attr) or {}),
-    )
-
-
-#: A Kubernetes object name (DNS-1123 subdomain).
-ObjectName = Annotated[
-    str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_RE)
-]
-
-
-def _to_quantity(value: object) -> object:
-    if isinstance(value, bool):
-        return value  # refused below: a bool is no quantity
-    if isinstance(value, int | float):
-        value = str(value)
-    if isinstance(value, str) and not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
-    return value
-
-
-#: A Kubernetes resource quantity (`500m`, `2`, `1Gi`); integers are accepted.
-Quantity = Annotated[
-    str,
-    BeforeValidator(_to_quantity),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_RE,
-            "x-kubernetes-int-or-string": True,
-        }
-    ),
-]
-
-#: A free-form Kubernetes object passed through unchanged (e.g. an Affinity).
-FreeForm = Annotated[
-    dict[str, Any],
-    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
-]
-
-
-class _Model(RuleChecked):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_enum_values=False,
-        json_schema_extra=add_rules_to_schema,
-    )
-
-
 # ----------------------------------------------------------------------- model
 
 
-class InputSpec(_Model):
+class InputSpec(ApiModel):
     """One model input, for formats whose inputs cannot be read from the file (PyTorch)."""
 
     name: str = Field(
@@ -315,7 +130,7 @@ class InputSpec(_Model):
     )
 
 
-class ModelSource(_Model):
+class ModelSource(ApiModel):
     """Where the model comes from and how to read it."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -323,7 +138,7 @@ class ModelSource(_Model):
             field="uri",
             cel="!self.uri.startsWith('pvc://') || self.uri.matches(r'" + PVC_URI_RE + "')",
             message="a pvc:// uri must be pvc://<claim>/<path> with a valid claim name",
-            check=lambda m: not m.uri.startswith("pvc://") or re.match(PVC_URI_RE, m.uri),
+            check=lambda m: not m.uri.startswith("pvc://") or bool(re.match(PVC_URI_RE, m.uri)),
         ),
         Rule(
             field="inputs",
@@ -367,7 +182,7 @@ class ModelSource(_Model):
     inputs: list[InputSpec] | None = Field(
         default=None,
         max_length=64,
-        json_schema_extra=_LIST_MAP_BY_NAME,
+        json_schema_extra=LIST_MAP_BY_NAME,
         description="Model inputs; required for pytorch, optional otherwise.",
     )
     allow_unsafe_pickle: bool = Field(
@@ -377,7 +192,7 @@ class ModelSource(_Model):
     )
 
 
-class ValidationSpec(_Model):
+class ValidationSpec(ApiModel):
     """The accuracy gate: the optimized model must agree with the original."""
 
     samples: int = Field(default=64, ge=1, le=10000, description="Number of inputs compared.")
@@ -395,7 +210,7 @@ class ValidationSpec(_Model):
     )
 
 
-class OptimizeSpec(_Model):
+class OptimizeSpec(ApiModel):
     """How the conversion Job optimizes and checks the model."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -414,7 +229,7 @@ class OptimizeSpec(_Model):
             check=lambda m: (
                 m.calibration is None
                 or not m.calibration.startswith("pvc://")
-                or re.match(PVC_URI_RE, m.calibration)
+                or bool(re.match(PVC_URI_RE, m.calibration))
             ),
         ),
     )
@@ -448,7 +263,7 @@ class OptimizeSpec(_Model):
     )
 
 
-class ResourceRequirements(_Model):
+class ResourceRequirements(ApiModel):
     """Container resources, as in a Pod spec."""
 
     requests: dict[str, Quantity] | None = Field(
@@ -462,7 +277,7 @@ class ResourceRequirements(_Model):
 OptimizeSpec.model_rebuild()
 
 
-class BatchingSpec(_Model):
+class BatchingSpec(ApiModel):
     """Dynamic batching of concurrent requests in the server."""
 
     max_batch_size: int = Field(
@@ -473,7 +288,7 @@ class BatchingSpec(_Model):
     )
 
 
-class AuthSpec(_Model):
+class AuthSpec(ApiModel):
     """Bearer-token authentication of inference requests."""
 
     secret_name: ObjectName = Field(description="Secret holding the token.")
@@ -486,13 +301,13 @@ class AuthSpec(_Model):
     )
 
 
-class KeySelector(_Model):
+class KeySelector(ApiModel):
     name: ObjectName = Field(description="Name of the Secret or ConfigMap.")
     key: str = Field(min_length=1, max_length=253, description="Key in it.")
     optional: bool | None = Field(default=None, description="Whether it may be missing.")
 
 
-class EnvVarSource(_Model):
+class EnvVarSource(ApiModel):
     """One source of an environment variable's value."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -508,7 +323,7 @@ class EnvVarSource(_Model):
     config_map_key_ref: KeySelector | None = Field(default=None, description="A ConfigMap key.")
 
 
-class EnvVar(_Model):
+class EnvVar(ApiModel):
     """An environment variable of the server container."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -530,7 +345,7 @@ class EnvVar(_Model):
     value_from: EnvVarSource | None = Field(default=None, description="Value from a key.")
 
 
-class Toleration(_Model):
+class Toleration(ApiModel):
     """A toleration of the server pods, as in a Pod spec."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -571,7 +386,7 @@ class Toleration(_Model):
     )
 
 
-class ServerSpec(_Model):
+class ServerSpec(ApiModel):
     """The inference server Deployment."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -645,7 +460,7 @@ class ServerSpec(_Model):
     env: list[EnvVar] | None = Field(
         default=None,
         max_length=128,
-        json_schema_extra=_LIST_MAP_BY_NAME,
+        json_schema_extra=LIST_MAP_BY_NAME,
         description="Extra environment variables (HOME=/tmp is set; one here wins).",
     )
     node_selector: dict[str, LabelValue] | None = Field(
@@ -668,7 +483,7 @@ class ServerSpec(_Model):
     )
 
 
-class CustomMetric(_Model):
+class CustomMetric(ApiModel):
     """A per-pod metric (from a metrics adapter) to scale on, as an average target."""
 
     name: str = Field(
@@ -677,7 +492,7 @@ class CustomMetric(_Model):
     target_average_value: Quantity = Field(description="Wanted average value per pod.")
 
 
-class AutoscalingSpec(_Model):
+class AutoscalingSpec(ApiModel):
     """A HorizontalPodAutoscaler for the server; `server.replicas` is then ignored."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -703,7 +518,7 @@ class AutoscalingSpec(_Model):
     )
 
 
-class ServiceSpec(_Model):
+class ServiceSpec(ApiModel):
     """The Service in front of the server pods."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (keys_rule("annotations", "annotations"),)
@@ -715,11 +530,11 @@ class ServiceSpec(_Model):
     )
 
 
-class IngressTLS(_Model):
+class IngressTLS(ApiModel):
     secret_name: ObjectName = Field(description="Secret with the TLS certificate and key.")
 
 
-class IngressSpec(_Model):
+class IngressSpec(ApiModel):
     """An Ingress (networking.k8s.io/v1) to the Service."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -750,7 +565,7 @@ class IngressSpec(_Model):
     tls: IngressTLS | None = Field(default=None, description="Serve HTTPS for host.")
 
 
-class ArtifactPVC(_Model):
+class ArtifactPVC(ApiModel):
     """The PersistentVolumeClaim the conversion Job writes the artifact to."""
 
     size: Quantity = Field(default="5Gi", description="Claim size.")
@@ -768,7 +583,7 @@ class ArtifactPVC(_Model):
     )
 
 
-class ArtifactsSpec(_Model):
+class ArtifactsSpec(ApiModel):
     """Where artifacts are stored: a claim per artifact (default), or an existing claim."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -790,7 +605,7 @@ class ArtifactsSpec(_Model):
     )
 
 
-class ModelDeploymentSpec(_Model):
+class ModelDeploymentSpec(ApiModel):
     """The wanted state: a model, how to optimize it, and how to serve it."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
@@ -838,7 +653,7 @@ class ModelDeploymentSpec(_Model):
 # ---------------------------------------------------------------------- status
 
 
-class _Status(_Model):
+class _Status(ApiModel):
     # Status is written by the operator; tolerate fields from newer operators.
     model_config = ConfigDict(extra="ignore")
 
@@ -930,8 +745,8 @@ class ModelDeployment(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    api_version: Literal["ondeck.io/v1alpha1"] = Field(default=API_VERSION)
-    kind: Literal["ModelDeployment"] = Field(default=KIND)
+    api_version: Literal["ondeck.io/v1alpha1"] = "ondeck.io/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: ObjectMeta
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus | None = None
