@@ -475,7 +475,7 @@ class LocalRunner:
         if spec.model.sha256 is not None:
             hit = cached_summary(self.store, key)
             if hit is not None:
-                self._say(f"ondeck: artifact {hit.digest[:12]} already built (cache hit)")
+                self._say(f"ondeck: artifact {hit.digest[:12]} reused (pinned sha256, no fetch)")
                 return hit
         self.store.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="ondeck-run-") as tmp:
@@ -489,6 +489,7 @@ class LocalRunner:
                 stderr=None,  # progress bars and the error line go straight to the user
                 text=True,
                 env=child_env(dict(os.environ)),
+                start_new_session=True,  # see _serve
             )
             stdout = self._wait_output(proc)
             if stdout is None:
@@ -502,7 +503,10 @@ class LocalRunner:
                     "see its output above",
                     shown=False,
                 )
-        return self._parse_summary(stdout)
+        summary = self._parse_summary(stdout)
+        if summary.cached:
+            self._say(f"ondeck: artifact {summary.digest[:12]} reused (already in the store)")
+        return summary
 
     def _wait_output(self, proc: subprocess.Popen[str]) -> str | None:
         """Wait for a child that prints one result on stdout; None when stopped."""
@@ -533,6 +537,10 @@ class LocalRunner:
             [sys.executable, "-m", "ondeck_server", *argv],
             stdin=subprocess.DEVNULL,
             env=child_env(dict(os.environ)),
+            # Its own session: a Ctrl-C in the terminal reaches only `ondeck run`, which
+            # then sends the server exactly one SIGTERM (a second signal would cut the
+            # server's drain short).
+            start_new_session=True,
         )
         base_url = f"http://{url_host(self.host)}:{self.port}"
         try:

@@ -63,7 +63,7 @@ def test_embedded_default_is_the_iris_example() -> None:
         ),
         (
             MINIMAL.replace("{name: m}", "{name: Iris}"),
-            "metadata.name: String should match pattern",
+            "metadata.name: 'Iris' is not a DNS-1035 label",
         ),
     ],
 )

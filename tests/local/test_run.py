@@ -1,0 +1,191 @@
+"""`ondeck run` end to end, as a user runs it: a real subprocess converts the example
+with the real `ondeck-server convert`, serves it with the real `ondeck-server serve` on a
+free loopback port, and the curl lines it prints are sent over a socket and must return
+predictions. Bad inputs must end with one readable line and a non-zero exit."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+from .runner import OndeckRun, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def _run(
+    manifest: Path | None, store: Path, *extra: str, env: dict[str, str] | None = None
+) -> OndeckRun:
+    args = ["-f", str(manifest)] if manifest is not None else []
+    return OndeckRun([*args, "--store", str(store), "--port", str(free_port()), *extra], env=env)
+
+
+def _errors(run: OndeckRun) -> list[str]:
+    """Lines of stderr that look like `ErrorType: message`."""
+    return [
+        line
+        for line in run.err
+        if line
+        and not line.startswith((" ", "ondeck:"))
+        and ": " in line
+        and line.split(":", 1)[0].isidentifier()
+    ]
+
+
+def test_iris_example_serves_and_its_curls_predict(tmp_path: Path) -> None:
+    run = _run(EXAMPLES / "iris" / "modeldeployment.yaml", tmp_path / "store")
+    try:
+        lines = run.wait_banner()
+        assert lines[0].startswith("ondeck: serving iris at http://127.0.0.1:")
+        assert any(line.startswith("  inputs:  ") and "FP32 [-1, 4]" in line for line in lines)
+        v2 = run.send("V2")
+        assert v2.status_code == 200, v2.text
+        outputs = {o["name"]: o for o in v2.json()["outputs"]}
+        labels = [o for o in outputs.values() if o["datatype"] == "INT64"]
+        assert len(labels) == 1
+        assert labels[0]["data"][0] in (0, 1, 2)
+        v1 = run.send("V1")
+        assert v1.status_code == 200, v1.text
+        assert len(v1.json()["predictions"]) == 1
+    finally:
+        code = run.stop(signal.SIGINT)
+    assert code == 0
+    assert "ondeck: stopping the server" in run.err
+
+
+def test_default_run_is_the_iris_example_and_reuses_the_artifact(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = _run(None, store)
+    try:
+        first.wait_banner()
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    second = _run(None, store)
+    try:
+        lines = second.wait_banner()
+        assert lines[0].startswith("ondeck: serving iris at ")
+        assert any(line.startswith("ondeck: artifact ") and "reused" in line for line in second.err)
+        assert second.send("V2").status_code == 200
+    finally:
+        assert second.stop(signal.SIGTERM) == 0
+
+
+def test_cnn_example_serves_its_declared_input(tmp_path: Path) -> None:
+    run = _run(EXAMPLES / "cnn" / "modeldeployment.yaml", tmp_path / "store")
+    try:
+        lines = run.wait_banner()
+        assert "  inputs:  image FP32 [-1, 1, 8, 8]" in lines
+        v2 = run.send("V2")
+        assert v2.status_code == 200, v2.text
+        (out,) = v2.json()["outputs"]
+        assert out["shape"] == [1, 10]
+        v1 = run.send("V1")
+        assert v1.status_code == 200, v1.text
+        assert len(v1.json()["predictions"][0]) == 10
+    finally:
+        assert run.stop() == 0
+
+
+def test_cluster_only_fields_are_listed(tmp_path: Path) -> None:
+    manifest = tmp_path / "md.yaml"
+    text = (EXAMPLES / "iris" / "modeldeployment.yaml").read_text()
+    manifest.write_text(
+        text.replace("  server:\n", "  server:\n    replicas: 3\n    auth: {secretName: tok}\n")
+        + "  ingress: {host: iris.example.com}\n"
+    )
+    shutil.copy(EXAMPLES / "iris" / "model.skops", tmp_path / "model.skops")
+    run = _run(manifest, tmp_path / "store")
+    try:
+        run.wait_banner()
+    finally:
+        assert run.stop() == 0
+    notices = [line for line in run.err if line.startswith("ondeck: ignored in local mode: ")]
+    assert notices == [
+        "ondeck: ignored in local mode: spec.server.replicas (one local server process)",
+        "ondeck: ignored in local mode: spec.server.auth (the local server asks for no token "
+        "(the Secret exists only in clusters))",
+        "ondeck: ignored in local mode: spec.ingress (no Ingress locally; use --host and --port)",
+    ]
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def test_invalid_manifest_exits_2_with_one_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "md.yaml"
+    manifest.write_text(
+        (EXAMPLES / "iris" / "modeldeployment.yaml")
+        .read_text()
+        .replace("quantize: int8", "quantize: int4")
+    )
+    run = _run(manifest, tmp_path / "store")
+    assert run.wait_exit() == 2
+    assert run.err == [
+        f"ManifestError: {manifest}: spec.optimize.quantize: Input should be 'none', 'int8', "
+        "'int8-static' or 'fp16'"
+    ]
+    assert run.out == []
+
+
+def test_missing_manifest_exits_2(tmp_path: Path) -> None:
+    run = _run(tmp_path / "nope.yaml", tmp_path / "store")
+    assert run.wait_exit() == 2
+    assert run.err == [f"ManifestError: {tmp_path / 'nope.yaml'}: no such file"]
+
+
+def test_missing_model_file_is_the_converts_own_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "md.yaml"
+    manifest.write_text((EXAMPLES / "iris" / "modeldeployment.yaml").read_text())
+    run = _run(manifest, tmp_path / "store")
+    assert run.wait_exit() == 1
+    errors = _errors(run)
+    assert len(errors) == 1, run.err
+    assert errors[0].startswith("FetchFailed: ")
+    assert str(tmp_path / "model.skops") in errors[0]
+    assert run.out == []
+    assert not (tmp_path / "store" / "refs").exists()
+
+
+def test_failed_accuracy_gate_exits_1_and_serves_nothing(tmp_path: Path) -> None:
+    manifest = tmp_path / "md.yaml"
+    text = (EXAMPLES / "cnn" / "modeldeployment.yaml").read_text()
+    manifest.write_text(
+        text.replace(
+            "    level: basic\n",
+            "    level: basic\n    quantize: int8\n"
+            "    validation: {minCosine: 1.0, maxTop1Disagreement: 0.0}\n",
+        )
+    )
+    shutil.copy(EXAMPLES / "cnn" / "model.pt", tmp_path / "model.pt")
+    run = _run(manifest, tmp_path / "store")
+    assert run.wait_exit() == 1
+    errors = _errors(run)
+    assert len(errors) == 1, run.err
+    assert errors[0].startswith("ValidationFailed: ")
+    assert run.out == []
+
+
+def test_port_in_use_exits_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = OndeckRun(
+            [
+                "-f",
+                str(EXAMPLES / "iris" / "modeldeployment.yaml"),
+                "--store",
+                str(tmp_path),
+                "--port",
+                str(port),
+            ]
+        )
+        assert run.wait_exit() == 2
+    assert run.err == [
+        f"PortInUse: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "pick another with --port"
+    ]
