@@ -30,14 +30,17 @@ def free_port() -> int:
 class OndeckRun:
     """One `python -m ondeck_operator run …` process."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+    ) -> None:
+        environ = {k: v for k, v in os.environ.items() if k not in unset}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ondeck_operator", "run", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**environ, **(env or {})},
         )
         self.out: list[str] = []
         self.err: list[str] = []
