@@ -83,3 +83,84 @@ def namespace(admin_api: Any) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name)
+
+
+# ------------------------------------------------------------------ the operator
+
+
+@pytest.fixture(scope="session")
+def crds(admin_api: Any) -> None:
+    from operator_harness import install_crds
+
+    install_crds(admin_api)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(
+    control_plane: ControlPlane,
+    admin_api: Any,
+    crds: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A kubeconfig of the operator's ServiceAccount, bound to exactly the chart's rules."""
+    from operator_harness import install_operator_rbac
+
+    return install_operator_rbac(control_plane, admin_api, tmp_path_factory.mktemp("operator"))
+
+
+@pytest.fixture
+def job_outcomes(kubelet: KubeletSimulator) -> Iterator[dict[tuple[str, str], Any]]:
+    """{(namespace, artifact key): JobOutcome}: how each conversion pod ends (unset: runs)."""
+    outcomes: dict[tuple[str, str], Any] = {}
+
+    def rule(pod: dict[str, Any]) -> Any:
+        meta = pod["metadata"]
+        key = (meta.get("labels") or {}).get("ondeck.io/artifact-key")
+        return outcomes.get((meta["namespace"], key))
+
+    kubelet.set_job_rule(rule)
+    yield outcomes
+    kubelet.set_job_rule(lambda pod: None)
+
+
+@pytest.fixture
+def start_operator(
+    operator_kubeconfig: Path, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """start_operator(name=..., extra=[...]) runs an operator watching the test's namespace;
+    every one started is stopped at teardown, and its log is shown when the test failed."""
+    from operator_harness import OperatorProcess
+
+    started: list[OperatorProcess] = []
+
+    def start(
+        name: str = "operator",
+        *,
+        extra: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        wait: bool = True,
+    ) -> OperatorProcess:
+        process = OperatorProcess(
+            kubeconfig=operator_kubeconfig,
+            namespaces=[namespace],
+            workdir=tmp_path,
+            name=name,
+            extra=extra,
+            config=config,
+        )
+        started.append(process)
+        return process.start(wait=wait)
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for process in started:
+        process.stop()
+        if failed is not None and failed.failed:
+            print(f"--- {process.name} log\n{process.tail(120)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -1,0 +1,178 @@
+"""`ondeck operator`: run the operator (kopf's runner with ondeck's settings).
+
+Every flag also reads `ONDECK_<FLAG>` from the environment (`--resync-seconds` →
+`ONDECK_RESYNC_SECONDS`; the Helm chart sets these). Bad settings exit with status 2 and
+one line `ErrorType: message`; nothing is parsed at import time, and kopf is imported only
+when the command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from ondeck_operator.config import ConfigError, OperatorConfig
+from ondeck_operator.settings import LogFormat, LogLevel, OperatorSettings, env_var
+from ondeck_operator.types import format_errors
+
+
+def _opt(flag: str, help: str, *, env: str | None = None, **kwargs: Any) -> Any:
+    return typer.Option(flag, help=help, envvar=env or env_var(flag), **kwargs)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def _setup_logging(level: LogLevel, fmt: LogFormat) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == LogFormat.JSON:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.value.upper()))
+    if level != LogLevel.DEBUG:
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _port(value: int) -> int | None:
+    return value or None
+
+
+def operator(
+    namespaces: Annotated[
+        str,
+        _opt("--namespaces", "Comma-separated namespaces to watch; empty: every namespace."),
+    ] = "",
+    kubeconfig: Annotated[
+        Path | None,
+        _opt(
+            "--kubeconfig", "Kubeconfig; default: in-cluster, else $KUBECONFIG.", env="KUBECONFIG"
+        ),
+    ] = None,
+    context: Annotated[str | None, _opt("--context", "Kubeconfig context.")] = None,
+    config: Annotated[
+        Path | None, _opt("--config", "OperatorConfig YAML (defaults of rendered objects).")
+    ] = None,
+    server_image: Annotated[
+        str | None, _opt("--server-image", "Default ondeck-server image.")
+    ] = None,
+    artifact_storage_class: Annotated[
+        str | None, _opt("--artifact-storage-class", "Default StorageClass of artifact claims.")
+    ] = None,
+    resync_seconds: Annotated[
+        float, _opt("--resync-seconds", "Reconcile every ModelDeployment at least this often.")
+    ] = 300.0,
+    watch_server_timeout: Annotated[
+        int, _opt("--watch-server-timeout", "timeoutSeconds of each watch request.")
+    ] = 300,
+    watch_client_timeout: Annotated[
+        float, _opt("--watch-client-timeout", "Client-side cap of each watch request.")
+    ] = 330.0,
+    watch_inactivity_timeout: Annotated[
+        float, _opt("--watch-inactivity-timeout", "Reconnect a watch silent this long.")
+    ] = 120.0,
+    request_timeout: Annotated[
+        float, _opt("--request-timeout", "Timeout of other API requests (seconds).")
+    ] = 30.0,
+    workers: Annotated[int, _opt("--workers", "Concurrent reconciles.")] = 8,
+    retry_min_seconds: Annotated[
+        float, _opt("--retry-min-seconds", "First retry delay after a failure.")
+    ] = 1.0,
+    retry_max_seconds: Annotated[float, _opt("--retry-max-seconds", "Longest retry delay.")] = 60.0,
+    peering: Annotated[
+        str, _opt("--peering", "KopfPeering name for HA (one active replica); empty: standalone.")
+    ] = "",
+    priority: Annotated[
+        int | None, _opt("--priority", "Peering priority; default: random.")
+    ] = None,
+    peering_lifetime: Annotated[
+        int, _opt("--peering-lifetime", "Seconds before a silent peer counts as gone.")
+    ] = 60,
+    pod_name: Annotated[
+        str | None, _opt("--pod-name", "Peering identity; default: host-pid-random.")
+    ] = None,
+    health_port: Annotated[
+        int, _opt("--health-port", "Port of /healthz and /readyz; 0 turns them off.")
+    ] = 8080,
+    metrics_port: Annotated[
+        int, _opt("--metrics-port", "Port of the Prometheus /metrics; 0 turns it off.")
+    ] = 9090,
+    bind: Annotated[str, _opt("--bind", "Address of the health and metrics ports.")] = "0.0.0.0",
+    log_level: Annotated[LogLevel, _opt("--log-level", "Log verbosity.")] = LogLevel.INFO,
+    log_format: Annotated[LogFormat, _opt("--log-format", "text or json.")] = LogFormat.TEXT,
+) -> None:
+    """Run the ModelDeployment operator against the cluster of the current kubeconfig
+    (or in-cluster): convert, deploy and keep every ModelDeployment converged."""
+    try:
+        if kubeconfig is not None and not kubeconfig.is_file():
+            raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
+        base = OperatorConfig.from_file(config) if config else OperatorConfig()
+        overrides = {
+            k: v
+            for k, v in (
+                ("server_image", server_image),
+                ("artifact_storage_class", artifact_storage_class),
+            )
+            if v
+        }
+        settings = OperatorSettings(
+            namespaces=tuple(n.strip() for n in namespaces.split(",") if n.strip()),
+            kubeconfig=kubeconfig,
+            context=context,
+            config=base.model_copy(update=overrides) if overrides else base,
+            resync_seconds=resync_seconds,
+            watch_server_timeout=watch_server_timeout,
+            watch_client_timeout=watch_client_timeout,
+            watch_inactivity_timeout=watch_inactivity_timeout,
+            request_timeout=request_timeout,
+            workers=workers,
+            retry_min_seconds=retry_min_seconds,
+            retry_max_seconds=retry_max_seconds,
+            peering=peering or None,
+            priority=priority,
+            peering_lifetime=peering_lifetime,
+            identity=pod_name or None,
+            health_host=bind,
+            health_port=_port(health_port),
+            metrics_host=bind,
+            metrics_port=_port(metrics_port),
+            log_level=log_level,
+            log_format=log_format,
+        )
+    except ConfigError as exc:
+        print(f"ConfigError: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        print(f"SettingsError: {'; '.join(format_errors(exc))}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+    _setup_logging(settings.log_level, settings.log_format)
+    from ondeck_operator import handlers
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(handlers.run(settings))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("operator")(operator)
