@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 from kubelet_sim import JobOutcome
-from kubernetes import client
 from kubernetes.client.rest import ApiException
-from operator_harness import GROUP, PLURAL, VERSION, summary, wait_for
+from operator_harness import GROUP, PLURAL, VERSION, Cluster, manifest, summary, wait_for
 
 from ondeck_operator.args import artifact_key
 from ondeck_operator.config import OperatorConfig
@@ -26,79 +25,6 @@ from ondeck_operator.types import ModelDeployment
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 30.0
-
-
-def manifest(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"uri": "https://models.example.com/iris.onnx", "format": "onnx"},
-            **spec,
-        },
-    }
-    return body
-
-
-class Cluster:
-    """Small helpers over the admin client for one namespace."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.ns = namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.apps = client.AppsV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.core = client.CoreV1Api(api)
-        self.net = client.NetworkingV1Api(api)
-        self.autoscaling = client.AutoscalingV2Api(api)
-        self.policy = client.PolicyV1Api(api)
-        self.api = api
-
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, body
-        )
-        return created
-
-    def md(self, name: str) -> dict[str, Any]:
-        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name
-        )
-        return got
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
-        )
-
-    def condition(self, name: str, ctype: str) -> dict[str, Any] | None:
-        status = self.md(name).get("status") or {}
-        return next((c for c in status.get("conditions") or [] if c["type"] == ctype), None)
-
-    def jobs(self, name: str) -> list[Any]:
-        selector = f"ondeck.io/model-deployment={name}"
-        return list(self.batch.list_namespaced_job(self.ns, label_selector=selector).items)
-
-    def key(self, name: str) -> str:
-        return artifact_key(ModelDeployment.from_manifest(self.md(name)).spec)
-
-    def wait_ready(self, name: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        def ready() -> dict[str, Any] | None:
-            md = self.md(name)
-            status = md.get("status") or {}
-            cond = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
-            generation = md["metadata"]["generation"]
-            if (
-                cond
-                and cond["status"] == "True"
-                and cond.get("observedGeneration") == generation
-                and status.get("observedGeneration") == generation
-            ):
-                return md
-            return None
-
-        return wait_for(f"{name} Ready", ready, timeout)
 
 
 @pytest.fixture
