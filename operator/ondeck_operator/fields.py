@@ -71,10 +71,12 @@ class PathType(StrEnum):
 
 
 class AccessMode(StrEnum):
+    """Claim access modes. ReadWriteOncePod is left out: a rolling update that never
+    takes a pod down first (maxUnavailable 0) could not start the new pod."""
+
     READ_WRITE_ONCE = "ReadWriteOnce"
     READ_ONLY_MANY = "ReadOnlyMany"
     READ_WRITE_MANY = "ReadWriteMany"
-    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
 
 
 class PullPolicy(StrEnum):

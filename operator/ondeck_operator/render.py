@@ -52,6 +52,7 @@ from ondeck_operator.constants import (
 )
 from ondeck_operator.names import job_name, pvc_name, server_name
 from ondeck_operator.types import (
+    AccessMode,
     ArtifactPVC,
     ModelDeployment,
     ResourceRequirements,
@@ -348,6 +349,32 @@ def _http_probe(path: str, *, period: int, failures: int, timeout: int) -> dict[
     }
 
 
+def _single_node_claim(md: ModelDeployment) -> bool:
+    """Whether the served claim is one ondeck creates that only one node can mount."""
+    artifacts = md.spec.artifacts
+    if artifacts.existing_claim:
+        return False
+    modes = set((artifacts.pvc or ArtifactPVC()).access_modes)
+    return modes == {AccessMode.READ_WRITE_ONCE}
+
+
+def _affinity(md: ModelDeployment) -> dict[str, Any]:
+    """The user's affinity; with a ReadWriteOnce claim, also keep every server pod on one
+    node (a second node could not attach the volume, and a rollout with maxUnavailable 0
+    would wait forever). A user who sets podAffinity decides alone."""
+    affinity = dict(md.spec.server.affinity or {})
+    if _single_node_claim(md) and "podAffinity" not in affinity:
+        affinity["podAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": selector_labels(md)},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    return affinity
+
+
 def render_deployment(
     md: ModelDeployment,
     config: OperatorConfig,
@@ -431,8 +458,9 @@ def render_deployment(
         + server.drain_timeout_seconds
         + config.termination_grace_margin_seconds,
     }
-    if server.affinity:
-        pod_spec["affinity"] = server.affinity
+    affinity = _affinity(md)
+    if affinity:
+        pod_spec["affinity"] = affinity
     pod_spec |= {"containers": [container], "volumes": volumes}
     deployment_spec: dict[str, Any] = {}
     if spec.autoscaling is None:

@@ -579,7 +579,9 @@ class ArtifactPVC(ApiModel):
         min_length=1,
         max_length=4,
         json_schema_extra={"default": ["ReadWriteOnce"]},
-        description="Access modes; ReadOnlyMany or ReadWriteMany when replicas span nodes.",
+        description="Access modes. With ReadWriteOnce (the default) every server pod runs on "
+        "the node that mounts the claim; ReadOnlyMany or ReadWriteMany let replicas spread "
+        "across nodes.",
     )
 
 

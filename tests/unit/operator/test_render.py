@@ -8,7 +8,7 @@ import pytest
 from ondeck_operator.args import artifact_key
 from ondeck_operator.config import OperatorConfig
 from ondeck_operator.constants import LABEL_ARTIFACT_KEY
-from ondeck_operator.render import RenderState, model_url, render, selector_string
+from ondeck_operator.render import RenderState, model_url, render, render_job, selector_string
 
 from .k8s_checks import all_problems
 from .specs import FULL_SPEC, make_md
@@ -90,3 +90,126 @@ def test_model_url_and_selector(config: OperatorConfig) -> None:
     assert selector_string(make_md()) == (
         "app.kubernetes.io/component=server,ondeck.io/model-deployment=iris"
     )
+
+
+def _deployment(spec: dict | None, config: OperatorConfig) -> dict:
+    return by_kind(render(make_md(spec), config, RenderState(serving_key="k" * 16)), "Deployment")
+
+
+def test_read_write_once_claim_keeps_server_pods_on_one_node(config: OperatorConfig) -> None:
+    affinity = _deployment(None, config)["spec"]["template"]["spec"]["affinity"]
+    assert affinity == {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/component": "server",
+                            "ondeck.io/model-deployment": "iris",
+                        }
+                    },
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    "artifacts",
+    [{"pvc": {"accessModes": ["ReadWriteMany"]}}, {"existingClaim": "shared"}],
+    ids=["read-write-many", "existing-claim"],
+)
+def test_shared_claims_let_pods_spread(artifacts: dict, config: OperatorConfig) -> None:
+    spec = {"model": {"uri": "s3://b/m.onnx"}, "artifacts": artifacts}
+    assert "affinity" not in _deployment(spec, config)["spec"]["template"]["spec"]
+
+
+def test_user_pod_affinity_is_kept_as_is(config: OperatorConfig) -> None:
+    user = {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    spec = {"model": {"uri": "s3://b/m.onnx"}, "server": {"affinity": user}}
+    assert _deployment(spec, config)["spec"]["template"]["spec"]["affinity"] == user
+
+
+def test_existing_claim_is_used_and_no_claim_rendered(config: OperatorConfig) -> None:
+    spec = {"model": {"uri": "s3://b/m.onnx"}, "artifacts": {"existingClaim": "shared"}}
+    objects = render(make_md(spec), config, RenderState(serving_key="k" * 16))
+    assert "PersistentVolumeClaim" not in kinds(objects)
+    for kind in ("Job", "Deployment"):
+        volumes = by_kind(objects, kind)["spec"]["template"]["spec"]["volumes"]
+        assert volumes[0]["persistentVolumeClaim"]["claimName"] == "shared"
+
+
+def test_user_env_overrides_base_env_once(config: OperatorConfig) -> None:
+    spec = {"model": {"uri": "s3://b/m.onnx"}, "server": {"env": [{"name": "HOME", "value": "/x"}]}}
+    env = _deployment(spec, config)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "HOME", "value": "/x"}]
+
+
+def test_termination_grace_covers_pre_stop_and_drain(config: OperatorConfig) -> None:
+    spec = {"model": {"uri": "s3://b/m.onnx"}, "server": {"drainTimeoutSeconds": 40}}
+    pod = _deployment(spec, config)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == config.pre_stop_sleep_seconds
+    assert container["args"][container["args"].index("--drain-timeout") + 1] == "40"
+    assert pod["terminationGracePeriodSeconds"] == (
+        config.pre_stop_sleep_seconds + 40 + config.termination_grace_margin_seconds
+    )
+
+
+def test_pdb_when_two_or_more_replicas_wanted(config: OperatorConfig) -> None:
+    state = RenderState(serving_key="k" * 16)
+    two = render(make_md({"model": {"uri": "s3://b/m"}, "server": {"replicas": 2}}), config, state)
+    assert by_kind(two, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {
+            "matchLabels": {
+                "app.kubernetes.io/component": "server",
+                "ondeck.io/model-deployment": "iris",
+            }
+        },
+    }
+    one = render(make_md({"model": {"uri": "s3://b/m"}, "server": {"replicas": 1}}), config, state)
+    assert "PodDisruptionBudget" not in kinds(one)
+
+
+def test_job_mounts_pvc_sources_read_only_and_sets_pvc_root(config: OperatorConfig) -> None:
+    job = render_job(make_md(FULL_SPEC), config)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert args[args.index("--pvc-root") + 1] == config.sources_mount_path
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/sources/models"]["readOnly"] is True
+    assert mounts["/sources/calib"]["readOnly"] is True
+    claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert {"claimName": "models", "readOnly": True} in claims
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert args[args.index("--termination-log") + 1] == "/dev/termination-log"
+    assert job["spec"]["backoffLimit"] == config.job_backoff_limit
+    assert job["spec"]["activeDeadlineSeconds"] == 900
+    assert job["spec"]["ttlSecondsAfterFinished"] == config.job_ttl_seconds_after_finished
+
+
+def test_job_without_pvc_sources_has_no_pvc_root(config: OperatorConfig) -> None:
+    args = render_job(make_md(), config)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--pvc-root" not in args
+    assert "--termination-log" in args
+
+
+def test_names_of_long_model_deployments_are_shortened(config: OperatorConfig) -> None:
+    name = "m" * 63
+    objects = render(make_md(name=name), config, RenderState(serving_key="k" * 16))
+    for obj in objects:
+        assert len(obj["metadata"]["name"]) <= 63
+    assert by_kind(objects, "Deployment")["metadata"]["name"] == name
+    assert by_kind(objects, "Job")["metadata"]["name"].endswith(
+        "-convert-" + artifact_key(make_md(name=name).spec)
+    )
+
+
+def test_without_uid_no_owner_references(config: OperatorConfig) -> None:
+    md = make_md(uid=None)
+    for obj in render(md, config, RenderState(serving_key="k" * 16)):
+        assert "ownerReferences" not in obj["metadata"]
