@@ -82,6 +82,8 @@ class ModelSource:
     name: str
     version: str
     load: Callable[[], Runtime]
+    #: onnxruntime intra-op threads (for the log; the loader applies them)
+    threads: int = 1
 
 
 def source_from_settings(settings: ServeSettings) -> ModelSource:
@@ -95,7 +97,12 @@ def source_from_settings(settings: ServeSettings) -> ModelSource:
     version = manifest.digest[:12] if manifest else "1"
     threads = settings.threads or cpu_limit()
     path = resolved.model_path
-    return ModelSource(name=name, version=version, load=lambda: OnnxRuntime(path, threads=threads))
+    return ModelSource(
+        name=name,
+        version=version,
+        load=lambda: OnnxRuntime(path, threads=threads),
+        threads=threads,
+    )
 
 
 class ServerState:
@@ -139,7 +146,7 @@ class ServerState:
             if self.phase is Phase.FAILED:
                 raise ModelNotReady(f"model {name!r} failed to load: {self.fatal}")
             raise ModelNotReady(
-                f"model {name!r} is still loading; retry when /v2/health/ready is 200"
+                f"model {name!r} is still loading; retry when /v2/health/ready answers 200"
             )
         return self.model, self.batcher
 
@@ -175,8 +182,8 @@ class ServerState:
             self.phase = Phase.READY
             self.metrics.model_ready(name, True)
         log.info(
-            "model %r ready in %.2f s (batching %s, %d inputs, %d outputs)",
-            name, seconds, "on" if batcher.stack else "off", len(info.inputs), len(info.outputs),
+            "model %r ready in %.2f s (batching %s, onnxruntime threads %d)",
+            name, seconds, "on" if batcher.stack else "off", self.source.threads,
         )  # fmt: skip
 
     def _fail(self, exc: ServeError) -> None:

@@ -261,9 +261,9 @@ def array_from_json(data: Any, *, spec: TensorSpec, shape: list[int], count: int
             raise _fail(f"input {name!r}: {datatype.value} data must be numbers")
         return raw.astype(spec.dtype, copy=False).reshape(shape)
     # integer datatypes
-    if kind == "f" and datatype is Datatype.UINT64:
-        # numpy turns a mix of int64-sized and larger integers into float64.
-        exact = _uint64_exact(data, name)
+    if kind in "fO":
+        # numpy turns a mix of int64-sized and larger integers into float64 (or object).
+        exact = _exact_integers(data, spec)
         if exact is not None:
             return exact.reshape(shape)
     if kind not in "iu":
@@ -278,16 +278,18 @@ def array_from_json(data: Any, *, spec: TensorSpec, shape: list[int], count: int
     return raw.astype(spec.dtype, copy=False).reshape(shape)
 
 
-def _uint64_exact(data: Any, name: str) -> np.ndarray | None:
+def _exact_integers(data: Any, spec: TensorSpec) -> np.ndarray | None:
+    """`data` as `spec`'s integer dtype when every value is a JSON integer, else None."""
     values = np.asarray(data, dtype=object).reshape(-1)
     if not all(type(v) is int for v in values):
         return None
-    try:
-        return np.array(values.tolist(), dtype=np.uint64)
-    except OverflowError:
+    info = np.iinfo(spec.dtype)
+    if any(v < info.min or v > info.max for v in values):
         raise _fail(
-            f"input {name!r}: a value is out of range for UINT64 (0 to {2**64 - 1})"
-        ) from None
+            f"input {spec.name!r}: a value is out of range for {spec.datatype.value}"
+            f" ({info.min} to {info.max})"
+        )
+    return np.array(values.tolist(), dtype=spec.dtype)
 
 
 def _rows(arrays: Arrays, model: ModelInfo) -> int:

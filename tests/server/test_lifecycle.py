@@ -1,0 +1,255 @@
+"""The server process's life: readiness only after warm-up, overload answered with 503
++ Retry-After, SIGTERM drains requests in flight and exits 0, a model that cannot load
+exits 1 with one line. All with real processes, a slow real model, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+import modelzoo
+from server.v2client import assert_same, binary_request, decode_response, json_request
+
+
+def _metric(url: str, name: str) -> float | None:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def test_ready_only_after_warm_up(start_server: object, zoo: dict[str, Path]) -> None:
+    # Warm-up runs a full batch of 256 rows through a model of 512 chained layers: slow.
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "256")  # type: ignore[operator]
+    url = server.wait_listening()
+    seen_loading = False
+    feeds = modelzoo.sample_inputs("slow", 1)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{url}/v2/health/ready", timeout=10)
+        if ready.status_code == 200:
+            break
+        assert (ready.status_code, ready.json()) == (503, {"ready": False})
+        assert httpx.get(f"{url}/v2/health/live", timeout=10).status_code == 200
+        answer = httpx.post(f"{url}/v2/models/slow_heavy/infer", content=json_request(feeds))
+        if answer.status_code == 503:
+            assert answer.json() == {
+                "error": "model 'slow_heavy' is still loading; retry when /v2/health/ready"
+                " answers 200"
+            }
+            seen_loading = True
+        time.sleep(0.01)
+    assert seen_loading, "the server never reported loading: warm-up too fast to observe?"
+    assert httpx.get(f"{url}/v2/models/slow_heavy/ready").json() == {
+        "name": "slow_heavy",
+        "ready": True,
+    }
+    assert (_metric(url, 'ondeck_model_load_seconds{model="slow_heavy"}') or 0) > 0
+    assert _metric(url, 'ondeck_model_ready{model="slow_heavy"}') == 1
+    assert "model 'slow_heavy' ready in" in server.output()
+    assert server.terminate() == 0
+
+
+async def _post_all(
+    url: str, bodies: list[bytes], *, delay_first: float = 0.0
+) -> list[httpx.Response | Exception]:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)
+    ) as client:
+
+        async def one(i: int, body: bytes) -> httpx.Response | Exception:
+            if i and delay_first:
+                await asyncio.sleep(delay_first)
+            try:
+                return await client.post("/v2/models/slow_heavy/infer", content=body)
+            except httpx.TransportError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies))))
+
+
+def test_overload_gets_503_with_retry_after(start_server: object, zoo: dict[str, Path]) -> None:
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--max-queue", "2")  # type: ignore[operator]
+    url = server.wait_ready()
+    long = modelzoo.sample_inputs("slow", 150, seed=1)
+    short = [modelzoo.sample_inputs("slow", 1, seed=2 + i) for i in range(6)]
+    bodies = [binary_request(long)[0]] + [json_request(f) for f in short]
+    headers = binary_request(long)[1]
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=60, limits=httpx.Limits(max_connections=16)
+        ) as client:
+            first = asyncio.create_task(
+                client.post("/v2/models/slow_heavy/infer", content=bodies[0], headers=headers)
+            )
+            await asyncio.sleep(0.3)  # the long request is running now
+            rest = await asyncio.gather(
+                *(client.post("/v2/models/slow_heavy/infer", content=b) for b in bodies[1:])
+            )
+            return [await first, *rest]
+
+    answers = asyncio.run(go())
+    refused = [a for a in answers if a.status_code == 503]
+    assert len(refused) >= 3, [a.status_code for a in answers]
+    for answer in refused:
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == {
+            "error": "the server is at capacity (2 requests queued); retry after 1 s"
+        }
+    assert_same(
+        decode_response(answers[0].content, answers[0].headers)[1],
+        modelzoo.reference(zoo["slow_heavy"], long),
+    )
+    for answer, feeds in zip(answers[1:], short, strict=True):
+        if answer.status_code != 503:
+            assert answer.status_code == 200
+            assert_same(
+                decode_response(answer.content, answer.headers)[1],
+                modelzoo.reference(zoo["slow_heavy"], feeds),
+            )
+    # Still serving, and the refusals were counted.
+    again = httpx.post(f"{url}/v2/models/slow_heavy/infer", content=json_request(short[0]))
+    assert again.status_code == 200
+    assert _metric(
+        url, 'ondeck_requests_total{code="503",model="slow_heavy",protocol="v2"}'
+    ) == len(refused)
+    assert server.terminate() == 0
+
+
+def test_sigterm_drains_requests_in_flight(start_server: object, zoo: dict[str, Path]) -> None:
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "60")  # type: ignore[operator]
+    url = server.wait_ready()
+    feeds = [modelzoo.sample_inputs("slow", 40, seed=10 + i) for i in range(4)]
+
+    async def go() -> tuple[list[httpx.Response | Exception], dict[str, object]]:
+        task = asyncio.create_task(_post_all(url, [json_request(f) for f in feeds]))
+        deadline = time.monotonic() + 30
+        while _metric(url, "ondeck_inflight_requests") != 4:
+            assert time.monotonic() < deadline, "requests never got in flight"
+            await asyncio.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        # Not ready at once, while the in-flight requests still run; still alive.
+        async with httpx.AsyncClient(base_url=url, timeout=10) as probe:
+            ready = await probe.get("/v2/health/ready")
+            live = await probe.get("/v2/health/live")
+        observed = {"ready": (ready.status_code, ready.json()), "live": live.status_code}
+        return await task, observed
+
+    answers, observed = asyncio.run(go())
+    assert observed == {"ready": (503, {"ready": False}), "live": 200}
+    for answer, f in zip(answers, feeds, strict=True):
+        assert isinstance(answer, httpx.Response), answer
+        assert answer.status_code == 200
+        assert_same(
+            decode_response(answer.content, answer.headers)[1],
+            modelzoo.reference(zoo["slow_heavy"], f),
+        )
+    assert server.proc.wait(30) == 0
+    assert "draining: finishing requests in flight" in server.output()
+
+
+def test_drain_timeout_bounds_the_shutdown(start_server: object, zoo: dict[str, Path]) -> None:
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "0.5")  # type: ignore[operator]
+    url = server.wait_ready()
+    body = binary_request(modelzoo.sample_inputs("slow", 200))[0]
+    headers = binary_request(modelzoo.sample_inputs("slow", 200))[1]
+
+    async def go() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            tasks = [
+                asyncio.create_task(
+                    client.post("/v2/models/slow_heavy/infer", content=body, headers=headers)
+                )
+                for _ in range(4)
+            ]
+            deadline = time.monotonic() + 30
+            while _metric(url, "ondeck_inflight_requests") != 4:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            sent = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.proc.wait, 30)
+            stopped = time.monotonic() - sent
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return stopped
+
+    stopped = asyncio.run(go())
+    # Four requests of 200 rows need several seconds; the drain gives them 0.5 s.
+    assert stopped < 3.0
+    assert server.proc.returncode == 0
+
+
+def test_model_that_cannot_load_exits_1(start_server: object, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    server = start_server(bad)  # type: ignore[operator]
+    assert server.proc.wait(60) == 1
+    last = server.output().strip().splitlines()[-1]
+    assert last.startswith(f"StartupError: onnxruntime cannot load {bad}: ")
+    assert "Traceback" not in server.output()
+
+
+def test_model_with_non_tensor_outputs_exits_1(start_server: object, tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    onx = to_onnx(LogisticRegression(max_iter=300).fit(x, y), x[:1].astype("float32"))  # ZipMap on
+    path = tmp_path / "zipmap.onnx"
+    path.write_bytes(onx.SerializeToString())
+    server = start_server(path)  # type: ignore[operator]
+    assert server.proc.wait(60) == 1
+    assert server.output().strip().splitlines()[-1] == (
+        "StartupError: model output 'output_probability' is a seq(map(int64,tensor(float))),"
+        " which the V2 protocol cannot carry; convert the model with plain tensor outputs"
+        " (for scikit-learn: zipmap off)"
+    )
+
+
+def test_artifact_folder_and_ref(
+    start_server: object, zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--model` accepts an artifact folder (name and version from its manifest)."""
+    import hashlib
+    import shutil
+
+    from ondeck_server import artifact
+
+    store = tmp_path / "store"
+    digest = hashlib.sha256(zoo["mlp"].read_bytes()).hexdigest()
+    staging = artifact.staging_dir(store, digest)
+    shutil.copy(zoo["mlp"], staging / artifact.MODEL_FILE)
+    size = zoo["mlp"].stat().st_size
+    manifest = artifact.Manifest(
+        digest=digest,
+        name="classifier",
+        source=artifact.SourceInfo(
+            uri="file:///mlp.onnx", sha256=digest, format="onnx", sizeBytes=size
+        ),
+        inputs=[artifact.TensorInfo(name="input", datatype="FP32", shape=[-1, 256])],
+        outputs=[artifact.TensorInfo(name="logits", datatype="FP32", shape=[-1, 10])],
+        originalSizeBytes=size,
+        sizeBytes=size,
+    )
+    (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
+    artifact.publish(staging, store, digest)
+    link = artifact.point_ref(store, "classifier", digest)
+    server = start_server(link)  # type: ignore[operator]
+    url = server.wait_ready()
+    meta = httpx.get(f"{url}/v2/models/classifier").json()
+    assert meta["versions"] == [digest[:12]]
+    feeds = modelzoo.sample_inputs("mlp", 2)
+    answer = httpx.post(
+        f"{url}/v2/models/classifier/versions/{digest[:12]}/infer", content=json_request(feeds)
+    )
+    assert_same(
+        decode_response(answer.content, answer.headers)[1], modelzoo.reference(zoo["mlp"], feeds)
+    )
+    assert server.terminate() == 0
