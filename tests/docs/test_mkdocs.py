@@ -55,3 +55,29 @@ def test_readme_links_point_at_files() -> None:
     assert local, "README links into docs/"
     broken = [t for t in local if not (ROOT / t).exists()]
     assert broken == []
+
+
+def test_security_rbac_table_matches_the_operator_rules() -> None:
+    """docs/security.md lists exactly the rules the chart grants the operator."""
+    rules_file = ROOT / "charts" / "ondeck" / "files" / "operator-rules.yaml"
+    if not rules_file.is_file():
+        pytest.skip(f"needs {rules_file.relative_to(ROOT)} (the operator's RBAC rules)")
+    granted = {
+        (group, resource, verb)
+        for rule in yaml.safe_load(rules_file.read_text())["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = text.split("## RBAC", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("API groups", "---"):
+            continue
+        groups = ["" if g.strip() == "core" else g.strip(" `") for g in cells[0].split(",")]
+        resources = [r.strip(" `") for r in cells[1].split(",")]
+        verbs = [v.strip() for v in cells[2].split(",")]
+        documented |= {(g, r, v) for g in groups for r in resources for v in verbs}
+    assert documented == granted

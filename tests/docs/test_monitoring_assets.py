@@ -1,8 +1,8 @@
 """The monitoring examples in docs/assets use metrics that exist: every `ondeck_…` name
-in the Prometheus alert rules and the Grafana dashboard is exported by a real
-`ondeck-server serve` process (its /metrics, scraped over a socket), and every label they
-group or filter by is one of that metric's labels or one Prometheus adds when scraping
-Kubernetes pods."""
+in the Prometheus alert rules and the Grafana dashboard is exported either by a real
+`ondeck-server serve` process (its /metrics, scraped over a socket) or by the operator's
+metrics registry, and every label they group or filter by is one of that metric's labels
+or one Prometheus adds when scraping Kubernetes pods."""
 
 from __future__ import annotations
 
@@ -63,11 +63,9 @@ def _tiny_onnx(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+def server_exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """metric sample name -> label names, from a real server after one inference."""
     pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install -e '.[server]'")
-    from prometheus_client.parser import text_string_to_metric_families
-
     folder = tmp_path_factory.mktemp("tiny")
     _tiny_onnx(folder / "model.onnx")
     port = free_port()
@@ -95,6 +93,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    return _samples(text)
+
+
+def _samples(text: str) -> dict[str, set[str]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -102,8 +106,29 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def operator_exported() -> dict[str, set[str]]:
+    """The operator's metrics after one of each event it records."""
+    pytest.importorskip("aiohttp", reason="needs aiohttp: pip install -e '.[operator]'")
+    from ondeck_operator.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.reconciles.labels(result="ok").inc()
+    metrics.errors.labels(reason="ApiError").inc()
+    metrics.duration.observe(0.01)
+    metrics.writes.labels(verb="apply").inc()
+    metrics.on_request("get", 200)
+    metrics.set_phases(["Ready"])
+    metrics.queue_depth.set(0)
+    metrics.active.set(1)
+    return _samples(metrics.render().decode())
+
+
 @pytest.mark.parametrize("source", ["alerts", "dashboard"])
-def test_metric_names_and_labels_exist(exported: dict[str, set[str]], source: str) -> None:
+def test_metric_names_and_labels_exist(
+    server_exported: dict[str, set[str]], operator_exported: dict[str, set[str]], source: str
+) -> None:
+    exported = server_exported | operator_exported
     exprs = _alert_exprs() if source == "alerts" else _dashboard_exprs()
     assert exprs
     for expr in exprs:
