@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from .runner import OndeckRun, free_port
@@ -189,3 +190,32 @@ def test_port_in_use_exits_2(tmp_path: Path) -> None:
         f"PortInUse: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "pick another with --port"
     ]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_ctrl_c_during_conversion_stops_it_and_exits_130(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run = _run(EXAMPLES / "cnn" / "modeldeployment.yaml", store)
+    deadline = time.monotonic() + 60
+    while not any(line.startswith("ondeck: converting ") for line in run.err):
+        assert time.monotonic() < deadline, run.err
+        assert run.proc.poll() is None, run.err
+        time.sleep(0.05)
+    assert _processes_mentioning(f"convert --source {EXAMPLES / 'cnn' / 'model.pt'}")
+    assert run.stop(signal.SIGINT) == 130
+    assert run.err[-1] == "ondeck: stopped before the model was served"
+    assert run.out == []
+    assert _processes_mentioning(str(store)) == []
+    assert not (store / "refs").exists()
