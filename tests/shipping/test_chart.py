@@ -59,18 +59,35 @@ def test_helm_lint_strict(helm: Helm, name: str) -> None:
     assert "0 chart(s) failed" in done.stdout
 
 
+def _crd_schemas(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) → openAPIV3Schema of every CRD the chart installs."""
+    schemas = {}
+    for crd in (o for o in objects if o["kind"] == "CustomResourceDefinition"):
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 @pytest.mark.parametrize("monitoring_api", [False, True], ids=["plain", "prometheus-operator"])
 def test_every_rendered_object_validates_strictly(
     render: Render, name: str, monitoring_api: bool
 ) -> None:
+    import jsonschema
+
     objects = render(
         VALUE_SETS[name], api_versions=[MONITORING_API] if monitoring_api else [], include_crds=True
     )
-    assert "CustomResourceDefinition" in _kinds(objects)
+    crd_schemas = _crd_schemas(objects)
+    assert ("ondeck.io/v1alpha1", "ModelDeployment") in crd_schemas
     for obj in objects:
         if obj["apiVersion"] == MONITORING_API:
             # No schema for Prometheus Operator kinds ships here; checked in test_monitoring.
+            continue
+        if (obj["apiVersion"], obj["kind"]) in crd_schemas:
+            # Custom resources the chart creates (kopf peerings): their CRD's schema.
+            jsonschema.validate(obj, crd_schemas[obj["apiVersion"], obj["kind"]])
             continue
         for version in K8S_VERSIONS:
             try:
@@ -164,6 +181,168 @@ def test_image_digest_pins_the_image(render: Render) -> None:
         "registry.example.com/ml/ondeck-operator:0.1.0@sha256:"
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     )
+
+
+# ------------------------------------------------------------------ the `ondeck operator` contract
+
+
+def _operator_envvars() -> set[str]:
+    """Environment variables the real `ondeck operator` command reads."""
+    import typer
+
+    from ondeck_operator.cli import _register, app
+
+    _register()
+    group = typer.main.get_command(app)
+    command = group.commands["operator"]  # type: ignore[attr-defined]
+    return {str(p.envvar) for p in command.params if p.envvar}
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_operator_env_names_are_flags_of_ondeck_operator(render: Render, name: str) -> None:
+    known = _operator_envvars()
+    ours = {n for n in _env(render(VALUE_SETS[name])) if n.startswith("ONDECK_")}
+    assert ours
+    assert ours <= known, f"not read by `ondeck operator`: {sorted(ours - known)}"
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_ondeck_operator_accepts_the_charts_settings(
+    render: Render, name: str, tmp_path: Path
+) -> None:
+    """The real CLI parses the chart's env and config file; it stops (exit 2) only at the
+    kubeconfig flag given here, which names no file: every earlier check passed."""
+    objects = render(VALUE_SETS[name])
+    missing = tmp_path / "missing-kubeconfig"
+    config = tmp_path / "config.yaml"
+    config.write_text(_one(objects, "ConfigMap")["data"]["config.yaml"])
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    for item in _container(objects)["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = "ondeck-7d4b9c-x2x9q"  # what the downward API gives
+    env["ONDECK_CONFIG"] = str(config)
+    done = subprocess.run(
+        [sys.executable, "-m", "ondeck_operator", "operator", "--kubeconfig", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.endswith(f"Error: kubeconfig {missing} does not exist")
+
+
+def test_namespaced_mode_passes_the_namespaces_space_separated(render: Render) -> None:
+    assert _env(render(VALUE_SETS["namespaced"]))["ONDECK_NAMESPACES"] == "ml,staging"
+    assert "ONDECK_NAMESPACES" not in _env(render())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("default", [("ClusterKopfPeering", None)]),
+        ("namespaced", [("KopfPeering", "ml"), ("KopfPeering", "staging")]),
+    ],
+)
+def test_peering_objects_match_the_mode(
+    render: Render, name: str, expected: list[tuple[str, str | None]]
+) -> None:
+    objects = render(VALUE_SETS[name])
+    peerings = [o for o in objects if o["apiVersion"] == "kopf.dev/v1"]
+    assert [(o["kind"], o["metadata"].get("namespace")) for o in peerings] == expected
+    assert {o["metadata"]["name"] for o in peerings} == {_env(objects)["ONDECK_PEERING"]}
+    single = render(sets=["replicaCount=1", "operator.peering.enabled=false"])
+    assert not [o for o in single if o["apiVersion"] == "kopf.dev/v1"]
+    assert "ONDECK_PEERING" not in _env(single)
+
+
+# ------------------------------------------------------------------ RBAC
+
+
+def _file_rules() -> list[dict[str, Any]]:
+    rules = yaml.safe_load((CHART / "files" / "operator-rules.yaml").read_text())["rules"]
+    assert isinstance(rules, list)
+    return rules
+
+
+def _without(rules: list[dict[str, Any]], resource: str) -> list[dict[str, Any]]:
+    kept = []
+    for rule in rules:
+        resources = [r for r in rule["resources"] if r != resource]
+        if resources:
+            kept.append({**rule, "resources": resources})
+    return kept
+
+
+def _sa_subject(objects: list[dict[str, Any]]) -> dict[str, str]:
+    account = _one(objects, "ServiceAccount")
+    return {
+        "kind": "ServiceAccount",
+        "name": account["metadata"]["name"],
+        "namespace": account["metadata"]["namespace"],
+    }
+
+
+def test_cluster_wide_mode_binds_one_cluster_role(render: Render) -> None:
+    objects = render()
+    role = _one(objects, "ClusterRole")
+    binding = _one(objects, "ClusterRoleBinding")
+    assert role["rules"] == _without(_file_rules(), "kopfpeerings")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [_sa_subject(objects)]
+    assert "Role" not in _kinds(objects)
+    assert "RoleBinding" not in _kinds(objects)
+    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == _sa_subject(objects)["name"]
+
+
+def test_namespaced_mode_binds_a_role_in_each_namespace_and_nothing_cluster_wide(
+    render: Render,
+) -> None:
+    objects = render(VALUE_SETS["namespaced"])
+    assert "ClusterRole" not in _kinds(objects)
+    assert "ClusterRoleBinding" not in _kinds(objects)
+    roles = [o for o in objects if o["kind"] == "Role"]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "staging"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml", "staging"]
+    for role in roles:
+        assert role["rules"] == _without(_file_rules(), "clusterkopfpeerings")
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [_sa_subject(objects)]
+
+
+def test_rbac_grants_no_wildcards_and_no_secrets(render: Render) -> None:
+    for name in VALUE_SETS:
+        for obj in render(VALUE_SETS[name]):
+            for rule in obj.get("rules", []):
+                assert "*" not in rule["verbs"]
+                assert "*" not in rule["resources"]
+                assert "secrets" not in rule["resources"]
+
+
+def test_rbac_can_be_left_to_the_cluster_admin(render: Render) -> None:
+    objects = render(
+        sets=["rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=ops"]
+    )
+    kinds = set(_kinds(objects))
+    assert not kinds & {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    }
+    assert _one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
 
 
 # ------------------------------------------------------------------ config and the operator
@@ -307,6 +486,10 @@ BAD_VALUES = [
         "replicaCount is 2 but operator.peering.enabled is false",
     ),
     ("operator.metricsPort=8080", "operator.healthPort and operator.metricsPort are both 8080"),
+    (
+        "serviceAccount.create=false",
+        "serviceAccount.name is required when serviceAccount.create is false",
+    ),
 ]
 
 
@@ -326,6 +509,14 @@ def test_bad_value_fails_install_with_a_clear_message(
 
 
 # ------------------------------------------------------------------ CRDs, README, NOTES
+
+
+def test_kopf_peering_crds_are_the_operators_own() -> None:
+    # The operator's e2e tests install files/kopf-peering-crds.yaml; the chart and crds/
+    # ship the same bytes, so what is tested is what is installed.
+    source = (CHART / "files" / "kopf-peering-crds.yaml").read_bytes()
+    assert (ROOT / "crds" / "kopf-peerings.yaml").read_bytes() == source
+    assert (CHART / "crds" / "kopf-peerings.yaml").read_bytes() == source
 
 
 def test_chart_crds_equal_the_repository_crds() -> None:
@@ -400,7 +591,7 @@ def test_notes_tell_the_user_what_to_do_next(helm: Helm, name: str) -> None:
     assert "wait --for=condition=Ready modeldeployment/iris" in notes
     assert "/v2/models/iris" in notes
     if name == "namespaced":
-        assert "watches these namespaces only: ml,staging" in notes
+        assert "watches these namespaces only: ml, staging" in notes
         assert "kubectl apply -n ml -f iris.yaml" in notes
     else:
         assert "watches ModelDeployments in every namespace" in notes

@@ -62,7 +62,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "ondeck.imageRef" (dict "root" . "image" .Values.config.serverImage) }}
 {{- end }}
 
-{{/* The watched namespaces, de-duplicated and sorted; empty means cluster-wide mode. */}}
+{{/* The watched namespaces, de-duplicated, sorted and comma-separated (how the
+     operator's ONDECK_NAMESPACES reads them); empty means cluster-wide mode. */}}
 {{- define "ondeck.watchNamespaces" -}}
 {{- .Values.watch.namespaces | uniq | sortAlpha | join "," }}
 {{- end }}
@@ -91,4 +92,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "files/operator-rules.yaml is missing from the chart" }}
 {{- end }}
 {{- toJson (fromYaml $raw) }}
+{{- end }}
+
+{{/* The operator's RBAC rules, from files/operator-rules.yaml (maintained with the
+     operator's code), less the peering resource the other mode uses: cluster-wide mode
+     peers through ClusterKopfPeerings, namespaced mode through KopfPeerings. */}}
+{{- define "ondeck.rbacRules" -}}
+{{- $file := .Files.Get "files/operator-rules.yaml" }}
+{{- if not $file }}
+{{- fail "files/operator-rules.yaml is missing from the chart" }}
+{{- end }}
+{{- $unused := ternary "clusterkopfpeerings" "kopfpeerings" (not (empty .Values.watch.namespaces)) }}
+{{- $rules := list }}
+{{- range (fromYaml $file).rules }}
+{{- $resources := without .resources $unused }}
+{{- if $resources }}
+{{- $rules = append $rules (merge (dict "resources" $resources) (omit . "resources")) }}
+{{- end }}
+{{- end }}
+{{- toYaml $rules }}
 {{- end }}
