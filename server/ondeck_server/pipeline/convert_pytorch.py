@@ -11,6 +11,8 @@ imported only inside these functions; this module does not optimize or quantize.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +27,8 @@ from ondeck_server.pipeline.inputs_spec import DType, InputSpec
 from ondeck_server.pipeline.onnx_tools import Feeds
 
 OPSET = 17
+# The dynamo exporter's lowest well-supported opset.
+PROGRAM_OPSET = 18
 # Dynamic dimensions get this size in the example the exporter traces: 2, not 1, so the
 # tracer cannot mistake a dynamic dimension for a broadcastable constant.
 _TRACE_DIM = 2
@@ -35,9 +39,11 @@ def convert_pytorch(
 ) -> Converted:
     import torch
 
+    program: Any = None
     if kind is SourceKind.TORCH_EXPORT:
-        model, derived = _load_exported(path)
-        specs = inputs or derived
+        program = _load_exported(path)
+        model = program.module()
+        specs = inputs or _signature(program)
     else:
         if not inputs:
             raise InvalidSettings(
@@ -56,21 +62,28 @@ def convert_pytorch(
                 f"({_describe(specs)}): {_first_line(exc)}; check the names, dtypes and shapes"
             ) from None
     output_names = _output_names(sample_out)
-    dynamic = _dynamic_axes(specs, output_names)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # The exporters print progress on stdout, which carries only the JSON summary.
+        with (
+            warnings.catch_warnings(),
+            torch.no_grad(),
+            contextlib.redirect_stdout(sys.stderr),
+        ):
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                tuple(example),
-                str(out),
-                input_names=[s.name for s in specs],
-                output_names=output_names,
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+            if program is not None:
+                _export_program(program, specs, output_names, out)
+            else:
+                torch.onnx.export(
+                    model,
+                    tuple(example),
+                    str(out),
+                    input_names=[s.name for s in specs],
+                    output_names=output_names,
+                    dynamic_axes=_dynamic_axes(specs, output_names),
+                    opset_version=OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
     except Exception as exc:
         raise ConversionFailed(
             f"torch.onnx could not export {path.name}: {_first_line(exc)}; the model may use "
@@ -81,6 +94,33 @@ def convert_pytorch(
         inputs=specs,
         reference=_reference(model, specs),
         reference_name=kind.value,
+    )
+
+
+def _export_program(
+    program: Any, specs: list[InputSpec], output_names: list[str], out: Path
+) -> None:
+    """torch.export programs go through the dynamo exporter, which keeps the dynamic
+    dimensions the program was exported with (it needs onnxscript)."""
+    import torch
+
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConversionFailed(
+            "exporting a torch.export (.pt2) program needs onnxscript; install the pytorch "
+            "extra (pip install 'ondeck[pytorch]') or save the model as TorchScript"
+        ) from None
+    torch.onnx.export(
+        program,
+        f=str(out),
+        input_names=[s.name for s in specs],
+        output_names=output_names,
+        opset_version=PROGRAM_OPSET,
+        dynamo=True,
+        optimize=True,
+        verbose=False,
+        external_data=True,
     )
 
 
@@ -97,32 +137,16 @@ def _load_torchscript(path: Path) -> Any:
     return model.eval()
 
 
-def _load_exported(path: Path) -> tuple[Any, list[InputSpec]]:
+def _load_exported(path: Path) -> Any:
     import torch
 
     try:
-        program = torch.export.load(str(path))
+        return torch.export.load(str(path))
     except Exception as exc:
         raise ConversionFailed(
             f"{path.name} is not a loadable torch.export program: {_first_line(exc)}; save it "
             "with torch.export.save(torch.export.export(model, example_args), path)"
         ) from None
-    module = program.module()
-    for param in module.parameters():
-        param.requires_grad_(False)
-    specs = _signature(program)
-    example = tuple(_example(s) for s in specs)
-    # The legacy exporter wants a module it can switch to eval mode; an exported program's
-    # module refuses train()/eval(), so trace it into TorchScript first.
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, example, check_trace=False, strict=False)
-    except Exception as exc:
-        raise ConversionFailed(
-            f"{path.name} could not be traced for ONNX export: {_first_line(exc)}"
-        ) from None
-    return traced, specs
 
 
 def _signature(program: Any) -> list[InputSpec]:

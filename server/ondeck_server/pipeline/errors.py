@@ -19,7 +19,8 @@ never leave the pipeline unwrapped.
     ├── OptimizationFailed   onnxruntime could not optimize the graph at the level asked
     ├── QuantizationFailed   onnxruntime's quantizer (or the fp16 converter) failed
     ├── ValidationFailed     the final model's answers are too far from the original's
-    └── StoreFailed          the artifact could not be written: disk full, read-only, permissions
+    ├── StoreFailed          the artifact could not be written: disk full, read-only, permissions
+    └── InternalError        a bug in ondeck: an error no other class explains
 
 This module only defines the errors; it does not catch anything.
 """
@@ -43,6 +44,7 @@ class Reason(StrEnum):
     QUANTIZATION_FAILED = "QuantizationFailed"
     VALIDATION_FAILED = "ValidationFailed"
     STORE_FAILED = "StoreFailed"
+    INTERNAL_ERROR = "InternalError"
 
 
 class PipelineError(Exception):
@@ -102,6 +104,10 @@ class StoreFailed(PipelineError):
     reason = Reason.STORE_FAILED
 
 
+class InternalError(PipelineError):
+    reason = Reason.INTERNAL_ERROR
+
+
 ALL_ERRORS: tuple[type[PipelineError], ...] = (
     InvalidSettings,
     FetchFailed,
@@ -113,4 +119,5 @@ ALL_ERRORS: tuple[type[PipelineError], ...] = (
     QuantizationFailed,
     ValidationFailed,
     StoreFailed,
+    InternalError,
 )

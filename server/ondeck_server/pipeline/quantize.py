@@ -8,9 +8,13 @@
   for convolutional networks.
 - `int8-static`: static QDQ quantization (`quantize_static`) with activation ranges
   calibrated (MinMax) on the `--calibration` arrays; activations uint8, weights int8 per
-  channel (the combination onnxruntime's x86 kernels are fastest with).
-- `fp16`: weights and compute in float16 (onnxconverter-common), inputs and outputs stay
-  FP32 so clients do not change. Halves the size; on CPUs without fp16 kernels
+  channel (the combination onnxruntime's x86 kernels are fastest with). Only the
+  compute-heavy operators (Conv, ConvTranspose, MatMul, Gemm) are quantized: quantizing
+  every operator wrecks transformers (MiniLM cosine 0.34 instead of 0.94).
+- `fp16`: weights and compute in float16, inputs and outputs stay FP32 so clients do not
+  change. onnxruntime's own copy of the converter (`onnxruntime.transformers.float16`):
+  onnxconverter-common 1.16 leaves `Cast(to=float)` nodes behind that make transformer
+  exports fail to load. Halves the size; on CPUs without fp16 kernels
   onnxruntime inserts casts, so expect no speed-up (or a slow-down) there.
 
 `quant_pre_process` (shape inference) runs first; it falls back to skipping symbolic
@@ -32,6 +36,7 @@ from ondeck_server.pipeline.onnx_tools import Feeds
 
 CALIBRATION_MAX_ROWS = 256
 DEFAULT_OPSET = 17
+STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 _CALIBRATION_BATCH = 8
 
 
@@ -226,6 +231,7 @@ def _int8_static(src: Path, out: Path, *, calibration: Feeds, large: bool) -> No
         str(src),
         str(out),
         Reader(),
+        op_types_to_quantize=list(STATIC_OPS),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
@@ -236,7 +242,7 @@ def _int8_static(src: Path, out: Path, *, calibration: Feeds, large: bool) -> No
 
 def _fp16(src: Path, out: Path) -> None:
     import onnx
-    from onnxconverter_common import float16
+    from onnxruntime.transformers import float16
 
     model = onnx.load_model(str(src))
     converted = float16.convert_float_to_float16(model, keep_io_types=True)

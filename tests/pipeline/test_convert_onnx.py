@@ -1,0 +1,97 @@
+"""ONNX sources: checked, shape-inferred, optimized; external data travels with the
+model; a corrupt file is refused with a readable error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ondeck_server import artifact
+from ondeck_server.pipeline import (
+    ConversionFailed,
+    ConvertRequest,
+    Format,
+    UnsupportedFormat,
+    convert,
+)
+from ondeck_server.pipeline.fetch import FetchSettings
+from pipeline.conftest import S3, Sources, assert_nothing_published, onnx_answers
+
+
+def test_onnx_model_is_checked_and_optimized(sources: Sources, store: Path) -> None:
+    source = sources["mlp.onnx"]
+    outcome = convert(ConvertRequest(source=str(source), store=store))
+    manifest = outcome.manifest
+    assert manifest.source.format == "onnx"
+    assert manifest.validation["reference"] == "onnx-fp32"
+    assert [(t.name, t.datatype, t.shape) for t in manifest.inputs] == [("input", "FP32", [-1, 64])]
+    assert [(t.name, t.datatype, t.shape) for t in manifest.outputs] == [
+        ("logits", "FP32", [-1, 10])
+    ]
+    x = np.random.default_rng(2).standard_normal((9, 64)).astype(np.float32)
+    np.testing.assert_allclose(
+        onnx_answers(outcome.path / artifact.MODEL_FILE, {"input": x})[0],
+        onnx_answers(source, {"input": x})[0],
+        atol=1e-5,
+    )
+
+
+def test_external_data_is_kept_together(sources: Sources, store: Path) -> None:
+    source = sources["external/mlp.onnx"]
+    assert (source.parent / "mlp.onnx.weights").is_file()
+    outcome = convert(ConvertRequest(source=str(source), store=store))
+    # Small enough for one file: the weights are folded back into model.onnx.
+    assert sorted(p.name for p in outcome.path.iterdir()) == ["manifest.json", "model.onnx"]
+    x = np.ones((2, 64), dtype=np.float32)
+    np.testing.assert_allclose(
+        onnx_answers(outcome.path / artifact.MODEL_FILE, {"input": x})[0],
+        onnx_answers(sources["mlp.onnx"], {"input": x})[0],
+        atol=1e-5,
+    )
+
+
+def test_external_data_is_fetched_next_to_a_remote_model(
+    s3: S3, store: Path, aws_env: pytest.MonkeyPatch
+) -> None:
+    for key, value in s3.env().items():
+        aws_env.setenv(key, value)
+    outcome = convert(
+        ConvertRequest(
+            source=f"s3://{s3.bucket}/external/mlp.onnx",
+            store=store,
+            fetch=FetchSettings(s3_endpoint_url=s3.endpoint),
+        )
+    )
+    assert outcome.manifest.validation["passed"] is True
+
+
+def test_corrupt_onnx_file(sources: Sources, store: Path) -> None:
+    with pytest.raises(ConversionFailed) as info:
+        convert(ConvertRequest(source=str(sources["corrupt.onnx"]), store=store))
+    assert info.value.message.startswith("corrupt.onnx is not a valid ONNX model (")
+    assert info.value.message.endswith(
+        "); check that the upload is complete and pin it with --sha256"
+    )
+    assert_nothing_published(store)
+
+
+def test_unknown_format(sources: Sources, store: Path) -> None:
+    with pytest.raises(UnsupportedFormat) as info:
+        convert(ConvertRequest(source=str(sources["notes.txt"]), store=store))
+    assert info.value.message == (
+        "notes.txt is not a model file ondeck reads; give an ONNX model (.onnx), a TorchScript "
+        "(torch.jit.save) or torch.export (.pt2) file, or a scikit-learn model saved with "
+        "skops (.skops) or joblib/pickle"
+    )
+    assert_nothing_published(store)
+
+
+def test_declared_format_must_match_the_file(sources: Sources, store: Path) -> None:
+    with pytest.raises(UnsupportedFormat) as info:
+        convert(ConvertRequest(source=str(sources["mlp.onnx"]), store=store, format=Format.SKLEARN))
+    assert info.value.message == (
+        "mlp.onnx is a onnx model (onnx), but --format sklearn was given; fix "
+        "spec.model.format or leave it out"
+    )
