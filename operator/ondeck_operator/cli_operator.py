@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from ondeck_operator.config import ConfigError, OperatorConfig
 from ondeck_operator.settings import LogFormat, LogLevel, OperatorSettings, env_var
-from ondeck_operator.types import format_errors
 
 
 def _opt(flag: str, help: str, *, env: str | None = None, **kwargs: Any) -> Any:
@@ -53,6 +52,16 @@ def _setup_logging(level: LogLevel, fmt: LogFormat) -> None:
     if level != LogLevel.DEBUG:
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _settings_errors(exc: ValidationError) -> str:
+    """`--flag: problem` for each problem (the flag a setting comes from)."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"--{loc[0].replace('_', '-')}: {message}" if loc else message)
+    return "; ".join(lines)
 
 
 def _port(value: int) -> int | None:
@@ -164,7 +173,7 @@ def operator(
         print(f"ConfigError: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     except ValidationError as exc:
-        print(f"SettingsError: {'; '.join(format_errors(exc))}", file=sys.stderr)
+        print(f"SettingsError: {_settings_errors(exc)}", file=sys.stderr)
         raise typer.Exit(2) from None
 
     _setup_logging(settings.log_level, settings.log_format)

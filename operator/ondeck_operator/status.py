@@ -187,7 +187,7 @@ def _artifact_condition(facts: Facts) -> tuple[ConditionStatus, Reason, str]:
 def _available_condition(facts: Facts) -> tuple[ConditionStatus, Reason, str]:
     deployment = facts.deployment
     if deployment is None:
-        if facts.serving_key is None:
+        if facts.serving_key is None and not facts.wanted_built:
             return ConditionStatus.FALSE, Reason.PENDING, "no artifact is built yet"
         return ConditionStatus.FALSE, Reason.DEPLOYING, "creating the server Deployment"
     wanted = max(deployment.desired, facts.min_available)
@@ -267,15 +267,17 @@ def compute_status(
             (ConditionType.AVAILABLE, available),
         )
     ]
-    report = old.artifact if old.artifact and old.artifact.key == facts.serving_key else None
-    if facts.summary is not None and facts.summary.key == facts.serving_key:
+    # The report is of the artifact the Deployment serves, or is being pointed at now.
+    target = facts.wanted_key if facts.wanted_built else facts.serving_key
+    report = old.artifact if old.artifact and old.artifact.key == target else None
+    if facts.summary is not None and facts.summary.key == target:
         report = facts.summary
     deployment = facts.deployment
     return ModelDeploymentStatus(
         observed_generation=generation,
         phase=_phase(facts, ready[0], available[0]),
         conditions=conditions,
-        url=facts.url if facts.serving_key else None,
+        url=facts.url if target else None,
         artifact=report,
         replicas=deployment.replicas if deployment else 0,
         ready_replicas=deployment.ready_replicas if deployment else 0,

@@ -1,0 +1,72 @@
+"""WorkQueue: one run per key at a time, bursts collapse, failures back off."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from ondeck_operator.workqueue import WorkQueue
+
+
+def test_bursts_collapse_and_a_key_never_runs_twice_at_once() -> None:
+    runs: list[str] = []
+    running: set[str] = set()
+    overlaps: list[str] = []
+
+    async def process(key: str) -> None:
+        if key in running:
+            overlaps.append(key)
+        running.add(key)
+        runs.append(key)
+        await asyncio.sleep(0.02)
+        running.discard(key)
+
+    async def main() -> None:
+        queue: WorkQueue[str] = WorkQueue(process, workers=4, retry_min=0.01, retry_max=0.1)
+        task = asyncio.create_task(queue.run())
+        for _ in range(10):
+            queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0.005)
+        queue.add("a")  # while "a" runs: exactly one more run afterwards
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert sorted(runs) == ["a", "a", "b"]
+    assert overlaps == []
+
+
+def test_failures_are_retried_with_growing_backoff() -> None:
+    attempts: list[float] = []
+    errors: list[str] = []
+
+    async def process(key: str) -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) < 4:
+            raise RuntimeError("boom")
+
+    async def main() -> WorkQueue[str]:
+        queue: WorkQueue[str] = WorkQueue(
+            process,
+            workers=1,
+            retry_min=0.02,
+            retry_max=0.05,
+            on_error=lambda key, exc: errors.append(f"{key}: {exc}"),
+        )
+        task = asyncio.create_task(queue.run())
+        queue.add("k")
+        await asyncio.sleep(0.4)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return queue
+
+    queue = asyncio.run(main())
+    assert len(attempts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.015
+    assert gaps[1] >= 0.035
+    assert gaps[2] >= 0.045
+    assert errors == ["k: boom"] * 3
+    assert queue.backoff("k") == 0.02  # reset after the success
