@@ -8,6 +8,7 @@ it always answers one of Argo CD's three states with a message, never an error.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -154,3 +155,137 @@ def test_any_status_gives_a_state_and_a_message(
         ready = [c for c in (status or {}).get("conditions", []) if c["type"] == "Ready"]
         assert ready
         assert ready[-1]["status"] == "True"
+
+
+# ------------------------------------------------------------ against the operator's status
+
+
+def test_failure_reasons_are_the_operators() -> None:
+    from ondeck_operator.status import FAILURE_REASONS
+
+    table = re.search(r"local failureReasons = \{(.*?)\n\}", HEALTH_LUA.read_text(), re.S)
+    assert table
+    assert set(re.findall(r"^\s+(\w+) = true,", table.group(1), re.M)) == {
+        r.value for r in FAILURE_REASONS
+    }
+
+
+def _scenarios() -> dict[str, tuple[Any, str]]:
+    """Facts the reconciler can observe → the health Argo CD must show."""
+    from ondeck_operator.status import DeploymentFacts, Facts, JobState
+
+    def deployment(key: str, *, ready: int, rolled_out: bool, deadline: bool = False) -> Any:
+        return DeploymentFacts(
+            serving_key=key,
+            desired=2,
+            replicas=2,
+            ready_replicas=ready,
+            available_replicas=ready,
+            rolled_out=rolled_out,
+            available=ready >= 1,
+            deadline_exceeded=deadline,
+        )
+
+    base = {"wanted_key": "new", "job_name": "iris-convert-new"}
+    return {
+        "converting": (
+            Facts(**base, serving_key=None, wanted_built=False, job=JobState.RUNNING),
+            "Progressing",
+        ),
+        "conversion-failed-nothing-serving": (
+            Facts(
+                **base,
+                serving_key=None,
+                wanted_built=False,
+                job=JobState.FAILED,
+                job_message="ConversionError: unsupported operator Foo",
+            ),
+            "Degraded",
+        ),
+        "validation-failed-old-serving": (
+            Facts(
+                **base,
+                serving_key="old",
+                wanted_built=False,
+                job=JobState.FAILED,
+                job_message="ValidationFailed: mean cosine 0.96 is below 0.99",
+                deployment=deployment("old", ready=2, rolled_out=True),
+            ),
+            "Degraded",
+        ),
+        "converting-new-old-serving": (
+            Facts(
+                **base,
+                serving_key="old",
+                wanted_built=False,
+                job=JobState.RUNNING,
+                deployment=deployment("old", ready=2, rolled_out=True),
+            ),
+            "Progressing",
+        ),
+        "rolling-out": (
+            Facts(
+                **base,
+                serving_key="new",
+                wanted_built=True,
+                job=JobState.SUCCEEDED,
+                deployment=deployment("new", ready=1, rolled_out=False),
+            ),
+            "Progressing",
+        ),
+        "rollout-stalled": (
+            Facts(
+                **base,
+                serving_key="new",
+                wanted_built=True,
+                job=JobState.SUCCEEDED,
+                deployment=deployment("new", ready=0, rolled_out=False, deadline=True),
+            ),
+            "Degraded",
+        ),
+        "apply-failed": (
+            Facts(
+                **base,
+                serving_key=None,
+                wanted_built=False,
+                job=JobState.ABSENT,
+                apply_error="jobs.batch is forbidden: exceeded quota",
+            ),
+            "Degraded",
+        ),
+        "ready": (
+            Facts(
+                **base,
+                serving_key="new",
+                wanted_built=True,
+                job=JobState.SUCCEEDED,
+                deployment=deployment("new", ready=2, rolled_out=True),
+            ),
+            "Healthy",
+        ),
+    }
+
+
+SCENARIOS = _scenarios()
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_health_of_every_status_the_operator_writes(scenario: str) -> None:
+    """The operator's own compute_status (pure) makes the status; health.lua reads it."""
+    from ondeck_operator.status import compute_status
+    from ondeck_operator.types import ModelDeployment
+
+    facts, expected = SCENARIOS[scenario]
+    manifest = _fixture(CASES[0])
+    manifest["metadata"]["generation"] = 4
+    md = ModelDeployment.from_manifest(manifest)
+    status = compute_status(md, facts, now="2026-11-22T07:00:00Z")
+    obj = {**manifest, "status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert _lua51_health(obj) == (expected, ready["message"])
+    # The user edits the spec: until the operator catches up, the old status is not trusted.
+    obj["metadata"]["generation"] = 5
+    assert _lua51_health(obj) == (
+        "Progressing",
+        "Waiting for the ondeck operator to observe generation 5",
+    )

@@ -10,10 +10,11 @@
 --   Healthy      Ready=True for the current generation
 --   Degraded     phase Failed, or Ready=False for a reason that needs a change from the
 --                user (conversion, checksum or validation failed, invalid spec, ...)
--- The message is the Ready condition's message; when an older version of the model is
--- still serving while the new one failed, the message says so.
+-- The message is the Ready condition's message (the operator's message already says when
+-- an older version of the model is still serving while the new one failed).
 
--- Ready=False reasons that no amount of waiting fixes.
+-- Ready=False reasons that no amount of waiting fixes: the operator's FAILURE_REASONS
+-- (ondeck_operator/status.py; a test keeps the two lists equal).
 local failureReasons = {
   ConversionFailed = true,
   ConversionTimedOut = true,
@@ -88,10 +89,6 @@ end
 if status.phase == "Failed" or (ready.status == "False" and failureReasons[ready.reason]) then
   hs.status = "Degraded"
   hs.message = describe(ready, "ModelDeployment failed")
-  local available = findCondition(status.conditions, "Available")
-  if available ~= nil and available.status == "True" then
-    hs.message = hs.message .. " (the previous version is still serving)"
-  end
   return hs
 end
 
