@@ -92,6 +92,8 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(InferenceFailed("the server is shutting down"))
         self._queue.clear()
+        # A run still in progress would hold the process past its drain timeout.
+        self._runtime.abort()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

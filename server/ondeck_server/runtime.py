@@ -51,6 +51,10 @@ class Runtime(Protocol):
         """Every output of the model, by name."""
         ...
 
+    def abort(self) -> None:
+        """Stop a run in progress and refuse later ones (called once, at shutdown)."""
+        ...
+
 
 def _dims(shape: Sequence[object]) -> tuple[int, ...]:
     # onnxruntime reports a dynamic dim as a name ("batch") or None.
@@ -77,6 +81,8 @@ class OnnxRuntime:
         self._inputs = tuple(self._spec(v, "input") for v in self._session.get_inputs())
         self._outputs = tuple(self._spec(v, "output") for v in self._session.get_outputs())
         self._output_names = [o.name for o in self._outputs]
+        # Shared by every run: setting `terminate` stops the one in progress.
+        self._run_options = ort.RunOptions()
         self._invalid_argument: type[Exception] = (
             ort.capi.onnxruntime_pybind11_state.InvalidArgument
         )
@@ -102,12 +108,15 @@ class OnnxRuntime:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Arrays:
         try:
-            values = self._session.run(self._output_names, dict(feeds))
+            values = self._session.run(self._output_names, dict(feeds), self._run_options)
         except self._invalid_argument as exc:
             raise InvalidInput(f"onnxruntime rejected the input: {_first_line(exc)}") from exc
         except Exception as exc:
             raise InferenceFailed(f"inference failed: {_first_line(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
+
+    def abort(self) -> None:
+        self._run_options.terminate = True
 
 
 def _first_line(exc: BaseException) -> str:
@@ -137,6 +146,7 @@ class FunctionRuntime:
         self._lock = threading.Lock()
         #: rows of the first input, one entry per run
         self.batches: list[int] = []
+        self.aborted = False
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -149,6 +159,13 @@ class FunctionRuntime:
     def run(self, feeds: Mapping[str, np.ndarray]) -> Arrays:
         if self._gate is not None:
             self._gate.wait(timeout=30)
+        if self.aborted:
+            raise InferenceFailed("inference failed: aborted")
         with self._lock:
             self.batches.append(len(next(iter(feeds.values()))))
         return self._fn(feeds)
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self._gate is not None:
+            self._gate.set()

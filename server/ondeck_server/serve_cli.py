@@ -10,6 +10,7 @@ The HTTP behaviour itself lives in app.py.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def serve(
         "drain_timeout": drain_timeout,
     }
     try:
-        settings = ServeSettings(**values)
+        settings = ServeSettings.model_validate(values)
     except ValidationError as exc:
         _die("InvalidSettings", _first_error(exc))
     try:
@@ -102,7 +103,7 @@ def run(settings: ServeSettings) -> int:
         lifespan="on",
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=max(settings.drain_timeout, 0.1),
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
         # Bounded memory: past this many connections + tasks uvicorn answers 503 itself.
         limit_concurrency=max(1024, 4 * settings.max_queue),
         log_config=None,
@@ -162,7 +163,8 @@ def _server_class() -> Any:
                 return False
             remaining = self.drain_deadline - time.monotonic()
             if state.inflight == 0 or remaining <= 0:
-                self.config.timeout_graceful_shutdown = max(remaining, 0.1)
+                # uvicorn takes whole seconds: the last answers get up to 1 s more.
+                self.config.timeout_graceful_shutdown = max(1, math.ceil(remaining))
                 return True
             return False
 

@@ -75,5 +75,6 @@ def _rows(array: np.ndarray) -> list[Any]:
     if array.dtype == object:
         return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array.tolist()]
     if array.ndim == 1:
-        return array.tolist()  # numpy scalars of some dtypes (longlong) are not serializable
+        values: list[Any] = array.tolist()  # orjson cannot write numpy longlong scalars
+        return values
     return list(np.ascontiguousarray(array))

@@ -60,6 +60,7 @@ def decode_request(body: bytes, *, header_length: int | None, model: ModelInfo) 
     request uses the binary extension: the first `header_length` bytes are JSON, the
     rest holds the binary tensors in input order.
     """
+    head: bytes | memoryview
     if header_length is None:
         head, binary = body, memoryview(b"")
     else:
@@ -293,7 +294,7 @@ def _exact_integers(data: Any, spec: TensorSpec) -> np.ndarray | None:
 
 
 def _rows(arrays: Arrays, model: ModelInfo) -> int:
-    rows = {name: a.shape[0] for name, a in arrays.items()}
+    rows = {name: int(a.shape[0]) for name, a in arrays.items()}
     first = next(iter(rows.values()))
     if any(r != first for r in rows.values()):
         listed = ", ".join(f"{n!r} has {r}" for n, r in rows.items())

@@ -134,3 +134,20 @@ def test_encode_binary_bytes_and_fp16() -> None:
 
 def test_error_body() -> None:
     assert v2.encode_error('bad "x"') == b'{"error":"bad \\"x\\""}'
+
+
+def test_importing_the_server_is_light() -> None:
+    """No torch, no onnxruntime, no conversion pipeline, no uvicorn at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ondeck_server.app, ondeck_server.serve_cli, ondeck_server.cli;"
+        "print(sorted({m.split('.')[0] if not m.startswith('ondeck_server') else m"
+        " for m in sys.modules} & {'torch', 'onnxruntime', 'uvicorn', 'sklearn',"
+        " 'ondeck_server.pipeline'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
