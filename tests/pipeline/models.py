@@ -275,3 +275,32 @@ def save_minilm_torchscript(path: Path) -> Path:
         traced = torch.jit.trace(encoder, example, check_trace=False)
     torch.jit.save(traced, str(path))
     return path
+
+
+def save_outlier_model(path: Path) -> Path:
+    """A tiny ONNX model int8 cannot represent: one input channel is scaled by 1000 (an
+    "outlier feature", the failure mode of int8 LLMs) but carries no weight, so the
+    answer depends only on the small channels, which per-tensor activation quantization
+    rounds to zero."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    scale = np.ones(16, dtype=np.float32)
+    scale[0] = 1000.0
+    weight = rng.standard_normal((16, 8)).astype(np.float32)
+    weight[0, :] = 0.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["input", "scale"], ["scaled"]),
+            helper.make_node("MatMul", ["scaled", "weight"], ["output"]),
+        ],
+        "outlier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(weight, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path

@@ -4,6 +4,7 @@ inputs/outputs in V2 terms, and an onnxruntime runner. No conversion logic lives
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,17 @@ def _info(value: Any) -> TensorInfo:
     return TensorInfo(
         name=value.name, datatype=_V2_OF_NUMPY.get(np_dtype.name, "BYTES"), shape=dims
     )
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_SOURCE = re.compile(r"/onnxruntime_src/\S+ .*?\) (?=[A-Z])")
+
+
+def error_text(exc: BaseException, limit: int = 400) -> str:
+    """An onnxruntime (or any) error as one readable line, without the C++ location."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _ORT_SOURCE.sub(" ", _ORT_PREFIX.sub("", text))
+    return text[:limit]
 
 
 def session(path: Path, *, threads: int = 1, optimize: bool = True) -> Any:

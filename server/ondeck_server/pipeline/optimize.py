@@ -61,7 +61,7 @@ def optimize(src: Path, *, level: OptimizationLevel, out: Path) -> None:
     except Exception as exc:  # onnxruntime raises its own pybind classes
         if _is_disk_error(str(exc)):
             raise OSError(28, f"writing the optimized model: {exc}") from None
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        text = onnx_tools.error_text(exc, limit=300)
         raise OptimizationFailed(
             f"onnxruntime cannot optimize the model at level {level.value}: {text}; "
             "try --level basic or --level disabled"

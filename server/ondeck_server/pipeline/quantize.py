@@ -82,7 +82,7 @@ def quantize(
     except (InvalidSettings, QuantizationFailed, OSError):
         raise
     except Exception as exc:  # onnxruntime.quantization raises assorted classes
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        text = onnx_tools.error_text(exc, limit=300)
         raise QuantizationFailed(
             f"{mode.value} quantization failed: {type(exc).__name__}: {text}; "
             "try another --quantize mode or --quantize none"

@@ -51,7 +51,13 @@ from ondeck_server.pipeline.inputs_spec import InputSpec, render_inputs
 from ondeck_server.pipeline.onnx_tools import Feeds
 from ondeck_server.pipeline.optimize import OptimizationLevel, optimize
 from ondeck_server.pipeline.quantize import Quantize, quantize
-from ondeck_server.pipeline.validate import MAX_BATCH, Thresholds, make_samples, validate
+from ondeck_server.pipeline.validate import (
+    MAX_BATCH,
+    Thresholds,
+    check_calibration,
+    make_samples,
+    validate,
+)
 
 
 class ConvertRequest(BaseModel):
@@ -143,8 +149,24 @@ def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return onnx_tools.error_text(exc, limit=300)
+
+
+def _check_loads(model: Path) -> None:
+    """The converted model must load in the onnxruntime that will serve it."""
+    try:
+        onnx_tools.session(model, optimize=False)
+    except Exception as exc:  # onnxruntime's pybind errors
+        raise ConversionFailed(
+            f"onnxruntime {_ort_version()} cannot load the converted model: {_first_line(exc)}; "
+            "re-export it with an older opset / IR version"
+        ) from None
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
@@ -184,6 +206,9 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
 
     with clock.stage("convert") as detail:
         converted = _run_converter(source, kind=kind, request=request, out=work / "fp32.onnx")
+        _check_loads(converted.onnx_path)
+        if calibration is not None:
+            check_calibration(converted.inputs, calibration)
         detail.append(f"{converted.reference_name} → ONNX")
     with clock.stage("optimize") as detail:
         optimized = work / "optimized.onnx"
@@ -324,12 +349,7 @@ def _validate(
     samples, sample_source = make_samples(
         converted.inputs, count=request.thresholds.samples, calibration=calibration
     )
-    try:
-        reference = converted.reference or onnx_tools.runner(converted.onnx_path)
-    except Exception as exc:  # onnxruntime's pybind errors
-        raise ConversionFailed(
-            f"the converted model does not load in onnxruntime: {_first_line(exc)}"
-        ) from None
+    reference = converted.reference or onnx_tools.runner(converted.onnx_path)
     try:
         candidate = onnx_tools.runner(model)
     except Exception as exc:
@@ -339,7 +359,8 @@ def _validate(
             f"onnxruntime: {_first_line(exc)}; try another --quantize or --level basic"
         ) from None
     fixed = {s.shape[0] for s in converted.inputs if s.shape and s.shape[0] > 0}
-    batch = fixed.pop() if len(fixed) == 1 else MAX_BATCH
+    fixed_batch = len(fixed) == 1
+    batch = fixed.pop() if fixed_batch else MAX_BATCH
     _, outputs = onnx_tools.io_info(model)
     try:
         return validate(
@@ -351,6 +372,7 @@ def _validate(
             sample_source=sample_source,
             thresholds=request.thresholds,
             batch=batch,
+            fixed_batch=fixed_batch,
         )
     except PipelineError:
         raise

@@ -62,17 +62,31 @@ class ValidationReport(BaseModel):
     passed: bool
 
 
+def check_calibration(inputs: list[InputSpec], calibration: Feeds) -> None:
+    """Every model input needs an array of samples, named after it."""
+    missing = [s.name for s in inputs if s.name not in calibration]
+    if missing:
+        raise InvalidSettings(
+            f"--calibration has no array for input(s) {', '.join(missing)}; it holds "
+            f"{', '.join(sorted(calibration)) or 'nothing'}: name the arrays after the inputs"
+        )
+    for spec in inputs:
+        array = calibration[spec.name]
+        if array.ndim != len(spec.shape) or any(
+            d != -1 and d != a for d, a in zip(spec.shape[1:], array.shape[1:], strict=False)
+        ):
+            raise InvalidSettings(
+                f"--calibration array {spec.name!r} has shape {list(array.shape)}, the input "
+                f"is {spec.shape}; give samples along the first dimension"
+            )
+
+
 def make_samples(
     inputs: list[InputSpec], *, count: int, calibration: Feeds | None, seed: int = 0
 ) -> tuple[Feeds, str]:
     """`count` samples per input (fewer when the calibration set is smaller)."""
     if calibration is not None:
-        missing = [s.name for s in inputs if s.name not in calibration]
-        if missing:
-            raise InvalidSettings(
-                f"--calibration has no array for input(s) {', '.join(missing)}; it holds "
-                f"{', '.join(sorted(calibration)) or 'nothing'}: name the arrays after the inputs"
-            )
+        check_calibration(inputs, calibration)
         rows = min(min(len(calibration[s.name]) for s in inputs), count)
         feeds = {
             s.name: np.ascontiguousarray(calibration[s.name][:rows]).astype(
@@ -97,15 +111,15 @@ def make_samples(
     return feeds, "generated"
 
 
-def run_batched(run: Runner, feeds: Feeds, *, batch: int) -> list[np.ndarray]:
-    """Run `run` over `feeds` in chunks of `batch` rows and concatenate the outputs."""
+def run_batched(run: Runner, feeds: Feeds, *, batch: int, fixed: bool = False) -> list[np.ndarray]:
+    """Run `run` over `feeds` in chunks of `batch` rows and concatenate the outputs.
+    A model with a `fixed` batch size cannot take a short last chunk: it is dropped."""
     rows = min(len(v) for v in feeds.values())
+    if fixed:
+        rows = max(batch, rows - rows % batch)
     parts: list[list[np.ndarray]] = []
     for start in range(0, rows, batch):
         chunk = {k: v[start : start + batch] for k, v in feeds.items()}
-        if min(len(v) for v in chunk.values()) < batch and start > 0 and batch > 1:
-            # A model with a fixed batch size cannot take a short last chunk.
-            break
         parts.append(run(chunk))
     return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
 
@@ -215,10 +229,11 @@ def validate(
     sample_source: str,
     thresholds: Thresholds,
     batch: int = MAX_BATCH,
+    fixed_batch: bool = False,
 ) -> ValidationReport:
     """Compare the two models; raise ValidationFailed (with the report) below the gate."""
-    ref_out = run_batched(reference, samples, batch=batch)
-    cand_out = run_batched(candidate, samples, batch=batch)
+    ref_out = run_batched(reference, samples, batch=batch, fixed=fixed_batch)
+    cand_out = run_batched(candidate, samples, batch=batch, fixed=fixed_batch)
     if len(ref_out) != len(cand_out) or len(cand_out) != len(output_names):
         raise ValidationFailed(
             f"the final model has {len(cand_out)} outputs, the original {len(ref_out)}; "
