@@ -130,8 +130,11 @@ def test_operator_deployment_is_highly_available(render: Render) -> None:
     pdb = _one(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     container = _container(objects)
-    assert container["livenessProbe"]["httpGet"]["port"] == "health"
-    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == int(_env(objects)["ONDECK_HEALTH_PORT"])
     assert container["resources"]["requests"]["cpu"]
     assert container["resources"]["limits"]["memory"]
     assert container["image"] == "ghcr.io/ondeck/ondeck-operator:0.1.0"
