@@ -9,20 +9,27 @@ Pod Security admission, kube-controller-manager), with the real helm binary.
   SubjectAccessReviews): ModelDeployment status yes, Secrets no; in namespaced mode only
   in the watched namespace.
 - `helm uninstall` leaves nothing behind but the CRDs.
+- `ondeck operator`, run with the installed Deployment's environment, ConfigMap and
+  ServiceAccount token (namespaced mode: only the chart's Roles authorize it), takes a
+  ModelDeployment to Ready with the chart's server image and storage class.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from controlplane import ControlPlane
+import yaml
+from controlplane import ControlPlane, free_port
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -259,3 +266,112 @@ def test_namespaced_mode_grants_only_the_watched_namespace(
     with pytest.raises(ApiException) as gone:
         custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", release)
     assert gone.value.status == 404
+
+
+def test_operator_runs_on_exactly_what_the_chart_installed(
+    control_plane: ControlPlane,
+    admin_api: Any,
+    helm: Helm,
+    restricted_namespace: str,
+    namespace: str,
+    job_outcomes: dict[Any, Any],
+    kubelet: Any,
+    tmp_path: Path,
+) -> None:
+    """Namespaced mode end to end: `ondeck operator` runs with the installed Deployment's
+    environment, the installed ConfigMap and the installed ServiceAccount's token (so only
+    the chart's Roles authorize it), and takes a ModelDeployment to Ready."""
+    from kubelet_sim import JobOutcome
+    from operator_harness import Cluster, manifest, summary
+
+    from ondeck_operator.args import artifact_key
+    from ondeck_operator.types import ModelDeployment
+
+    release = f"ondeck-{uuid.uuid4().hex[:6]}"
+    done = helm(
+        *_install_args(
+            release,
+            restricted_namespace,
+            f"watch.namespaces={{{namespace}}}",
+            "config.serverImage.repository=registry.example.com/ml/ondeck-server",
+            "config.serverImage.tag=9.9.9",
+            "config.artifactStorageClass=fast-ssd",
+            "operator.logLevel=debug",
+        )
+    )
+    assert done.returncode == 0, done.stderr
+    installed = helm("get", "manifest", release, "--namespace", restricted_namespace)
+    assert installed.returncode == 0, installed.stderr
+    (deployment,) = [
+        d for d in yaml.safe_load_all(installed.stdout) if d and d["kind"] == "Deployment"
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    config_map = client.CoreV1Api(admin_api).read_namespaced_config_map(
+        release, restricted_namespace
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(config_map.data["config.yaml"])
+
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    for item in container["env"]:
+        env[item["name"]] = item.get("value") or f"{release}-7d4b9c-x2x9q"  # downward API
+    health_port = free_port()
+    env |= {
+        # Only what differs between a pod and a process on this machine.
+        "ONDECK_CONFIG": str(config),
+        "ONDECK_HEALTH_PORT": str(health_port),
+        "ONDECK_METRICS_PORT": str(free_port()),
+        "ONDECK_BIND": "127.0.0.1",
+        "KUBECONFIG": str(
+            control_plane.service_account_kubeconfig(
+                tmp_path / "sa.kubeconfig", namespace=restricted_namespace, name=release
+            )
+        ),
+    }
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ondeck_operator", *container["args"]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                url = f"http://127.0.0.1:{health_port}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        _wait_for("the operator's /readyz", ready)
+        cluster = Cluster(admin_api, namespace)
+        md = cluster.create(manifest("iris"))
+        key = artifact_key(ModelDeployment.from_manifest(md).spec)
+        job_outcomes[(namespace, key)] = JobOutcome.success(summary(key))
+        try:
+            cluster.wait_ready("iris", timeout=60)
+        except AssertionError:
+            raise AssertionError(log.read_text()[-4000:]) from None
+        (job,) = cluster.jobs("iris")
+        assert job.spec.template.spec.containers[0].image == (
+            "registry.example.com/ml/ondeck-server:9.9.9"
+        )
+        (claim,) = (
+            client.CoreV1Api(admin_api).list_namespaced_persistent_volume_claim(namespace).items
+        )
+        assert claim.spec.storage_class_name == "fast-ssd"
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    done = helm("uninstall", release, "--namespace", restricted_namespace, "--wait")
+    assert done.returncode == 0, done.stderr
