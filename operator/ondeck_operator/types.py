@@ -121,12 +121,23 @@ class SpecError(ValueError):
 class InputSpec(ApiModel):
     """One model input, for formats whose inputs cannot be read from the file (PyTorch)."""
 
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="shape",
+            cel="self.shape.all(d, d == -1 || d >= 1)",
+            message="shape dimensions must be positive sizes or -1 (dynamic)",
+            check=lambda m: all(d == -1 or d >= 1 for d in m.shape),
+        ),
+    )
+
     name: str = Field(
         min_length=1, max_length=128, pattern=INPUT_NAME_RE, description="Input tensor name."
     )
     dtype: TensorDType = Field(description="Element type.")
-    shape: list[Annotated[int, Field(ge=-1)]] = Field(
-        max_length=8, description="Dimensions; -1 for a dynamic dimension (e.g. the batch)."
+    shape: list[Annotated[int, Field(ge=-1, le=2**31 - 1)]] = Field(
+        min_length=1,
+        max_length=8,
+        description="Dimensions; -1 for a dynamic dimension (e.g. the batch).",
     )
 
 

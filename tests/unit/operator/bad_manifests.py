@@ -55,6 +55,13 @@ BAD: tuple[Bad, ...] = (
         lambda d: _spec(d)["model"].update(
             inputs=[{"name": "x", "dtype": "float32", "shape": [1]}] * 2),
         "spec.model.inputs", "inputs names must be unique", True),
+    Bad("input-dimension-zero",
+        lambda d: _spec(d)["model"].update(
+            inputs=[{"name": "x", "dtype": "float32", "shape": [-1, 0]}]),
+        "spec.model.inputs[0].shape", "shape dimensions must be positive sizes or -1", True),
+    Bad("input-without-dimensions",
+        lambda d: _spec(d)["model"].update(inputs=[{"name": "x", "dtype": "float32", "shape": []}]),
+        "spec.model.inputs[0].shape", "at least 1 item"),
     Bad("reserved-pod-label",
         lambda d: _spec(d)["server"]["podLabels"].update({"ondeck.io/model-deployment": "z"}),
         "spec.server.podLabels", "podLabels may not use the reserved prefixes", True),

@@ -42,7 +42,7 @@ inputs = st.lists(
         {
             "name": st.from_regex(r"\A[a-zA-Z_][a-zA-Z0-9_.]{0,10}\Z"),
             "dtype": st.sampled_from(["float32", "float16", "int64", "int32", "uint8", "bool"]),
-            "shape": st.lists(st.integers(-1, 64), max_size=4),
+            "shape": st.lists(st.just(-1) | st.integers(1, 64), min_size=1, max_size=4),
         }
     ),
     min_size=1,

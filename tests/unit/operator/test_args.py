@@ -53,8 +53,8 @@ def test_convert_args_pytorch_inputs_and_pickle() -> None:
     assert "--ref" not in args
 
 
-def test_inputs_arg_scalar_shape() -> None:
-    assert inputs_arg([InputSpec(name="t", dtype="int64", shape=[])]) == "t:int64:[]"
+def test_inputs_arg_one_entry() -> None:
+    assert inputs_arg([InputSpec(name="t", dtype="int64", shape=[-1, 7])]) == "t:int64:[-1,7]"
 
 
 def test_serve_args_minimal_and_full() -> None:
