@@ -51,6 +51,7 @@ def test_documented_patch_installs_the_health_check(
         env={**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig)},
     )
     assert done.returncode == 0, done.stderr
-    data = core.read_namespaced_config_map("argocd-cm", namespace).data
+    config_map: Any = core.read_namespaced_config_map("argocd-cm", namespace)
+    data = config_map.data
     assert data[KEY] == (ROOT / "charts" / "ondeck" / "argocd" / "health.lua").read_text()
     assert data["timeout.reconciliation"] == "180s"

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from controlplane import ControlPlane, free_port
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from k8s_tools import helm_path
 
@@ -129,7 +129,7 @@ def _can(admin_api: Any, *, user: str, verb: str, resource: str, namespace: str 
             ),
         )
     )
-    result = client.AuthorizationV1Api(admin_api).create_subject_access_review(review)
+    result: Any = client.AuthorizationV1Api(admin_api).create_subject_access_review(review)
     return bool(result.status.allowed)
 
 
@@ -157,7 +157,7 @@ def _leftovers(admin_api: Any, namespace: str, release: str) -> list[str]:
             owned = labels.get("app.kubernetes.io/instance") == release
             if owned or release in item.metadata.name:
                 found.append(f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}")
-    peerings = custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings")
+    peerings: Any = custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings")
     found += [
         f"ClusterKopfPeering {p['metadata']['name']}"
         for p in peerings["items"]
@@ -173,8 +173,8 @@ def _leftovers(admin_api: Any, namespace: str, release: str) -> list[str]:
 
 
 def _crds(admin_api: Any) -> set[str]:
-    api = client.ApiextensionsV1Api(admin_api)
-    return {c.metadata.name for c in api.list_custom_resource_definition().items}
+    crds: Any = client.ApiextensionsV1Api(admin_api).list_custom_resource_definition()
+    return {str(c.metadata.name) for c in crds.items}
 
 
 def test_install_in_a_restricted_namespace_then_uninstall(
@@ -253,7 +253,7 @@ def test_namespaced_mode_grants_only_the_watched_namespace(
     assert not _can(admin_api, user=account, verb="patch", resource="clusterkopfpeerings",
                     group="kopf.dev")  # fmt: skip
     custom = client.CustomObjectsApi(admin_api)
-    peering = custom.get_namespaced_custom_object(
+    peering: Any = custom.get_namespaced_custom_object(
         "kopf.dev", "v1", namespace, "kopfpeerings", release
     )
     assert peering["metadata"]["name"] == release
@@ -306,7 +306,7 @@ def test_operator_runs_on_exactly_what_the_chart_installed(
         d for d in yaml.safe_load_all(installed.stdout) if d and d["kind"] == "Deployment"
     ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    config_map = client.CoreV1Api(admin_api).read_namespaced_config_map(
+    config_map: Any = client.CoreV1Api(admin_api).read_namespaced_config_map(
         release, restricted_namespace
     )
     config = tmp_path / "config.yaml"
@@ -362,9 +362,8 @@ def test_operator_runs_on_exactly_what_the_chart_installed(
         assert job.spec.template.spec.containers[0].image == (
             "registry.example.com/ml/ondeck-server:9.9.9"
         )
-        (claim,) = (
-            client.CoreV1Api(admin_api).list_namespaced_persistent_volume_claim(namespace).items
-        )
+        claims: Any = client.CoreV1Api(admin_api).list_namespaced_persistent_volume_claim(namespace)
+        (claim,) = claims.items
         assert claim.spec.storage_class_name == "fast-ssd"
     finally:
         os.kill(process.pid, signal.SIGTERM)

@@ -186,15 +186,16 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             deadline_exceeded=deadline,
         )
 
-    base = {"wanted_key": "new", "job_name": "iris-convert-new"}
+    def facts(**observed: Any) -> Facts:
+        return Facts(wanted_key="new", job_name="iris-convert-new", **observed)
+
     return {
         "converting": (
-            Facts(**base, serving_key=None, wanted_built=False, job=JobState.RUNNING),
+            facts(serving_key=None, wanted_built=False, job=JobState.RUNNING),
             "Progressing",
         ),
         "conversion-failed-nothing-serving": (
-            Facts(
-                **base,
+            facts(
                 serving_key=None,
                 wanted_built=False,
                 job=JobState.FAILED,
@@ -203,8 +204,7 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             "Degraded",
         ),
         "validation-failed-old-serving": (
-            Facts(
-                **base,
+            facts(
                 serving_key="old",
                 wanted_built=False,
                 job=JobState.FAILED,
@@ -214,8 +214,7 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             "Degraded",
         ),
         "converting-new-old-serving": (
-            Facts(
-                **base,
+            facts(
                 serving_key="old",
                 wanted_built=False,
                 job=JobState.RUNNING,
@@ -224,8 +223,7 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             "Progressing",
         ),
         "rolling-out": (
-            Facts(
-                **base,
+            facts(
                 serving_key="new",
                 wanted_built=True,
                 job=JobState.SUCCEEDED,
@@ -234,8 +232,7 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             "Progressing",
         ),
         "rollout-stalled": (
-            Facts(
-                **base,
+            facts(
                 serving_key="new",
                 wanted_built=True,
                 job=JobState.SUCCEEDED,
@@ -244,8 +241,7 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             "Degraded",
         ),
         "apply-failed": (
-            Facts(
-                **base,
+            facts(
                 serving_key=None,
                 wanted_built=False,
                 job=JobState.ABSENT,
@@ -254,8 +250,7 @@ def _scenarios() -> dict[str, tuple[Any, str]]:
             "Degraded",
         ),
         "ready": (
-            Facts(
-                **base,
+            facts(
                 serving_key="new",
                 wanted_built=True,
                 job=JobState.SUCCEEDED,
