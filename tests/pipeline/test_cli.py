@@ -1,0 +1,196 @@
+"""`ondeck-server convert` as the Job runs it: a real process, flags and ONDECK_*
+variables, one JSON line on stdout, one error line on stderr, the termination log, and
+the exit codes of docs/architecture.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ondeck_server.convert_cli import fit_termination_log
+from pipeline.conftest import Sources
+
+SUMMARY_KEYS = {
+    "digest",
+    "path",
+    "ref",
+    "sizeBytes",
+    "originalSizeBytes",
+    "format",
+    "quantize",
+    "inputs",
+    "outputs",
+    "validation",
+    "cached",
+}
+
+
+def run_convert(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ondeck_server", "convert", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+def test_success_prints_one_json_line_and_fills_the_termination_log(
+    sources: Sources, tmp_path: Path
+) -> None:
+    log = tmp_path / "termination-log"
+    store = tmp_path / "store"
+    done = run_convert(
+        "--source",
+        str(sources["mlp.onnx"]),
+        "--store",
+        str(store),
+        "--quantize",
+        "int8",
+        "--ref",
+        "mlp",
+        "--termination-log",
+        str(log),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["cached"] is False
+    assert summary["quantize"] == "int8"
+    assert summary["ref"] == "mlp"
+    assert summary["path"] == str(store / summary["digest"])
+    assert summary["validation"]["passed"] is True
+    assert json.loads(log.read_text()) == summary
+    # Stage lines went to stderr.
+    for stage in ("fetch", "convert", "optimize", "quantize", "validate"):
+        assert any(line.startswith(stage) for line in done.stderr.splitlines()), done.stderr
+
+    again = run_convert(
+        "--source", str(sources["mlp.onnx"]), "--store", str(store), "--quantize", "int8"
+    )
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["cached"] is True
+
+
+def test_every_flag_reads_its_environment_variable(sources: Sources, tmp_path: Path) -> None:
+    done = run_convert(
+        env={
+            "ONDECK_SOURCE": str(sources["mlp.pt"]),
+            "ONDECK_STORE": str(tmp_path / "store"),
+            "ONDECK_INPUTS": "input:float32:[-1,64]",
+            "ONDECK_QUANTIZE": "fp16",
+            "ONDECK_LEVEL": "extended",
+            "ONDECK_VALIDATION_SAMPLES": "16",
+            "ONDECK_MIN_COSINE": "0.999",
+            "ONDECK_MAX_TOP1_DISAGREEMENT": "0",
+            "ONDECK_TERMINATION_LOG": str(tmp_path / "log"),
+        }
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["format"] == "pytorch"
+    assert summary["quantize"] == "fp16"
+    assert summary["validation"]["samples"] == 16
+    assert summary["validation"]["minCosine"] == 0.999
+    manifest = json.loads((Path(summary["path"]) / "manifest.json").read_text())
+    assert manifest["settings"]["level"] == "extended"
+    assert (tmp_path / "log").is_file()
+
+
+def test_pipeline_error_is_one_line_and_exit_1(sources: Sources, tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    done = run_convert(
+        "--source",
+        str(sources["mlp.onnx"]),
+        "--store",
+        str(tmp_path / "store"),
+        "--sha256",
+        "0" * 64,
+        "--termination-log",
+        str(log),
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    error = done.stderr.splitlines()[-1]
+    assert error.startswith(f"ChecksumMismatch: {sources['mlp.onnx']} has sha256 ")
+    assert "Traceback" not in done.stderr
+    assert log.read_text() == error
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--quantize", "int9"],
+            "UsageError: Invalid value for '--quantize' (env var: 'ONDECK_QUANTIZE'): ",
+        ),
+        (
+            ["--inputs", "x:float32"],
+            "UsageError: Invalid value for '--inputs' (env var: 'ONDECK_INPUTS'): --inputs "
+            "entry 'x:float32' is not name:dtype:[dims]",
+        ),
+        (["--sha256", "xyz"], "UsageError: Invalid value for '--sha256' (env var: "),
+        (["--ref", "Not/A/Ref"], "UsageError: Invalid value for '--ref' (env var: "),
+        (["--min-cosine", "2"], "UsageError: Invalid value for '--min-cosine' (env var: "),
+        (["--frobnicate"], "UsageError: No such option: --frobnicate"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    sources: Sources, tmp_path: Path, args: list[str], message: str
+) -> None:
+    log = tmp_path / "log"
+    done = run_convert(
+        "--source",
+        str(sources["mlp.onnx"]),
+        "--store",
+        str(tmp_path / "store"),
+        "--termination-log",
+        str(log),
+        *args,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(message), done.stderr
+    assert log.read_text() == done.stderr.strip()
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_store_is_a_usage_error(sources: Sources) -> None:
+    done = run_convert("--source", str(sources["mlp.onnx"]))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "UsageError: Missing option '--store' (env var: 'ONDECK_STORE')."
+    ), done.stderr
+
+
+def test_termination_log_is_trimmed_to_4_kb() -> None:
+    tensors = [{"name": f"t{i}", "datatype": "FP32", "shape": [-1, 3, 224, 224]} for i in range(80)]
+    summary = {
+        "digest": "d" * 64,
+        "path": "/artifacts/" + "d" * 64,
+        "ref": "r",
+        "sizeBytes": 1,
+        "originalSizeBytes": 2,
+        "format": "onnx",
+        "quantize": "int8",
+        "inputs": tensors,
+        "outputs": tensors,
+        "validation": {"passed": True, "cosine": 0.995, "outputs": [{"name": "x"}] * 50},
+        "cached": False,
+    }
+    text = fit_termination_log(summary)
+    assert len(text.encode()) <= 4096
+    trimmed = json.loads(text)
+    assert trimmed["digest"] == "d" * 64
+    assert "outputs" not in trimmed["validation"]
+    small = {**summary, "inputs": tensors[:1], "outputs": tensors[:1], "validation": {}}
+    assert json.loads(fit_termination_log(small)) == small
