@@ -598,3 +598,38 @@ def test_notes_tell_the_user_what_to_do_next(helm: Helm, name: str) -> None:
         assert "kubectl apply -n ml -f iris.yaml" in notes
     else:
         assert "watches ModelDeployments in every namespace" in notes
+
+
+def test_older_kubernetes_is_refused(helm: Helm) -> None:
+    done = helm("template", "ondeck", str(CHART), "--kube-version", "1.29.0")
+    assert done.returncode != 0
+    assert (
+        "chart requires kubeVersion: >=1.30.0-0 which is incompatible with Kubernetes v1.29.0"
+        in done.stderr
+    )
+
+
+def test_packaged_chart_holds_what_users_need_and_no_test_data(helm: Helm, tmp_path: Path) -> None:
+    import tarfile
+
+    done = helm("package", str(CHART), "--destination", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    (archive,) = tmp_path.glob("ondeck-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = {n.removeprefix("ondeck/") for n in tar.getnames()}
+    assert {
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        "README.md",
+        "crds/modeldeployments.ondeck.io.yaml",
+        "crds/kopf-peerings.yaml",
+        "files/operator-rules.yaml",
+        "templates/deployment.yaml",
+        "templates/NOTES.txt",
+        "argocd/health.lua",
+        "argocd/argocd-cm-health.yaml",
+    } <= names
+    assert not [n for n in names if n.startswith(("ci/", "argocd/testdata/"))]
+    assert not [n for n in names if n.startswith("argocd/application-")]
+    assert "argocd/health_test.yaml" not in names
