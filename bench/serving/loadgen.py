@@ -83,6 +83,7 @@ class Workload:
 class Stats:
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.answered = 0  # all answers, warm-up included (for CPU per request)
         self.errors: list[str] = []
         self.recording = False
         self.stopping = False
@@ -126,6 +127,7 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         elapsed = time.perf_counter() - self.started
         stats = self.stats
+        stats.answered += 1
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         problem = self.workload.check(
             self.index, self.parser.get_status_code(), body, self.header_length
@@ -176,6 +178,7 @@ async def run(
     count = len(lat)
     return {
         "requests": count,
+        "answered": stats.answered,
         "seconds": elapsed,
         "rps": count / elapsed,
         "p50_ms": float(np.percentile(lat, 50)) if count else None,

@@ -68,16 +68,19 @@ def raw_child(model: str, name: str, batch: int, duration: float) -> None:
     for _ in range(20):
         session.run(None, feeds)
     times = []
+    cpu = time.process_time()
     end = time.perf_counter() + duration
     while (now := time.perf_counter()) < end:
         session.run(None, feeds)
         times.append(time.perf_counter() - now)
-    total = sum(times)
-    print(
-        json.dumps(
-            {"samples_per_s": len(times) * batch / total, "p50_ms": float(np.median(times) * 1000)}
-        )
-    )
+    cpu = time.process_time() - cpu
+    samples = len(times) * batch
+    result = {
+        "samples_per_s": samples / sum(times),
+        "cpu_rate": samples / cpu,
+        "p50_ms": float(np.median(times) * 1000),
+    }
+    print(json.dumps(result))
 
 
 def raw(model: Path, name: str, batch: int, duration: float) -> dict[str, Any]:
@@ -123,6 +126,11 @@ class Server:
                 raise RuntimeError(f"{self.kind} exited: {self.log.read_text()[-2000:]}")
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind} did not start")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -179,15 +187,24 @@ def workload(
 
 
 def load(
-    url: str, work: Path, *, concurrency: int, warmup: float, duration: float
+    server: Server, work: Path, *, concurrency: int, warmup: float, duration: float
 ) -> dict[str, Any]:
+    """Drive `server` with loadgen.py; adds the server's CPU seconds per answer and the
+    rate that implies for one whole core (`cpu_rate`), which a shared machine's noise
+    (other processes on the server's core) does not distort."""
+    url = server.url
+    cpu = server.cpu_seconds()
     out = subprocess.run(
         ["taskset", "-c", CLIENT_CORE, sys.executable, str(HERE / "loadgen.py"), str(work),
          "--url", url, "--concurrency", str(concurrency), "--warmup", str(warmup),
          "--duration", str(duration)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    cpu = server.cpu_seconds() - cpu
+    result["cpu_ms_per_request"] = 1000 * cpu / max(result["answered"], 1)
+    result["cpu_rate"] = result["answered"] / cpu if cpu > 0 else None
+    return result
 
 
 # ------------------------------------------------------------------ main
@@ -271,7 +288,7 @@ def main() -> None:
                             continue
                         for c in levels:
                             res = load(
-                                server.url,
+                                server,
                                 work,
                                 concurrency=c,
                                 warmup=args.warmup,
@@ -297,7 +314,7 @@ def main() -> None:
                     work = workload(big, "big", "big", binary=binary, folder=folder, count=8)
                     for c in (1, 8):
                         res = load(
-                            server.url,
+                            server,
                             work,
                             concurrency=c,
                             warmup=args.warmup,
@@ -330,30 +347,39 @@ def _ms(value: float | None) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    """Markdown tables of medians over repeats."""
+    """Markdown tables of medians over repeats.
+
+    `wall` columns are what the load generator saw; `cpu` columns divide the work by
+    the CPU time the server (or the raw loop) really got, i.e. the rate one whole core
+    would give. On a shared machine only the `cpu` ratios are comparable across rows.
+    """
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results["runs"]:
         key = (r["model"], r["server"], r.get("mode", "-"), r.get("c", "-"))
         groups.setdefault(key, []).append(r)
     lines = []
     for model in dict.fromkeys(k[0] for k in groups):
-        raw1 = _median(groups.get((model, "raw-b1", "-", "-"), []), "samples_per_s")
+        raw = groups.get((model, "raw-b1", "-", "-"), [])
+        raw_wall, raw_cpu = _median(raw, "samples_per_s"), _median(raw, "cpu_rate")
         lines.append(f"\n### {model}\n")
         lines.append(
-            "| server | mode | c | req/s (raw: samples/s) | p50 ms | p90 ms | p99 ms"
-            " | x raw b1 | errors | runs |"
+            "| server | mode | c | wall req/s | x raw b1 (wall) | cpu req/s per core"
+            " | x raw b1 (cpu) | p50 ms | p90 ms | p99 ms | errors | runs |"
         )
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for (m, server, mode, c), runs in groups.items():
             if m != model:
                 continue
-            rate = _median(runs, "rps") or _median(runs, "samples_per_s") or 0.0
-            ratio = f"{rate / raw1:.2f}" if raw1 else "-"
+            wall = _median(runs, "rps") or _median(runs, "samples_per_s") or 0.0
+            cpu = _median(runs, "cpu_rate")
+            wall_ratio = f"{wall / raw_wall:.2f}" if raw_wall else "-"
+            cpu_ratio = f"{cpu / raw_cpu:.2f}" if raw_cpu and cpu else "-"
+            cpu_text = f"{cpu:,.0f}" if cpu else "-"
             errors = sum(r.get("errors", 0) for r in runs)
             p50, p90, p99 = (_median(runs, f) for f in ("p50_ms", "p90_ms", "p99_ms"))
             lines.append(
-                f"| {server} | {mode} | {c} | {rate:,.0f} | {_ms(p50)} | {_ms(p90)} | {_ms(p99)}"
-                f" | {ratio} | {errors} | {len(runs)} |"
+                f"| {server} | {mode} | {c} | {wall:,.0f} | {wall_ratio} | {cpu_text}"
+                f" | {cpu_ratio} | {_ms(p50)} | {_ms(p90)} | {_ms(p99)} | {errors} | {len(runs)} |"
             )
     return "\n".join(lines)
 

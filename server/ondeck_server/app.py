@@ -119,7 +119,6 @@ class ServerState:
         self.batcher: Batcher | None = None
         self.inflight = 0
         self.fatal: ServeError | None = None
-        self.on_fatal: Callable[[ServeError], None] | None = None
         self.metrics.track_inflight(lambda: self.inflight)
         self.metrics.model_ready(source.name, False)
 
@@ -189,9 +188,8 @@ class ServerState:
     def _fail(self, exc: ServeError) -> None:
         self.phase = Phase.FAILED
         self.fatal = exc
+        # The serve command sees `fatal`, stops uvicorn and exits 1 with this message.
         log.error("%s: %s", type(exc).__name__, exc)
-        if self.on_fatal is not None:
-            self.on_fatal(exc)
 
     async def close(self) -> None:
         if self.batcher is not None:

@@ -103,6 +103,8 @@ def run(settings: ServeSettings) -> int:
         lifespan="on",
         access_log=False,
         server_header=False,
+        # Client addresses are not used: skip uvicorn's X-Forwarded-For middleware.
+        proxy_headers=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
         # Bounded memory: past this many connections + tasks uvicorn answers 503 itself.
         limit_concurrency=max(1024, 4 * settings.max_queue),
