@@ -11,8 +11,40 @@ from typing import Any
 
 from ondeck_operator.constants import API_VERSION, KIND, SHORT_NAMES
 from ondeck_operator.crd import openapi_schema
+from ondeck_operator.fields import PATTERN_HINTS
 
 REFERENCE_PATH = "docs/reference/modeldeployment.md"
+
+#: The example at the top of the reference (a test checks it is a valid manifest).
+EXAMPLE = """
+apiVersion: ondeck.io/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: iris
+  namespace: ml
+spec:
+  model:
+    uri: s3://models/iris/model.skops
+    format: sklearn
+    credentialsSecret: s3-creds
+  optimize:
+    quantize: int8
+    validation: {samples: 64, minCosine: 0.99, maxTop1Disagreement: 0.01}
+  server:
+    replicas: 2
+    resources:
+      requests: {cpu: "1", memory: 1Gi}
+      limits: {memory: 2Gi}
+    batching: {maxBatchSize: 32, maxDelayMs: 2}
+    auth: {secretName: iris-token}
+  autoscaling: {minReplicas: 2, maxReplicas: 10, targetCPUUtilization: 70}
+  ingress:
+    host: iris.example.com
+    className: nginx
+    tls: {secretName: iris-tls}
+  artifacts:
+    pvc: {size: 5Gi, accessModes: [ReadWriteOnce]}
+"""
 
 
 def _type(node: dict[str, Any]) -> str:
@@ -48,12 +80,15 @@ def _constraints(node: dict[str, Any]) -> str:
         if key in node:
             parts.append(f"{label} {node[key]}")
     if "pattern" in node and not node.get("x-kubernetes-int-or-string"):
-        parts.append(f"matches `{node['pattern']}`")
+        hint = PATTERN_HINTS.get(node["pattern"])
+        parts.append(hint if hint else f"matches `{node['pattern']}`")
     return "; ".join(parts)
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    # One line; `|` would end the cell and `<...>` would be read as HTML.
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _default(node: dict[str, Any]) -> str:
@@ -114,9 +149,41 @@ def reference_markdown() -> str:
         "`ondeck render`/`ondeck run`). Every rule below is enforced by the CRD at "
         "`kubectl apply` time, with no webhook, and by `ondeck validate`.",
         "",
+        "## Example",
+        "",
+        "```yaml",
+        EXAMPLE.strip(),
+        "```",
+        "",
+        "More in the repository's `examples/` folder: one per model format, an S3 source, "
+        "and a production setup.",
+        "",
+        "## What it creates",
+        "",
+        "Every object carries the `app.kubernetes.io/*` labels and "
+        "`ondeck.io/model-deployment: <name>`, and is owned by the ModelDeployment "
+        "(deleting it deletes them). `<key>` is the artifact key: a hash of the model "
+        "source, the optimize settings and the ondeck version.",
+        "",
+        "| object | name | when |",
+        "|---|---|---|",
+        "| PersistentVolumeClaim | `<name>-artifacts-<key>` | per artifact, unless "
+        "`artifacts.existingClaim` |",
+        "| Job (`ondeck-server convert`) | `<name>-convert-<key>` | until the artifact of the "
+        "current spec is built |",
+        "| Deployment (`ondeck-server serve`) | `<name>` | once an artifact is built; the old "
+        "one keeps serving while a new one is built |",
+        "| Service | `<name>` | always |",
+        "| Ingress | `<name>` | with `ingress` |",
+        "| HorizontalPodAutoscaler | `<name>` | with `autoscaling` |",
+        "| PodDisruptionBudget | `<name>` | when two or more replicas are wanted |",
+        "",
+        "Names longer than 63 characters are shortened with a hash. `ondeck render -f "
+        "md.yaml` prints all of them for a manifest.",
+        "",
         "## Metadata",
         "",
-        "- `metadata.name`: " + schema["x-kubernetes-validations"][0]["message"] + ".",
+        _cell(schema["x-kubernetes-validations"][0]["message"]) + ".",
         "",
         "## Spec",
         "",

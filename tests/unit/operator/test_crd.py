@@ -34,3 +34,12 @@ def test_reference_doc_matches_the_types() -> None:
 
 def test_crd_file_parses_to_the_generated_object() -> None:
     assert yaml.safe_load(crd_yaml()) == crd()
+
+
+def test_reference_example_is_a_valid_manifest() -> None:
+    from ondeck_operator.reference import EXAMPLE
+    from ondeck_operator.types import ModelDeployment
+
+    md = ModelDeployment.from_manifest(yaml.safe_load(EXAMPLE))
+    assert md.spec.autoscaling is not None
+    assert "```yaml\n" + EXAMPLE.strip() + "\n```" in reference_markdown()
