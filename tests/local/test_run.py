@@ -5,6 +5,7 @@ predictions. Bad inputs must end with one readable line and a non-zero exit."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import time
@@ -219,3 +220,30 @@ def test_ctrl_c_during_conversion_stops_it_and_exits_130(tmp_path: Path) -> None
     assert run.out == []
     assert _processes_mentioning(str(store)) == []
     assert not (store / "refs").exists()
+
+
+def test_pinned_sha256_reuses_the_artifact_without_fetching(tmp_path: Path) -> None:
+    model = tmp_path / "model.skops"
+    shutil.copy(EXAMPLES / "iris" / "model.skops", model)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    manifest = tmp_path / "md.yaml"
+    text = (EXAMPLES / "iris" / "modeldeployment.yaml").read_text()
+    manifest.write_text(
+        text.replace("    format: sklearn\n", f"    format: sklearn\n    sha256: {digest}\n")
+    )
+    store = tmp_path / "store"
+    first = _run(manifest, store)
+    try:
+        first.wait_banner()
+    finally:
+        assert first.stop() == 0
+    assert any(line.startswith("ondeck: converting ") for line in first.err)
+    model.unlink()  # a second run must not even read the source
+    second = _run(manifest, store)
+    try:
+        second.wait_banner()
+        assert second.send("V2").status_code == 200
+    finally:
+        assert second.stop() == 0
+    assert not any(line.startswith("ondeck: converting ") for line in second.err)
+    assert any(line.endswith(" reused (pinned sha256, no fetch)") for line in second.err)
