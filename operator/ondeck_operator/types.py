@@ -16,6 +16,12 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from ondeck_operator.api_status import (
+    ArtifactReport,
+    Condition,
+    ModelDeploymentStatus,
+    TensorReport,
+)
 from ondeck_operator.constants import (
     DNS_LABEL_MAX,
     RESERVED_LABEL_PREFIXES,
@@ -34,7 +40,6 @@ from ondeck_operator.fields import (
     LABEL_KEY_RE,
     LIST_MAP_BY_NAME,
     PVC_URI_RE,
-    REASON_RE,
     SECRET_KEY_RE,
     SHA256_RE,
     URI_RE,
@@ -661,78 +666,6 @@ class ModelDeploymentSpec(ApiModel):
     def wanted_replicas(self) -> int:
         """The fewest replicas the user asked for (the HPA's minimum when autoscaling)."""
         return self.autoscaling.min_replicas if self.autoscaling else self.server.replicas
-
-
-# ---------------------------------------------------------------------- status
-
-
-class _Status(ApiModel):
-    # Status is written by the operator; tolerate fields from newer operators.
-    model_config = ConfigDict(extra="ignore")
-
-
-class Condition(_Status):
-    """A condition, as in Kubernetes API conventions (metav1.Condition)."""
-
-    type: str = Field(max_length=316, description="Ready, ArtifactReady or Available.")
-    status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=REASON_RE,
-        description="CamelCase cause.",
-    )
-    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
-    last_transition_time: str = Field(
-        json_schema_extra={"format": "date-time"},
-        description="When status last changed (RFC 3339).",
-    )
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="The generation this condition was computed for."
-    )
-
-
-class TensorReport(_Status):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ArtifactReport(_Status):
-    """What the conversion produced (from its JSON summary)."""
-
-    key: str | None = Field(default=None, description="Artifact key (hash of the inputs).")
-    digest: str | None = Field(default=None, description="Content digest of the artifact.")
-    path: str | None = Field(default=None, description="Path in the artifact store.")
-    size_bytes: int | None = Field(default=None, description="Optimized model size.")
-    original_size_bytes: int | None = Field(default=None, description="Source model size.")
-    format: str | None = Field(default=None, description="Source format.")
-    quantize: str | None = Field(default=None, description="Quantization applied.")
-    inputs: list[TensorReport] | None = Field(default=None, description="Model inputs.")
-    outputs: list[TensorReport] | None = Field(default=None, description="Model outputs.")
-    validation: FreeForm | None = Field(default=None, description="Accuracy gate report.")
-    cached: bool | None = Field(default=None, description="Whether it already existed.")
-
-
-class ModelDeploymentStatus(_Status):
-    """The observed state, written by the operator."""
-
-    observed_generation: int | None = Field(
-        default=None, description="The generation the operator last acted on."
-    )
-    phase: Phase | None = Field(default=None, description="One-word summary.")
-    conditions: list[Condition] | None = Field(
-        default=None,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        description="Ready, ArtifactReady and Available.",
-    )
-    url: str | None = Field(default=None, description="Inference URL of the model.")
-    artifact: ArtifactReport | None = Field(default=None, description="The artifact being served.")
-    replicas: int | None = Field(default=None, description="Server pods.")
-    ready_replicas: int | None = Field(default=None, description="Ready server pods.")
-    selector: str | None = Field(
-        default=None, description="Label selector of the server pods (scale subresource)."
-    )
 
 
 # ------------------------------------------------------------------------ root
