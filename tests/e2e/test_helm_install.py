@@ -374,3 +374,59 @@ def test_operator_runs_on_exactly_what_the_chart_installed(
             process.wait(timeout=10)
     done = helm("uninstall", release, "--namespace", restricted_namespace, "--wait")
     assert done.returncode == 0, done.stderr
+
+
+def test_documented_upgrade_path(
+    control_plane: ControlPlane, admin_api: Any, helm: Helm, restricted_namespace: str,
+    namespace: str,
+) -> None:  # fmt: skip
+    """docs/install.md's upgrade: CRDs by server-side apply, then `helm upgrade
+    --reuse-values`; a config change rolls the operator, a mode change swaps the RBAC."""
+    from k8s_tools import kubectl_path
+
+    apps, rbac = client.AppsV1Api(admin_api), client.RbacAuthorizationV1Api(admin_api)
+    custom = client.CustomObjectsApi(admin_api)
+    release = f"ondeck-{uuid.uuid4().hex[:6]}"
+    ns = restricted_namespace
+    assert helm(*_install_args(release, ns)).returncode == 0
+
+    def checksum() -> str:
+        deployment: Any = apps.read_namespaced_deployment(release, ns)
+        return str(deployment.spec.template.metadata.annotations["checksum/config"])
+
+    before = checksum()
+    applied = subprocess.run(
+        [str(kubectl_path()), "apply", "--server-side", "-f", str(CHART / "crds")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig)},
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "modeldeployments.ondeck.io serverside-applied" in applied.stdout
+
+    upgrade = ("upgrade", release, str(CHART), "--namespace", ns, "--reuse-values")
+    done = helm(*upgrade, "--set", "config.artifactStorageClass=gold")
+    assert done.returncode == 0, done.stderr
+    config_map: Any = client.CoreV1Api(admin_api).read_namespaced_config_map(release, ns)
+    assert "artifactStorageClass: gold" in config_map.data["config.yaml"]
+    assert checksum() != before
+    assert rbac.read_cluster_role(f"{release}-{ns}").rules
+
+    done = helm(*upgrade, "--set", f"watch.namespaces={{{namespace}}}")
+    assert done.returncode == 0, done.stderr
+    assert rbac.read_namespaced_role(release, namespace).rules
+    with pytest.raises(ApiException) as gone:
+        rbac.read_cluster_role(f"{release}-{ns}")
+    assert gone.value.status == 404
+    assert custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", release)
+    with pytest.raises(ApiException) as gone:
+        custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", release)
+    assert gone.value.status == 404
+    # --reuse-values kept the earlier change.
+    config_map = client.CoreV1Api(admin_api).read_namespaced_config_map(release, ns)
+    assert "artifactStorageClass: gold" in config_map.data["config.yaml"]
+
+    assert helm("uninstall", release, "--namespace", ns, "--wait").returncode == 0
+    _wait_for("nothing of the release left", lambda: not _leftovers(admin_api, ns, release))
