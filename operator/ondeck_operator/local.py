@@ -170,7 +170,6 @@ class Loaded(BaseModel):
     md: ModelDeployment
     raw: dict[str, Any]
     base_dir: Path
-    source: str
 
 
 def default_manifest() -> Path:
@@ -204,11 +203,12 @@ def load_manifest(path: Path) -> Loaded:
         md = ModelDeployment.from_manifest(raw)
     except SpecError as exc:
         raise ManifestError(f"{path}: {'; '.join(exc.problems)}") from None
-    return Loaded(md=md, raw=raw, base_dir=path.resolve().parent, source=str(path))
+    return Loaded(md=md, raw=raw, base_dir=path.resolve().parent)
 
 
 def _local_uri(uri: str, base_dir: Path, field: str) -> str:
-    """Make a relative path (or file:relative) absolute against the manifest's folder."""
+    """A plain relative path made absolute against the manifest's folder; URIs with a
+    scheme (file:///abs, https://, s3://, ...) unchanged; pvc:// refused."""
     if uri.startswith("pvc://"):
         raise ManifestError(
             f"{field}: {uri} names a PersistentVolumeClaim, which exists only in clusters; "
@@ -233,8 +233,9 @@ def localize(spec: ModelDeploymentSpec, base_dir: Path) -> ModelDeploymentSpec:
 
 
 def notices(raw: dict[str, Any]) -> list[Notice]:
-    """One notice per cluster-only field the manifest sets, in manifest order, plus where
-    local mode takes something from elsewhere (credentials)."""
+    """One notice per cluster-only field the manifest sets (in `CLUSTER_ONLY` order),
+    after a note on where local mode takes credentials from when the manifest names a
+    Secret. Reads the manifest as written, so defaults are never reported."""
     spec = raw.get("spec")
     if not isinstance(spec, dict):
         return []
@@ -316,51 +317,57 @@ def v1_body(inputs: list[TensorSpec]) -> dict[str, Any] | None:
     return {"instances": instances}
 
 
-def _body_arg(body: dict[str, Any], *, spill: Path | None) -> str:
-    text = json.dumps(body, separators=(",", ":"))
-    if spill is None:
-        return shlex.quote(text)
-    spill.write_text(text, encoding="utf-8")
-    return shlex.quote(f"@{spill}")
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"))
 
 
-def curl_line(url: str, body: dict[str, Any], *, spill: Path | None = None) -> str:
-    """A ready-to-paste curl command; with `spill`, the body goes to that file."""
-    return (
-        f"curl -s {shlex.quote(url)} -H 'Content-Type: application/json' "
-        f"-d {_body_arg(body, spill=spill)}"
-    )
+def curl_line(url: str, data: str) -> str:
+    """A ready-to-paste curl command; `data` is the JSON body or `@file`."""
+    return f"curl -s {shlex.quote(url)} -H 'Content-Type: application/json' -d {shlex.quote(data)}"
 
 
-def _numbers(body: dict[str, Any]) -> int:
-    return len(json.dumps(body).split(","))
+class Banner(BaseModel):
+    """What `ondeck run` prints once the server is ready, and the request bodies too big
+    for a command line, to be written to the files the curl lines name (`-d @file`)."""
+
+    lines: list[str]
+    files: dict[Path, str] = Field(default_factory=dict)
 
 
 def banner(
     *, name: str, base_url: str, summary: ConvertSummary, spill_dir: Path | None = None
-) -> list[str]:
-    """What `ondeck run` prints once the server is ready."""
-    v2 = v2_body(summary.inputs)
-    v1 = v1_body(summary.inputs)
-    big = _numbers(v2) > INLINE_BODY_LIMIT and spill_dir is not None
-    v2_file = spill_dir / f"{name}.v2.json" if big and spill_dir else None
-    v1_file = spill_dir / f"{name}.v1.json" if big and spill_dir else None
+) -> Banner:
+    """The banner for a served model; bodies with more than `INLINE_BODY_LIMIT` numbers
+    go to `spill_dir` when one is given."""
+    bodies = {"V2": v2_body(summary.inputs), "V1": v1_body(summary.inputs)}
+    urls = {
+        "V2": f"{base_url}/v2/models/{name}/infer",
+        "V1": f"{base_url}/v1/models/{name}:predict",
+    }
+    numbers = sum(_count(example_shape(t.shape)) for t in summary.inputs)
+    spill = spill_dir is not None and numbers > INLINE_BODY_LIMIT
     lines = [
         f"ondeck: serving {name} at {base_url}/v2/models/{name}",
         "  inputs:  " + ", ".join(t.describe() for t in summary.inputs),
         "  outputs: " + ", ".join(t.describe() for t in summary.outputs),
         f"  artifact: {summary.path} ({_size(summary.original_size_bytes)} → "
         f"{_size(summary.size_bytes)}, quantize {summary.quantize})",
-        "  V2: " + curl_line(f"{base_url}/v2/models/{name}/infer", v2, spill=v2_file),
     ]
-    if v1 is not None:
-        lines.append(
-            "  V1: " + curl_line(f"{base_url}/v1/models/{name}:predict", v1, spill=v1_file)
-        )
-    else:
-        lines.append("  V1: not available: the V1 protocol addresses single-input models only")
+    files: dict[Path, str] = {}
+    for protocol, body in bodies.items():
+        if body is None:
+            lines.append(
+                f"  {protocol}: not available: the V1 protocol addresses single-input models only"
+            )
+            continue
+        data = _json(body)
+        if spill and spill_dir is not None:
+            path = spill_dir / f"{name}.{protocol.lower()}.json"
+            files[path] = data
+            data = f"@{path}"
+        lines.append(f"  {protocol}: " + curl_line(urls[protocol], data))
     lines.append("Press Ctrl-C to stop.")
-    return lines
+    return Banner(lines=lines, files=files)
 
 
 def _size(n: int) -> str:
@@ -546,9 +553,13 @@ class LocalRunner:
         try:
             if not self._wait_ready(proc, base_url):
                 return 0  # stopped by a signal while starting: a clean stop
-            spill = self.store / "requests"
-            spill.mkdir(parents=True, exist_ok=True)
-            for line in banner(name=name, base_url=base_url, summary=summary, spill_dir=spill):
+            shown = banner(
+                name=name, base_url=base_url, summary=summary, spill_dir=self.store / "requests"
+            )
+            for path, text in shown.files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+            for line in shown.lines:
                 print(line, file=self.out, flush=True)
             while self._stop is None:
                 try:

@@ -176,7 +176,9 @@ def _summary(inputs: list[TensorSpec]) -> ConvertSummary:
 
 
 def test_banner_curl_lines_parse_back_to_the_request() -> None:
-    lines = local.banner(name="iris", base_url="http://127.0.0.1:9000", summary=_summary(IRIS_IN))
+    shown = local.banner(name="iris", base_url="http://127.0.0.1:9000", summary=_summary(IRIS_IN))
+    assert shown.files == {}
+    lines = shown.lines
     assert lines[0] == "ondeck: serving iris at http://127.0.0.1:9000/v2/models/iris"
     assert lines[1] == "  inputs:  input FP32 [-1, 4]"
     assert lines[2] == "  outputs: label INT64 [-1]"
@@ -192,14 +194,46 @@ def test_banner_curl_lines_parse_back_to_the_request() -> None:
 
 def test_big_bodies_go_to_a_file(tmp_path: Path) -> None:
     image = [TensorSpec(name="image", datatype="FP32", shape=[-1, 3, 32, 32])]
-    lines = local.banner(
+    shown = local.banner(
         name="cnn", base_url="http://h:1", summary=_summary(image), spill_dir=tmp_path
     )
-    (v2,) = [line for line in lines if line.startswith("  V2: ")]
+    (v2,) = [line for line in shown.lines if line.startswith("  V2: ")]
     argv = shlex.split(v2.removeprefix("  V2: "))
-    body_file = Path(argv[argv.index("-d") + 1].removeprefix("@"))
-    assert body_file == tmp_path / "cnn.v2.json"
-    assert len(json.loads(body_file.read_text())["inputs"][0]["data"]) == 3 * 32 * 32
+    assert argv[argv.index("-d") + 1] == f"@{tmp_path / 'cnn.v2.json'}"
+    assert set(shown.files) == {tmp_path / "cnn.v2.json", tmp_path / "cnn.v1.json"}
+    body = json.loads(shown.files[tmp_path / "cnn.v2.json"])
+    assert len(body["inputs"][0]["data"]) == 3 * 32 * 32
+    assert not list(tmp_path.iterdir())  # banner() only describes the files
+
+
+def test_small_bodies_stay_inline_even_with_a_spill_dir(tmp_path: Path) -> None:
+    shown = local.banner(
+        name="iris", base_url="http://h:1", summary=_summary(IRIS_IN), spill_dir=tmp_path
+    )
+    assert shown.files == {}
+    assert any('"data":[0.1,0.2,0.3,0.4]' in line for line in shown.lines)
+
+
+def test_cached_summary_reads_a_complete_artifact(tmp_path: Path) -> None:
+    folder = tmp_path / "d1"
+    folder.mkdir()
+    manifest = {
+        "digest": "d1",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        "sizeBytes": 10,
+        "originalSizeBytes": 20,
+        "settings": {"quantize": "int8"},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs" / "key1").symlink_to(Path("..") / "d1")
+    assert local.cached_summary(tmp_path, "key1") is None  # no model.onnx yet
+    (folder / "model.onnx").write_bytes(b"onnx")
+    hit = local.cached_summary(tmp_path, "key1")
+    assert hit is not None
+    assert (hit.digest, hit.quantize, hit.cached, hit.path) == ("d1", "int8", True, str(folder))
+    assert local.cached_summary(tmp_path, "other") is None
 
 
 @pytest.mark.parametrize(
