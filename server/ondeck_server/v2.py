@@ -110,7 +110,7 @@ def decode_request(body: bytes, *, header_length: int | None, model: ModelInfo) 
             f"missing {noun} {', '.join(absent)}; the model's inputs are {model.input_names}"
         )
 
-    rows = _rows(arrays, model) if model.batchable else 1
+    rows = _rows(arrays) if model.batchable else 1
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), model, binary_default)
     return InferRequest(request_id, arrays, rows, outputs, binary_outputs)
 
@@ -293,7 +293,7 @@ def _exact_integers(data: Any, spec: TensorSpec) -> np.ndarray | None:
     return np.array(values.tolist(), dtype=spec.dtype)
 
 
-def _rows(arrays: Arrays, model: ModelInfo) -> int:
+def _rows(arrays: Arrays) -> int:
     rows = {name: int(a.shape[0]) for name, a in arrays.items()}
     first = next(iter(rows.values()))
     if any(r != first for r in rows.values()):

@@ -54,22 +54,18 @@ def test_ready_only_after_warm_up(start_server: object, zoo: dict[str, Path]) ->
     assert server.terminate() == 0
 
 
-async def _post_all(
-    url: str, bodies: list[bytes], *, delay_first: float = 0.0
-) -> list[httpx.Response | Exception]:
+async def _post_all(url: str, bodies: list[bytes]) -> list[httpx.Response | Exception]:
     async with httpx.AsyncClient(
         base_url=url, timeout=60, limits=httpx.Limits(max_connections=64)
     ) as client:
 
-        async def one(i: int, body: bytes) -> httpx.Response | Exception:
-            if i and delay_first:
-                await asyncio.sleep(delay_first)
+        async def one(body: bytes) -> httpx.Response | Exception:
             try:
                 return await client.post("/v2/models/slow_heavy/infer", content=body)
             except httpx.TransportError as exc:
                 return exc
 
-        return list(await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies))))
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
 def test_overload_gets_503_with_retry_after(start_server: object, zoo: dict[str, Path]) -> None:
@@ -87,7 +83,14 @@ def test_overload_gets_503_with_retry_after(start_server: object, zoo: dict[str,
             first = asyncio.create_task(
                 client.post("/v2/models/slow_heavy/infer", content=bodies[0], headers=headers)
             )
-            await asyncio.sleep(0.3)  # the long request is running now
+            deadline = time.monotonic() + 30
+            # Wait until the long request runs (in flight, not queued).
+            while not (
+                _metric(url, "ondeck_inflight_requests") == 1
+                and _metric(url, 'ondeck_queue_depth{model="slow_heavy"}') == 0
+            ):
+                assert time.monotonic() < deadline, "the long request never started"
+                await asyncio.sleep(0.01)
             rest = await asyncio.gather(
                 *(client.post("/v2/models/slow_heavy/infer", content=b) for b in bodies[1:])
             )
