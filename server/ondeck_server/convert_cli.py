@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,17 +171,18 @@ def fit_termination_log(summary: dict[str, Any], limit: int = TERMINATION_LOG_LI
     validation = dict(trimmed.get("validation") or {})
     validation.pop("outputs", None)
     trimmed["validation"] = validation
-    for steps in (
+    steps: list[Callable[[dict[str, Any]], None]] = [
         lambda d: d.update(
             inputs=[t["name"] for t in d["inputs"]], outputs=[t["name"] for t in d["outputs"]]
         ),
         lambda d: d.update(inputs=len(d["inputs"]), outputs=len(d["outputs"])),
         lambda d: d.update(validation={"passed": validation.get("passed")}),
-    ):
+    ]
+    for step in steps:
         text = artifact.dumps_compact(trimmed)
         if len(text.encode()) <= limit:
             return text
-        steps(trimmed)
+        step(trimmed)
     return artifact.dumps_compact(trimmed)[:limit]
 
 

@@ -23,7 +23,7 @@ from pipeline.conftest import Sources
 )
 def test_kinds(sources: Sources, name: str, kind: SourceKind) -> None:
     assert infer_kind(sources[name]) is kind
-    assert infer_kind(sources[name], declared=kind.format) is kind
+    assert infer_kind(sources[name], declared=kind.framework) is kind
 
 
 def test_onnx_without_its_suffix_is_still_onnx(sources: Sources, tmp_path: Path) -> None:

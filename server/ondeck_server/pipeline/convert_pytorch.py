@@ -127,8 +127,9 @@ def _export_program(
 def _load_torchscript(path: Path) -> Any:
     import torch
 
+    load: Any = torch.jit.load  # untyped in torch 2.8
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        model = load(str(path), map_location="cpu")
     except Exception as exc:
         raise ConversionFailed(
             f"{path.name} is not a loadable TorchScript file: {_first_line(exc)}; save it with "
@@ -140,8 +141,9 @@ def _load_torchscript(path: Path) -> Any:
 def _load_exported(path: Path) -> Any:
     import torch
 
+    load: Any = torch.export.load  # untyped in torch 2.8
     try:
-        return torch.export.load(str(path))
+        return load(str(path))
     except Exception as exc:
         raise ConversionFailed(
             f"{path.name} is not a loadable torch.export program: {_first_line(exc)}; save it "

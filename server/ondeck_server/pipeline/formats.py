@@ -33,7 +33,7 @@ class SourceKind(StrEnum):
     PICKLE = "pickle"
 
     @property
-    def format(self) -> Format:
+    def framework(self) -> Format:
         return _FORMAT_OF[self]
 
 
@@ -72,9 +72,9 @@ def infer_kind(
         raise UnsupportedFormat(
             f"{name or path.name} is not a model file ondeck reads{hint}; {_HELP}"
         )
-    if declared is not None and detected.format is not declared:
+    if declared is not None and detected.framework is not declared:
         raise UnsupportedFormat(
-            f"{name or path.name} is a {detected.format.value} model ({detected.value}), but "
+            f"{name or path.name} is a {detected.framework.value} model ({detected.value}), but "
             f"--format {declared.value} was given; fix spec.model.format or leave it out"
         )
     return detected

@@ -185,7 +185,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         extra = _fetch_external_data(source, kind=kind, request=request, dest=downloads)
         calibration, calibration_sha = _fetch_calibration(request, dest=work / "calibration")
         detail.append(f"{name} ({source.size_bytes} bytes, {kind.value})")
-    fmt = kind.format
+    fmt = kind.framework
     settings = _settings(request, kind=kind, calibration_sha=calibration_sha)
     versions = converter_versions(fmt)
     digest = compute_digest(
@@ -238,17 +238,17 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                         uri=request.source,
                         sha256=source.sha256,
                         format=fmt.value,
-                        size_bytes=source.size_bytes,
+                        sizeBytes=source.size_bytes,
                     ),
                     inputs=inputs,
                     outputs=outputs,
-                    original_size_bytes=onnx_tools.total_size(converted.onnx_path),
-                    size_bytes=onnx_tools.total_size(model),
+                    originalSizeBytes=onnx_tools.total_size(converted.onnx_path),
+                    sizeBytes=onnx_tools.total_size(model),
                     settings=settings,
                     validation=report.model_dump(mode="json", by_alias=True),
                     versions=versions,
                     timings=clock.timings,
-                    created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
                 )
                 (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
                 _finish_files(staging)
@@ -326,11 +326,11 @@ def _run_converter(
         from ondeck_server.pipeline.convert_onnx import convert_onnx
 
         return convert_onnx(source.path, out=out)
-    if kind.format is Format.PYTORCH:
+    if kind.framework is Format.PYTORCH:
         from ondeck_server.pipeline.convert_pytorch import convert_pytorch
 
         return convert_pytorch(source.path, kind=kind, inputs=request.inputs, out=out)
-    if kind.format is Format.SKLEARN:
+    if kind.framework is Format.SKLEARN:
         from ondeck_server.pipeline.convert_sklearn import convert_sklearn
 
         return convert_sklearn(

@@ -34,18 +34,20 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     samples: int = Field(default=64, ge=1, le=100_000)
-    min_cosine: float = Field(default=0.99, ge=-1.0, le=1.0, alias="minCosine")
-    max_top1_disagreement: float = Field(default=0.01, ge=0.0, le=1.0, alias="maxTop1Disagreement")
+    min_cosine: float = Field(default=0.99, ge=-1.0, le=1.0, serialization_alias="minCosine")
+    max_top1_disagreement: float = Field(
+        default=0.01, ge=0.0, le=1.0, serialization_alias="maxTop1Disagreement"
+    )
 
 
 class OutputReport(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     name: str
-    max_abs_diff: float | None = Field(default=None, alias="maxAbsDiff")
-    cosine_mean: float | None = Field(default=None, alias="cosineMean")
-    cosine_min: float | None = Field(default=None, alias="cosineMin")
-    top1_agreement: float | None = Field(default=None, alias="top1Agreement")
+    max_abs_diff: float | None = Field(default=None, serialization_alias="maxAbsDiff")
+    cosine_mean: float | None = Field(default=None, serialization_alias="cosineMean")
+    cosine_min: float | None = Field(default=None, serialization_alias="cosineMin")
+    top1_agreement: float | None = Field(default=None, serialization_alias="top1Agreement")
 
 
 class ValidationReport(BaseModel):
@@ -53,12 +55,14 @@ class ValidationReport(BaseModel):
 
     reference: str = Field(description="what the final model was compared with")
     samples: int
-    sample_source: str = Field(alias="sampleSource", description="calibration or generated")
+    sample_source: str = Field(
+        serialization_alias="sampleSource", description="calibration or generated"
+    )
     outputs: list[OutputReport]
     cosine: float | None = Field(description="the lowest mean cosine over the outputs")
-    top1_disagreement: float | None = Field(alias="top1Disagreement")
-    min_cosine: float = Field(alias="minCosine")
-    max_top1_disagreement: float = Field(alias="maxTop1Disagreement")
+    top1_disagreement: float | None = Field(serialization_alias="top1Disagreement")
+    min_cosine: float = Field(serialization_alias="minCosine")
+    max_top1_disagreement: float = Field(serialization_alias="maxTop1Disagreement")
     passed: bool
 
 
