@@ -30,5 +30,21 @@ def _register() -> None:
 
 
 def main() -> None:
+    import sys
+
+    # typer vendors its own copy of click; its usage errors are raised from there.
+    from typer._click import exceptions as click_errors
+
     _register()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(2)
+    except click_errors.ClickException as exc:
+        # Usage errors: one line `ErrorType: message`, exit 2 (no usage banner, no box).
+        typer.echo(f"{type(exc).__name__}: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

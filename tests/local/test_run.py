@@ -11,6 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from .runner import OndeckRun, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -247,3 +249,20 @@ def test_pinned_sha256_reuses_the_artifact_without_fetching(tmp_path: Path) -> N
         assert second.stop() == 0
     assert not any(line.startswith("ondeck: converting ") for line in second.err)
     assert any(line.endswith(" reused (pinned sha256, no fetch)") for line in second.err)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--port", "70000"],
+            "BadParameter: Invalid value for '--port': Input should be less than or equal to 65535",
+        ),
+        (["--bogus"], "NoSuchOption: No such option: --bogus"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
+    run = OndeckRun(args)
+    assert run.wait_exit() == 2
+    assert len(run.err) == 1, run.err
+    assert run.err[0].startswith(expected)
