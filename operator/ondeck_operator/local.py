@@ -122,6 +122,32 @@ CLUSTER_ONLY: dict[tuple[str, ...], str] = {
 }
 
 
+#: Fields local mode uses as a cluster would: they go into the convert and serve command
+#: lines. With `CLUSTER_ONLY` (and the credentials note) they cover the whole spec; a test
+#: fails when a new spec field is in neither, so no field is ever dropped silently.
+USED_LOCALLY: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("model", "uri"),
+        ("model", "format"),
+        ("model", "sha256"),
+        ("model", "s3EndpointURL"),
+        ("model", "inputs"),
+        ("model", "allowUnsafePickle"),
+        ("optimize", "level"),
+        ("optimize", "quantize"),
+        ("optimize", "calibration"),
+        ("optimize", "validation"),
+        ("server", "batching"),
+        ("server", "threads"),
+        ("server", "maxBodyBytes"),
+        ("server", "maxQueue"),
+        ("server", "drainTimeoutSeconds"),
+    }
+)
+#: Read from elsewhere locally, with a note saying so.
+REPLACED_LOCALLY: frozenset[tuple[str, ...]] = frozenset({("model", "credentialsSecret")})
+
+
 class Notice(BaseModel):
     """One line about a manifest field local mode does not use as a cluster would."""
 

@@ -241,3 +241,30 @@ def test_cached_summary_reads_a_complete_artifact(tmp_path: Path) -> None:
 )
 def test_url_host(host: str, expected: str) -> None:
     assert local.url_host(host) == expected
+
+
+def _spec_fields() -> set[tuple[str, ...]]:
+    """(section,) for top-level spec fields that are objects of their own, and
+    (section, field) for their fields, by manifest name."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from ondeck_operator.types import ModelDeploymentSpec
+
+    out: set[tuple[str, ...]] = set()
+    for top in ModelDeploymentSpec.model_fields.values():
+        types = [top.annotation, *typing.get_args(top.annotation)]
+        sub = next((t for t in types if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        assert sub is not None, top.alias
+        for field in sub.model_fields.values():
+            out.add((str(top.alias), str(field.alias)))
+    return out
+
+
+def test_every_spec_field_is_used_or_reported_locally() -> None:
+    covered = set(local.USED_LOCALLY) | set(local.REPLACED_LOCALLY)
+    for path in local.CLUSTER_ONLY:
+        covered |= {f for f in _spec_fields() if f[: len(path)] == path}
+    assert _spec_fields() - covered == set()
+    assert not (set(local.USED_LOCALLY) & set(local.CLUSTER_ONLY))
