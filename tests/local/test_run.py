@@ -266,3 +266,16 @@ def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
     assert run.wait_exit() == 2
     assert len(run.err) == 1, run.err
     assert run.err[0].startswith(expected)
+
+
+def test_unreachable_http_source_is_the_converts_own_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/models/iris.skops"  # nothing listens there
+    manifest = tmp_path / "md.yaml"
+    text = (EXAMPLES / "iris" / "modeldeployment.yaml").read_text()
+    manifest.write_text(text.replace("uri: model.skops", f"uri: {url}"))
+    run = _run(manifest, tmp_path / "store")
+    assert run.wait_exit() == 1
+    errors = _errors(run)
+    assert len(errors) == 1, run.err
+    assert errors[0].startswith(f"FetchFailed: {url}")
+    assert run.out == []
