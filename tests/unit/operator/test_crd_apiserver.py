@@ -8,6 +8,7 @@ is missing, when the control-plane binaries are not built (scripts/build-control
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import sys
 import time
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from ondeck_operator.crd import crd
 from ondeck_operator.types import ModelDeployment
 
 from .bad_manifests import BAD, Bad
 from .specs import FULL_SPEC, manifest
+from .strategies import manifests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -135,3 +138,17 @@ def test_bad_manifests_are_refused_at_the_field(api: Api, bad: Bad) -> None:
     assert any(f in (bad.field, f".{bad.field}") for f in fields) or bad.field in text, body
     if bad.rule:
         assert any(bad.words in c.get("message", "") for c in causes), causes
+
+
+@settings(
+    max_examples=int(os.environ.get("ONDECK_PROPERTY_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(doc=manifests())
+def test_any_valid_manifest_is_accepted_by_the_api_server(api: Api, doc: dict[str, Any]) -> None:
+    """No CEL rule or schema constraint refuses what the types accept."""
+    status, body = dry_run(api, doc)
+    assert status == 201, body.get("message", body)
+    stored = ModelDeployment.from_manifest({**doc, "spec": body["spec"]})
+    assert stored.spec == ModelDeployment.from_manifest(doc).spec
