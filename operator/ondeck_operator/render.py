@@ -60,6 +60,9 @@ from ondeck_operator.types import (
 
 Manifest = dict[str, Any]
 
+#: Exit codes of `ondeck-server convert` that a retry cannot change (docs/architecture.md).
+CONVERT_FINAL_EXIT_CODES = (1, 2)
+
 __all__ = [
     "RenderState",
     "model_url",
@@ -215,6 +218,7 @@ def _scheduling(md: ModelDeployment) -> dict[str, Any]:
     if server.service_account_name:
         out["serviceAccountName"] = server.service_account_name
     out["automountServiceAccountToken"] = False
+    out["enableServiceLinks"] = False  # no service env vars: they only leak names
     if server.image_pull_secrets:
         out["imagePullSecrets"] = [{"name": n} for n in server.image_pull_secrets]
     if server.node_selector:
@@ -323,6 +327,25 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
             "backoffLimit": config.job_backoff_limit,
             "activeDeadlineSeconds": spec.optimize.timeout_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds_after_finished,
+            # `convert` exits 1 on a conversion error and 2 on a usage error: both fail
+            # the same way again, so fail the Job at once. Crashes (OOM, node loss) retry;
+            # evictions and preemptions do not count against backoffLimit.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONVERT_CONTAINER,
+                            "operator": "In",
+                            "values": list(CONVERT_FINAL_EXIT_CODES),
+                        },
+                    },
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                ]
+            },
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {

@@ -213,3 +213,14 @@ def test_without_uid_no_owner_references(config: OperatorConfig) -> None:
     md = make_md(uid=None)
     for obj in render(md, config, RenderState(serving_key="k" * 16)):
         assert "ownerReferences" not in obj["metadata"]
+
+
+def test_job_fails_at_once_on_conversion_and_usage_errors(config: OperatorConfig) -> None:
+    job = render_job(make_md(), config)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "convert", "operator": "In", "values": [1, 2]},
+    }
+    assert rules[1]["action"] == "Ignore"
+    assert job["spec"]["template"]["spec"]["enableServiceLinks"] is False
