@@ -1,6 +1,9 @@
-"""The ModelDeployment API (`ondeck.io/v1alpha1`) as pydantic v2 models: spec, status,
-defaults, bounds and cross-field rules. These models are the source of truth: the CRD
-(`ondeck crd`) and the reference page (`ondeck docs-reference`) are generated from them.
+"""The ModelDeployment API (`ondeck.io/v1alpha1`) as pydantic v2 models: the spec with
+its defaults, bounds and cross-field rules, and the root object. The status models
+(`api_status`) and the reusable field types and enums (`fields`) are re-exported here, so
+`from ondeck_operator.types import ...` is the whole API. These models are the source of
+truth: the CRD (`ondeck crd`) and the reference page (`ondeck docs-reference`) are
+generated from them.
 
 Field names are snake_case in Python and camelCase in manifests (aliases; both are
 accepted). Cross-field rules are `Rule`s, checked here and, as CEL, by the API server.
