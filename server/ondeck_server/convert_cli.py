@@ -211,7 +211,8 @@ def convert_command(
         "--inputs",
         envvar="ONDECK_INPUTS",
         callback=_inputs_callback,
-        help="name:dtype:[d0,...] entries separated by ';', -1 = dynamic.",
+        # rich markup: "\\[" is a literal bracket.
+        help="name:dtype:\\[d0,...] entries separated by ';', -1 = a dynamic dimension.",
     ),
     level: OptimizationLevel = typer.Option(
         OptimizationLevel.BASIC,
@@ -219,18 +220,37 @@ def convert_command(
         envvar="ONDECK_LEVEL",
         help="onnxruntime graph optimization saved offline; basic is hardware independent.",
     ),
-    quantize: Quantize = typer.Option(Quantize.NONE, "--quantize", envvar="ONDECK_QUANTIZE"),
+    quantize: Quantize = typer.Option(
+        Quantize.NONE,
+        "--quantize",
+        envvar="ONDECK_QUANTIZE",
+        help="int8 (dynamic), int8-static (needs --calibration), fp16 (FP32 inputs/outputs kept).",
+    ),
     calibration: str | None = typer.Option(
         None, "--calibration", envvar="ONDECK_CALIBRATION", help="An .npz of input arrays."
     ),
     validation_samples: int = typer.Option(
-        64, "--validation-samples", envvar="ONDECK_VALIDATION_SAMPLES", min=1
+        64,
+        "--validation-samples",
+        envvar="ONDECK_VALIDATION_SAMPLES",
+        min=1,
+        help="Samples the final model is compared with the original on.",
     ),
     min_cosine: float = typer.Option(
-        0.99, "--min-cosine", envvar="ONDECK_MIN_COSINE", min=-1.0, max=1.0
+        0.99,
+        "--min-cosine",
+        envvar="ONDECK_MIN_COSINE",
+        min=-1.0,
+        max=1.0,
+        help="Lowest acceptable mean cosine similarity to the original's outputs.",
     ),
     max_top1_disagreement: float = typer.Option(
-        0.01, "--max-top1-disagreement", envvar="ONDECK_MAX_TOP1_DISAGREEMENT", min=0.0, max=1.0
+        0.01,
+        "--max-top1-disagreement",
+        envvar="ONDECK_MAX_TOP1_DISAGREEMENT",
+        min=0.0,
+        max=1.0,
+        help="Highest acceptable share of changed top-1 predictions (classifier outputs).",
     ),
     allow_unsafe_pickle: bool = typer.Option(
         False,
@@ -239,13 +259,36 @@ def convert_command(
         help="Load joblib/pickle files (runs code from the file).",
     ),
     s3_endpoint_url: str | None = typer.Option(
-        None, "--s3-endpoint-url", envvar="ONDECK_S3_ENDPOINT_URL"
+        None,
+        "--s3-endpoint-url",
+        envvar="ONDECK_S3_ENDPOINT_URL",
+        help="S3-compatible store; credentials from the AWS_* environment variables.",
     ),
-    pvc_root: Path | None = typer.Option(None, "--pvc-root", envvar="ONDECK_PVC_ROOT"),
-    ref: str | None = typer.Option(None, "--ref", envvar="ONDECK_REF", callback=_ref_callback),
-    termination_log: Path | None = typer.Option(None, _TERMINATION_FLAG, envvar=_TERMINATION_ENV),
+    pvc_root: Path | None = typer.Option(
+        None,
+        "--pvc-root",
+        envvar="ONDECK_PVC_ROOT",
+        help="Where pvc://claim/path claims are mounted.",
+    ),
+    ref: str | None = typer.Option(
+        None,
+        "--ref",
+        envvar="ONDECK_REF",
+        callback=_ref_callback,
+        help="Also point <store>/refs/NAME at the artifact.",
+    ),
+    termination_log: Path | None = typer.Option(
+        None,
+        _TERMINATION_FLAG,
+        envvar=_TERMINATION_ENV,
+        help="Gets the error line on failure, the JSON summary (<= 4 KB) on success.",
+    ),
     max_download_bytes: int = typer.Option(
-        DEFAULT_MAX_BYTES, "--max-download-bytes", envvar="ONDECK_MAX_DOWNLOAD_BYTES", min=1
+        DEFAULT_MAX_BYTES,
+        "--max-download-bytes",
+        envvar="ONDECK_MAX_DOWNLOAD_BYTES",
+        min=1,
+        help="Refuse downloads larger than this.",
     ),
 ) -> None:
     """Fetch a model, convert it to ONNX, optimize, quantize, validate, and write the artifact."""

@@ -230,25 +230,17 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                     f"top-1 disagreement {report.top1_disagreement}"
                 )
             with clock.stage("write"):
-                inputs, outputs = onnx_tools.io_info(model)
-                manifest = artifact.Manifest(
+                manifest = _manifest(
+                    request,
                     digest=digest,
-                    name=Path(name).stem,
-                    source=artifact.SourceInfo(
-                        uri=request.source,
-                        sha256=source.sha256,
-                        format=fmt.value,
-                        sizeBytes=source.size_bytes,
-                    ),
-                    inputs=inputs,
-                    outputs=outputs,
-                    originalSizeBytes=onnx_tools.total_size(converted.onnx_path),
-                    sizeBytes=onnx_tools.total_size(model),
+                    source=source,
+                    fmt=fmt,
+                    fp32=converted.onnx_path,
+                    model=model,
                     settings=settings,
-                    validation=report.model_dump(mode="json", by_alias=True),
+                    report=report.model_dump(mode="json", by_alias=True),
                     versions=versions,
                     timings=clock.timings,
-                    createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
                 )
                 (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
                 _finish_files(staging)
@@ -258,6 +250,41 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         raise
     _point_ref(request, digest)
     return Outcome(manifest=artifact.read_manifest(path), path=path, cached=False)
+
+
+def _manifest(
+    request: ConvertRequest,
+    *,
+    digest: str,
+    source: Fetched,
+    fmt: Format,
+    fp32: Path,
+    model: Path,
+    settings: dict[str, Any],
+    report: dict[str, Any],
+    versions: dict[str, str],
+    timings: dict[str, float],
+) -> artifact.Manifest:
+    inputs, outputs = onnx_tools.io_info(model)
+    return artifact.Manifest(
+        digest=digest,
+        name=source.path.stem,
+        source=artifact.SourceInfo(
+            uri=request.source,
+            sha256=source.sha256,
+            format=fmt.value,
+            sizeBytes=source.size_bytes,
+        ),
+        inputs=inputs,
+        outputs=outputs,
+        originalSizeBytes=onnx_tools.total_size(fp32),
+        sizeBytes=onnx_tools.total_size(model),
+        settings=settings,
+        validation=report,
+        versions=versions,
+        timings=timings,
+        createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def _settings(
@@ -285,6 +312,11 @@ def _fetch_external_data(
         return {}
     hashes: dict[str, str] = {}
     for location in locations:
+        if Path(location).is_absolute() or ".." in Path(location).parts:
+            raise ConversionFailed(
+                f"{source.path.name} points its external data at {location!r}, outside its "
+                "folder; keep the data files next to the model"
+            )
         local = source.path.parent / location
         if source.downloaded and not local.exists():
             fetched = fetch(
