@@ -128,7 +128,7 @@ class Batcher:
                 f" {Overloaded.retry_after} s"
             )
         loop = asyncio.get_running_loop()
-        key = tuple((a.shape[1:], a.dtype.str) for a in feeds.values()) if self.stack else ()
+        key = tuple((a.shape[1:], a.dtype) for a in feeds.values()) if self.stack else ()
         item = _Item(feeds, rows, key, loop.create_future())
         self._queue.append(item)
         assert self._wake is not None, "Batcher.start() was not called"
