@@ -84,8 +84,8 @@ def main() -> None:
         # it, in the worker thread, whose CPU time /proc gives.
         subprocess.run(
             [str(spy), "record", "--pid", str(server.proc.pid),
-             "--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking",
-             "--gil"],
+             "--duration", str(int(args.seconds)), "--rate", "200", "--format", "raw",
+             "--output", str(raw), "--nonblocking", "--gil"],
             check=True, capture_output=True,
         )  # fmt: skip
         after = _counters(server.url)
