@@ -9,6 +9,7 @@ artifact (that is the reconciler's `RenderState`), or compute status.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -202,8 +203,9 @@ def _resources(resources: ResourceRequirements) -> dict[str, Any]:
     return out
 
 
-# Read-only root filesystem: libraries that write caches under $HOME write to /tmp.
-_BASE_ENV = [{"name": "HOME", "value": TMP_MOUNT_PATH}]
+def _base_env() -> list[dict[str, Any]]:
+    # Read-only root filesystem: libraries that write caches under $HOME write to /tmp.
+    return [{"name": "HOME", "value": TMP_MOUNT_PATH}]
 
 
 def _image(md: ModelDeployment, config: OperatorConfig) -> tuple[str, str]:
@@ -302,7 +304,7 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
         "imagePullPolicy": pull_policy,
         "command": [SERVER_PROGRAM],
         "args": args,
-        "env": list(_BASE_ENV),
+        "env": _base_env(),
     }
     if spec.model.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
@@ -385,7 +387,8 @@ def _affinity(md: ModelDeployment) -> dict[str, Any]:
     """The user's affinity; with a ReadWriteOnce claim, also keep every server pod on one
     node (a second node could not attach the volume, and a rollout with maxUnavailable 0
     would wait forever). A user who sets podAffinity decides alone."""
-    affinity = dict(md.spec.server.affinity or {})
+    # A copy: callers may change what render returns without changing the spec.
+    affinity = copy.deepcopy(md.spec.server.affinity or {})
     if _single_node_claim(md) and "podAffinity" not in affinity:
         affinity["podAffinity"] = {
             "requiredDuringSchedulingIgnoredDuringExecution": [
@@ -414,7 +417,7 @@ def render_deployment(
     args = serve_args(spec, model_path=model_path, name=md.metadata.name, auth_token_file=auth_file)
     image, pull_policy = _image(md, config)
     # One entry per name (server-side apply keys env by name); the user's wins.
-    env = {var["name"]: var for var in _BASE_ENV}
+    env = {var["name"]: var for var in _base_env()}
     for var in server.env or []:
         env[var.name] = var.model_dump(mode="json", by_alias=True, exclude_none=True)
     mounts: list[dict[str, Any]] = [

@@ -76,3 +76,27 @@ def test_child_names_are_valid_labels_and_distinct(
         assert child_name(other, *suffix) != name or "-".join([other, *suffix]) == "-".join(
             [base, *suffix]
         )
+
+
+def _scribble(node: object) -> None:
+    """Change every mapping and list inside `node`, in place."""
+    if isinstance(node, dict):
+        for value in node.values():
+            _scribble(value)
+        node["scribbled"] = True
+    elif isinstance(node, list):
+        for value in node:
+            _scribble(value)
+        node.append("scribbled")
+
+
+@PROPERTY
+@given(doc=manifests(), state=render_states)
+def test_rendered_objects_share_nothing_with_the_spec_or_each_other(
+    doc: Doc, state: RenderState
+) -> None:
+    md = ModelDeployment.from_manifest(doc)
+    first = render(md, CONFIG, state)
+    expected = copy.deepcopy(first)
+    _scribble(first)
+    assert render(md, CONFIG, state) == expected
