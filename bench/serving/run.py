@@ -346,6 +346,21 @@ def _ms(value: float | None) -> str:
     return f"{value:.3f}" if value is not None else "-"
 
 
+def _ratio(
+    runs: list[dict[str, Any]],
+    field: str,
+    raw_of: dict[tuple[Any, Any], float],
+    fallback: str = "",
+) -> str:
+    ratios = []
+    for r in runs:
+        value = r.get(field) or r.get(fallback)
+        base = raw_of.get((r["repeat"], r["model"]))
+        if value and base:
+            ratios.append(value / base)
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of medians over repeats.
 
@@ -354,13 +369,16 @@ def report(results: dict[str, Any]) -> str:
     would give. On a shared machine only the `cpu` ratios are comparable across rows.
     """
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    raw_cpu_of: dict[tuple[Any, Any], float] = {}  # (repeat, model) -> raw b1 cpu rate
+    raw_wall_of: dict[tuple[Any, Any], float] = {}
     for r in results["runs"]:
         key = (r["model"], r["server"], r.get("mode", "-"), r.get("c", "-"))
         groups.setdefault(key, []).append(r)
+        if r["server"] == "raw-b1":
+            raw_cpu_of[(r["repeat"], r["model"])] = r["cpu_rate"]
+            raw_wall_of[(r["repeat"], r["model"])] = r["samples_per_s"]
     lines = []
     for model in dict.fromkeys(k[0] for k in groups):
-        raw = groups.get((model, "raw-b1", "-", "-"), [])
-        raw_wall, raw_cpu = _median(raw, "samples_per_s"), _median(raw, "cpu_rate")
         lines.append(f"\n### {model}\n")
         lines.append(
             "| server | mode | c | wall req/s | x raw b1 (wall) | cpu req/s per core"
@@ -372,8 +390,9 @@ def report(results: dict[str, Any]) -> str:
                 continue
             wall = _median(runs, "rps") or _median(runs, "samples_per_s") or 0.0
             cpu = _median(runs, "cpu_rate")
-            wall_ratio = f"{wall / raw_wall:.2f}" if raw_wall else "-"
-            cpu_ratio = f"{cpu / raw_cpu:.2f}" if raw_cpu and cpu else "-"
+            # Each run against the raw loop of its own repeat (same machine weather).
+            cpu_ratio = _ratio(runs, "cpu_rate", raw_cpu_of)
+            wall_ratio = _ratio(runs, "rps", raw_wall_of, fallback="samples_per_s")
             cpu_text = f"{cpu:,.0f}" if cpu else "-"
             errors = sum(r.get("errors", 0) for r in runs)
             p50, p90, p99 = (_median(runs, f) for f in ("p50_ms", "p90_ms", "p99_ms"))
@@ -386,6 +405,11 @@ def report(results: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--report":
-        print(report(json.loads(Path(sys.argv[2]).read_text())))
+        # One or more result files: their repeats are pooled (renumbered apart).
+        pooled: dict[str, Any] = {"runs": []}
+        for number, name in enumerate(sys.argv[2:]):
+            for run_entry in json.loads(Path(name).read_text())["runs"]:
+                pooled["runs"].append({**run_entry, "repeat": (number, run_entry["repeat"])})
+        print(report(pooled))
     else:
         main()
