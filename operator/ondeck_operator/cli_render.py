@@ -22,7 +22,7 @@ from ondeck_operator.crd import CRD_PATHS, crd_yaml, validation_schema
 from ondeck_operator.fields import pattern_hint
 from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
 from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment, SpecError
+from ondeck_operator.types import ModelDeployment, SpecError, prune_nulls
 
 
 class InputError(Exception):
@@ -119,7 +119,7 @@ def schema_problems(doc: Any) -> list[str]:
 
 def check_manifest(doc: Any) -> list[str]:
     """Every problem of one ModelDeployment document: schema first, then the rules."""
-    problems = schema_problems(doc)
+    problems = schema_problems(prune_nulls(doc))
     try:
         ModelDeployment.from_manifest(doc)
     except SpecError as exc:

@@ -111,6 +111,7 @@ __all__ = [
     "TolerationOperator",
     "ValidationSpec",
     "format_errors",
+    "prune_nulls",
 ]
 
 
@@ -706,12 +707,22 @@ class ModelDeployment(BaseModel):
         if not isinstance(manifest, dict):
             raise SpecError([f"manifest: expected a mapping, got {type(manifest).__name__}"])
         try:
-            return cls.model_validate(manifest)
+            return cls.model_validate(prune_nulls(manifest))
         except ValidationError as exc:
             raise SpecError(format_errors(exc)) from None
 
     def to_manifest(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def prune_nulls(value: Any) -> Any:
+    """Drop `key: null` entries of every mapping, as the API server does for a custom
+    resource before defaulting (`replicas:` with no value means "use the default")."""
+    if isinstance(value, dict):
+        return {k: prune_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune_nulls(v) for v in value]
+    return value
 
 
 def format_errors(exc: ValidationError) -> list[str]:

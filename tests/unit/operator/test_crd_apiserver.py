@@ -7,6 +7,7 @@ is missing, when the control-plane binaries are not built (scripts/build-control
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import ssl
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from ondeck_operator.cli_render import check_manifest
 from ondeck_operator.crd import crd
 from ondeck_operator.types import ModelDeployment
 
@@ -152,3 +155,61 @@ def test_any_valid_manifest_is_accepted_by_the_api_server(api: Api, doc: dict[st
     assert status == 201, body.get("message", body)
     stored = ModelDeployment.from_manifest({**doc, "spec": body["spec"]})
     assert stored.spec == ModelDeployment.from_manifest(doc).spec
+
+
+def _paths_of(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.append((*prefix, key))
+            out += _paths_of(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            out.append((*prefix, index))
+            out += _paths_of(value, (*prefix, index))
+    return out
+
+
+FUZZ_BASE = manifest(FULL_SPEC)
+FUZZ_PATHS = [p for p in _paths_of(FUZZ_BASE["spec"])]
+ODD_VALUES = [None, -1, 0, 1, 3, 2.5, 70000, "", "x", "Bad Value", "1Gi", "500m", True,
+              [], {}, ["x"], {"a": "b"}, "ReadWriteMany", "Exists", "s3://b/k"]  # fmt: skip
+
+
+@settings(
+    max_examples=int(os.environ.get("ONDECK_PROPERTY_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(FUZZ_PATHS), st.sampled_from(["delete", *range(len(ODD_VALUES))])
+        ),
+        min_size=1,
+        max_size=2,
+    )
+)
+def test_ondeck_validate_and_the_api_server_agree(api: Api, edits: list[Any]) -> None:
+    """Damage a valid manifest at random: `ondeck validate` refuses it exactly when the
+    API server does."""
+    doc = copy.deepcopy(FUZZ_BASE)
+    for path, edit in edits:
+        parent: Any = doc["spec"]
+        try:
+            for part in path[:-1]:
+                parent = parent[part]
+            if edit == "delete":
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = copy.deepcopy(ODD_VALUES[edit])
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit removed or replaced this path
+    status, body = dry_run(api, doc)
+    problems = check_manifest(doc)
+    event("accepted" if status == 201 else "refused")
+    if status == 201:
+        assert problems == [], f"ondeck validate refuses what the API server accepts: {problems}"
+    else:
+        assert status in (400, 422), body
+        assert problems, f"ondeck validate accepts what the API server refuses: {body['message']}"

@@ -57,3 +57,15 @@ def test_crd_schema_refuses_field_errors_at_the_field(bad: Bad) -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(SpecError, match=r"manifest: expected a mapping, got list"):
         ModelDeployment.from_manifest([1, 2])
+
+
+def test_null_fields_mean_the_default_as_in_the_api_server() -> None:
+    from ondeck_operator.cli_render import check_manifest
+
+    doc = manifest(
+        {"model": {"uri": "s3://b/m.onnx", "format": None}, "server": {"replicas": None}}
+    )
+    assert check_manifest(doc) == []
+    md = ModelDeployment.from_manifest(doc)
+    assert md.spec.server.replicas == 1
+    assert md.spec.model.format is None
