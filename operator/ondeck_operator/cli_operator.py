@@ -104,7 +104,7 @@ def operator(
     request_timeout: Annotated[
         float, _opt("--request-timeout", "Timeout of other API requests (seconds).")
     ] = 30.0,
-    workers: Annotated[int, _opt("--workers", "Concurrent reconciles.")] = 8,
+    workers: Annotated[int, _opt("--workers", "Concurrent reconciles.")] = 16,
     retry_min_seconds: Annotated[
         float, _opt("--retry-min-seconds", "First retry delay after a failure.")
     ] = 1.0,

@@ -34,7 +34,6 @@ import kopf
 from aiohttp import web
 
 from ondeck_operator.constants import (
-    LABEL_COMPONENT,
     LABEL_MANAGED_BY,
     LABEL_MODEL_DEPLOYMENT,
     MANAGED_BY,
@@ -63,6 +62,7 @@ from ondeck_operator.reconcile import (
     execute,
     invalid_plan,
     plan,
+    pods_needed,
     rfc3339,
 )
 from ondeck_operator.settings import OperatorSettings
@@ -143,6 +143,22 @@ def is_active_peer(
     return True
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf deep-copies every object it sees to diff it against a stored "last handled"
+    state; that feeds create/update handlers, which this operator does not use (it
+    reconciles from watch events). Skipping it saves a deepcopy per event and writes no
+    `last-handled-configuration` annotation."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSettings:
     """kopf's settings from ours: watch timeouts, no kopf Events, peering lifetime."""
     ks = kopf.OperatorSettings()
@@ -152,6 +168,7 @@ def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSet
     ks.watching.connect_timeout = settings.request_timeout
     ks.networking.request_timeout = settings.request_timeout
     ks.posting.enabled = False  # the reconciler posts one Event per transition itself
+    ks.persistence.diffbase_storage = _NoDiffBase()
     ks.peering.priority = priority
     ks.peering.lifetime = settings.peering_lifetime
     ks.peering.stealth = True
@@ -159,10 +176,7 @@ def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSet
     ks.scanning.disabled = True
     selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     for kind in WATCHED_KINDS:
-        labels = selector
-        if kind == POD:  # only the conversion pods; server pods churn and tell nothing new
-            labels = f"{selector},{LABEL_COMPONENT}=converter"
-        ks.watching.label_selectors[(kind.api_version, kind.plural)] = labels
+        ks.watching.label_selectors[(kind.api_version, kind.plural)] = selector
     return ks
 
 
@@ -178,6 +192,7 @@ class Controller:
     queue: WorkQueue[Key] | None = None
     indices: dict[str, Any] = field(default_factory=dict)
     phases: dict[Key, str] = field(default_factory=dict)
+    pods: dict[Key, tuple[str, tuple[Obj, ...]]] = field(default_factory=dict)
     expectations: dict[Key, dict[tuple[str, str], tuple[str, float]]] = field(default_factory=dict)
     last_resync: float = 0.0
     active: bool = True
@@ -259,6 +274,7 @@ class Controller:
         self._seen(key, MODEL_DEPLOYMENT, key[1], body)
         if event_type == "DELETED":
             self.phases.pop(key, None)
+            self.pods.pop(key, None)
             self.expectations.pop(key, None)
             if self.queue is not None:
                 self.queue.forget(key)
@@ -278,9 +294,16 @@ class Controller:
         if expected and expected[0] == (body.get("metadata") or {}).get("resourceVersion"):
             del pending[(kind.plural, name)]
 
+    def _cached_version(self, key: Key, kind: Kind, name: str) -> str | None:
+        body = self._body(key) if kind == MODEL_DEPLOYMENT else self.observed(key).named(kind, name)
+        version = (body or {}).get("metadata", {}).get("resourceVersion")
+        return str(version) if version else None
+
     def _expect(self, key: Key, kind: Kind, name: str, reply: Mapping[str, Any]) -> None:
         version = (reply.get("metadata") or {}).get("resourceVersion")
-        if version:
+        # A write that changed nothing keeps the resourceVersion and makes no watch event:
+        # nothing to wait for when the cache already holds that version.
+        if version and version != self._cached_version(key, kind, name):
             deadline = time.monotonic() + _EXPECT_SECONDS
             self.expectations.setdefault(key, {})[(kind.plural, name)] = (version, deadline)
 
@@ -313,7 +336,9 @@ class Controller:
         if self.queue is not None:
             self.metrics.queue_depth.set(len(self.queue))
         body = self._body(key)
-        if body is None:
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            # Gone, or being deleted (foreground deletion): the garbage collector removes
+            # the children; re-creating them now would fight it.
             return
         wait = self._waiting(key)
         if wait > 0:
@@ -330,15 +355,15 @@ class Controller:
             except SpecError as error:
                 decided = invalid_plan(body, error, now=now)
             else:
-                decided = plan(md, self.observed(key), self.settings.config, now=now)
+                observed = await self._with_pods(key, md, self.observed(key))
+                decided = plan(md, observed, self.settings.config, now=now)
             try:
                 await self._execute(key, decided, now=now)
             except (InvalidError, ForbiddenError) as exc:
                 # Will not fix itself by retrying at once: say so in the status, then back off.
                 if decided.facts is not None:
-                    failed = plan(
-                        md, self.observed(key), self.settings.config, now=now, apply_error=str(exc)
-                    )
+                    observed = await self._with_pods(key, md, self.observed(key))
+                    failed = plan(md, observed, self.settings.config, now=now, apply_error=str(exc))
                     await self._execute(key, failed, now=now)
                 raise
         except Exception:
@@ -350,6 +375,23 @@ class Controller:
         if decided.status.phase is not None:
             self.phases[key] = decided.status.phase.value
             self.metrics.set_phases(self.phases.values())
+
+    async def _with_pods(self, key: Key, md: ModelDeployment, observed: Observed) -> Observed:
+        """`observed` plus the pods of the finished conversion Job whose result the plan
+        needs: listed once per Job (by uid), then kept until the ModelDeployment goes."""
+        job = pods_needed(md, observed)
+        if job is None or self.kube is None:
+            return observed
+        job_obj = observed.named(JOB, job) or {}
+        job_uid = str(job_obj.get("metadata", {}).get("uid", ""))
+        cached = self.pods.get(key)
+        if cached is None or cached[0] != job_uid:
+            listed = await self.kube.list(
+                POD, key[0], label_selector=f"batch.kubernetes.io/job-name={job}"
+            )
+            cached = (job_uid, tuple(_trim(p, POD) for p in listed))
+            self.pods[key] = cached
+        return Observed({**observed.children, POD: cached[1]})
 
     async def _execute(self, key: Key, decided: Plan, *, now: str) -> None:
         assert self.kube is not None

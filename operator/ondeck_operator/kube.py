@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,7 @@ def connection_info(configuration: Any) -> Any:
 # ------------------------------------------------------------------- aiohttp client
 
 RequestHook = Callable[[str, int], None]
+AUTH_REFRESH_SECONDS = 60.0
 
 
 class HttpKube:
@@ -275,6 +277,17 @@ class HttpKube:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._on_request = on_request or (lambda verb, status: None)
         self._session: aiohttp.ClientSession | None = None
+        self._auth_header: str | None = None
+        self._auth_until = 0.0
+
+    def _auth(self) -> str | None:
+        # Asking the kubernetes client re-reads the kubeconfig (or token file) each time;
+        # once a minute is plenty for rotated tokens, which stay valid for an hour or more.
+        now = time.monotonic()
+        if self._auth_until <= now:
+            self._auth_header = _authorization(self._configuration)
+            self._auth_until = now + AUTH_REFRESH_SECONDS
+        return self._auth_header
 
     def _ssl(self) -> ssl.SSLContext | bool:
         cfg = self._configuration
@@ -309,7 +322,7 @@ class HttpKube:
         """One request; None for a 404 on GET, the decoded reply otherwise."""
         url = self._server + path + (f"?{urlencode(params)}" if params else "")
         headers = {"Accept": "application/json"}
-        auth = _authorization(self._configuration)
+        auth = self._auth()
         if auth:
             headers["Authorization"] = auth
         data = None

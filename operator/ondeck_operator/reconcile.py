@@ -63,6 +63,7 @@ from ondeck_operator.kube import (
 from ondeck_operator.names import job_name, server_name
 from ondeck_operator.render import RenderState, model_url, render, selector_string
 from ondeck_operator.status import (
+    FAILURE_REASONS,
     DeploymentFacts,
     EventSpec,
     Facts,
@@ -92,13 +93,14 @@ __all__ = [
     "extract_facts",
     "invalid_plan",
     "plan",
+    "pods_needed",
     "rfc3339",
 ]
 
 #: The kinds the operator creates, in the order they are applied.
 CHILD_KINDS: tuple[Kind, ...] = (PVC, JOB, DEPLOYMENT, SERVICE, INGRESS, HPA, PDB)
-#: Kinds it only reads (the conversion Job's pods, for their termination message).
-WATCHED_KINDS: tuple[Kind, ...] = (*CHILD_KINDS, POD)
+#: The kinds the operator watches (pods are listed on demand, see `pods_needed`).
+WATCHED_KINDS: tuple[Kind, ...] = CHILD_KINDS
 _JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 
 
@@ -225,6 +227,40 @@ def _deployment_facts(deployment: Obj) -> DeploymentFacts:
     )
 
 
+def _known_failure(md: ModelDeployment) -> str | None:
+    """The conversion failure the status already reports for this generation, if any."""
+    status = md.status or ModelDeploymentStatus()
+    for cond in status.conditions or []:
+        if (
+            cond.type == ConditionType.ARTIFACT_READY.value
+            and cond.status == ConditionStatus.FALSE
+            and cond.reason in FAILURE_REASONS
+            and cond.reason != Reason.APPLY_FAILED
+            and cond.observed_generation == md.metadata.generation
+        ):
+            return cond.message
+    return None
+
+
+def pods_needed(md: ModelDeployment, observed: Observed) -> str | None:
+    """The conversion Job whose pods the next plan must see (their termination message
+    holds the result), or None. Pods are not watched: they are listed once, when the
+    wanted artifact's Job has finished and the status does not hold its result yet."""
+    wanted = artifact_key(md.spec)
+    job = job_name(md.metadata.name, wanted)
+    job_obj = observed.named(JOB, job)
+    if job_obj is None or not _controlled_by(job_obj, md.metadata.uid):
+        return None
+    state, _ = _job_state(job_obj)
+    status = md.status or ModelDeploymentStatus()
+    if state == JobState.SUCCEEDED:
+        known = status.artifact is not None and status.artifact.key == wanted
+        return None if known and status.artifact and status.artifact.digest else job
+    if state == JobState.FAILED:
+        return None if _known_failure(md) is not None else job
+    return None
+
+
 def extract_facts(md: ModelDeployment, observed: Observed, config: OperatorConfig) -> Facts:
     """What the status and the render state depend on, from the observed children."""
     uid = md.metadata.uid
@@ -247,9 +283,10 @@ def extract_facts(md: ModelDeployment, observed: Observed, config: OperatorConfi
     message = None
     summary = None
     if state == JobState.SUCCEEDED:
-        summary = parse_summary(_termination_message(pods, job, succeeded=True), key=wanted)
+        found = _termination_message(pods, job, succeeded=True)
+        summary = parse_summary(found, key=wanted) if found is not None else None
     elif state == JobState.FAILED:
-        message = _termination_message(pods, job, succeeded=False)
+        message = _termination_message(pods, job, succeeded=False) or _known_failure(md)
         if message is None and job_obj is not None:
             failed = _condition_true(job_obj, "Failed") or _condition_true(job_obj, "FailureTarget")
             message = (failed or {}).get("message")

@@ -83,7 +83,7 @@ class OperatorSettings(BaseModel):
         default=30.0, ge=1.0, description="Timeout of every other API request."
     )
     workers: int = Field(
-        default=8, ge=1, le=256, description="ModelDeployments reconciled concurrently."
+        default=16, ge=1, le=256, description="ModelDeployments reconciled concurrently."
     )
     retry_min_seconds: float = Field(
         default=1.0, gt=0, description="First retry delay after a failed reconcile."

@@ -42,7 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "build-control-plane.sh"
-SERVICE_CIDR = "10.96.0.0/24"
+SERVICE_CIDR = "10.96.0.0/16"
 # Controllers that need a real node, a cloud or a kubelet are left out: the simulated node
 # never sends heartbeats, so the node lifecycle controller would evict every pod.
 CONTROLLERS = (
@@ -427,6 +427,12 @@ def start_control_plane(
                     f"--initial-cluster=ondeck-test=http://127.0.0.1:{peer_port}",
                     "--log-level=warn",
                     "--logger=zap",
+                    # etcd 3.4 cannot answer the API server's on-demand progress requests;
+                    # periodic progress notifications keep its watch cache fresh instead, so
+                    # a watch from "now" or from a just-listed resourceVersion starts at once
+                    # rather than waiting up to 3 s and failing with 504 "Too large resource
+                    # version".
+                    "--experimental-watch-progress-notify-interval=200ms",
                 ],
                 workdir,
             )

@@ -26,6 +26,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,9 @@ def _owner_kind(pod: Pod) -> str | None:
 class KubeletSimulator:
     """Simulates one node; start() launches two daemon threads, stop() ends them."""
 
-    def __init__(self, api_client: client.ApiClient, *, node_name: str = "sim-node-0") -> None:
+    def __init__(
+        self, api_client: client.ApiClient, *, node_name: str = "sim-node-0", workers: int = 8
+    ) -> None:
         self._api = api_client
         self._core = client.CoreV1Api(api_client)
         self.node_name = node_name
@@ -80,6 +83,9 @@ class KubeletSimulator:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ips = itertools.count(2)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kubelet-sim")
+        self._latest: dict[str, Pod] = {}  # uid -> newest state not yet handled
+        self._scheduled: set[str] = set()
         self.errors: list[str] = []
 
     # ---------------------------------------------------------------- public
@@ -100,6 +106,26 @@ class KubeletSimulator:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _dispatch(self, pod: Pod) -> None:
+        """Handle `pod` on the pool: one pod at a time per uid, from its newest state."""
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            self._latest[uid] = pod
+            if uid in self._scheduled:
+                return
+            self._scheduled.add(uid)
+        self._pool.submit(self._drain, uid)
+
+    def _drain(self, uid: str) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                pod = self._latest.pop(uid, None)
+                if pod is None:
+                    self._scheduled.discard(uid)
+                    return
+            self._handle(pod)
 
     # ---------------------------------------------------------------- node
 
@@ -154,7 +180,7 @@ class KubeletSimulator:
                     listing = self._core.list_pod_for_all_namespaces()
                     resource_version = listing.metadata.resource_version
                     for item in listing.items:
-                        self._handle(self._api.sanitize_for_serialization(item))
+                        self._dispatch(self._api.sanitize_for_serialization(item))
                 stream = watch.Watch().stream(
                     self._core.list_pod_for_all_namespaces,
                     resource_version=resource_version,
@@ -167,7 +193,7 @@ class KubeletSimulator:
                     pod = self._api.sanitize_for_serialization(event["object"])
                     resource_version = pod["metadata"].get("resourceVersion", resource_version)
                     if event["type"] in ("ADDED", "MODIFIED"):
-                        self._handle(pod)
+                        self._dispatch(pod)
                     elif event["type"] == "DELETED":
                         with self._lock:
                             self._awaiting.pop(pod["metadata"]["uid"], None)

@@ -158,6 +158,7 @@ class OperatorProcess:
         name: str = "operator",
         extra: list[str] | None = None,
         config: dict[str, Any] | None = None,
+        log_level: str = "debug",
     ) -> None:
         self.health_port, self.metrics_port = free_port(), free_port()
         self.log = workdir / f"{name}.log"
@@ -190,7 +191,7 @@ class OperatorProcess:
             "--retry-max-seconds",
             "2",
             "--log-level",
-            "debug",
+            log_level,
             *(extra or []),
         ]
         self.popen: subprocess.Popen[bytes] | None = None

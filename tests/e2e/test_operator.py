@@ -117,11 +117,16 @@ def test_create_converts_then_serves(
     }
     assert "f:replicas" not in managers["ondeck"]
 
-    # Events for the transitions.
-    events = cluster.core.list_namespaced_event(
-        cluster.ns, field_selector="involvedObject.name=iris,involvedObject.kind=ModelDeployment"
-    ).items
-    assert {"Converting", "Deploying", "Ready"} <= {e.reason for e in events}
+    # Events for the transitions (posted right after the status patch).
+    def reasons() -> set[str] | None:
+        events = cluster.core.list_namespaced_event(
+            cluster.ns,
+            field_selector="involvedObject.name=iris,involvedObject.kind=ModelDeployment",
+        ).items
+        found = {e.reason for e in events}
+        return found if {"Converting", "Deploying", "Ready"} <= found else None
+
+    wait_for("Events Converting, Deploying, Ready", reasons)
     assert not kubelet.errors
 
 
@@ -257,10 +262,16 @@ def test_failed_conversion_keeps_the_old_version_serving(
     deployment = cluster.apps.read_namespaced_deployment("keep", cluster.ns)
     assert deployment.metadata.labels["ondeck.io/artifact-key"] == old
     assert (deployment.status.available_replicas or 0) == 1
-    warnings = cluster.core.list_namespaced_event(
-        cluster.ns, field_selector="involvedObject.name=keep,type=Warning"
-    ).items
-    assert any(e.reason == "ConversionFailed" and e.message.startswith(message) for e in warnings)
+
+    def warning() -> bool:
+        warnings = cluster.core.list_namespaced_event(
+            cluster.ns, field_selector="involvedObject.name=keep,type=Warning"
+        ).items
+        return any(
+            e.reason == "ConversionFailed" and e.message.startswith(message) for e in warnings
+        )
+
+    wait_for("a Warning Event ConversionFailed", warning)
 
 
 def test_failed_first_conversion_is_failed(

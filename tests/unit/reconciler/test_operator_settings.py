@@ -115,6 +115,6 @@ def test_rbac_rules_are_least_privilege_and_complete() -> None:
             kind.group, kind.plural
         )
     pods = next(k for k in KINDS.values() if k.plural == "pods")
-    assert allowed(pods.group, "pods") == {"get", "list", "watch"}
+    assert allowed(pods.group, "pods") == {"get", "list"}
     assert allowed("ondeck.io", "modeldeployments") == {"get", "list", "watch"}
     assert "patch" in allowed("ondeck.io", "modeldeployments/status")

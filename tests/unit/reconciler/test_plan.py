@@ -188,3 +188,54 @@ def test_an_apply_error_is_reported_and_nothing_is_written() -> None:
     assert p.deletes == []
     ready = {c.type: c for c in p.status.conditions or []}["Ready"]
     assert (ready.reason, ready.message) == ("ApplyFailed", "HTTP 403: jobs.batch is forbidden")
+
+
+def test_a_spec_the_operator_cannot_render_is_failed_with_every_problem() -> None:
+    from ondeck_operator.reconcile import invalid_plan
+    from ondeck_operator.types import SpecError
+
+    body = {
+        "metadata": {"name": "iris", "namespace": "ml", "uid": "u", "generation": 3},
+        "spec": {"model": {"uri": "s3://m/x.onnx"}, "server": {"replicas": -1}},
+        "status": {"phase": "Ready", "url": "http://iris.ml.svc.cluster.local/v2/models/iris"},
+    }
+    try:
+        ModelDeployment.from_manifest(
+            {"apiVersion": "ondeck.io/v1alpha1", "kind": "ModelDeployment", **body}
+        )
+    except SpecError as error:
+        p = invalid_plan(body, error, now=NOW)
+    else:
+        raise AssertionError("the spec should be invalid")
+    assert p.applies == []
+    assert p.deletes == []
+    assert p.status.phase is not None
+    assert p.status.phase.value == "Failed"
+    (ready,) = p.status.conditions or []
+    assert (ready.reason, ready.observed_generation) == ("InvalidSpec", 3)
+    assert ready.message.startswith(
+        "spec.server.replicas: Input should be greater than or equal to 0"
+    )
+    assert p.status.url == body["status"]["url"]  # what still serves is not forgotten
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "InvalidSpec")]
+
+
+def test_pods_are_needed_only_until_the_status_holds_the_result() -> None:
+    from ondeck_operator.reconcile import pods_needed
+
+    m = md()
+    first = plan(m, Observed(), CONFIG, now=NOW)
+    observed = observed_after(first, Observed())
+    job = observed.named(JOB, job_name("iris", artifact_key(m.spec)))
+    assert job is not None
+    assert pods_needed(with_status(m, first.status), observed) is None  # still running
+    failed, pod = finished_job(job, succeeded=False, message="ConversionFailed: no")
+    observed = replace(observed, JOB, failed)
+    m = with_status(m, first.status)
+    assert pods_needed(m, observed) == job["metadata"]["name"]
+    with_pod = plan(m, replace(observed, POD, pod), CONFIG, now=LATER)
+    m = with_status(m, with_pod.status)
+    assert pods_needed(m, observed) is None
+    # Without the pod, the next plan keeps the known message: the status does not change.
+    again = plan(m, observed, CONFIG, now=LATER)
+    assert again.status_patch is None
