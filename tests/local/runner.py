@@ -31,7 +31,12 @@ class OndeckRun:
     """One `python -m ondeck_operator run …` process."""
 
     def __init__(
-        self, args: list[str], *, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        unset: tuple[str, ...] = (),
+        cwd: Path | None = None,
     ) -> None:
         environ = {k: v for k, v in os.environ.items() if k not in unset}
         self.proc = subprocess.Popen(
@@ -41,6 +46,7 @@ class OndeckRun:
             stderr=subprocess.PIPE,
             text=True,
             env={**environ, **(env or {})},
+            cwd=cwd,
         )
         self.out: list[str] = []
         self.err: list[str] = []

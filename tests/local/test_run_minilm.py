@@ -44,7 +44,11 @@ def test_minilm_example_int8_serves_close_embeddings(tmp_path: Path) -> None:
     )
     shutil.copy(EXAMPLE / "modeldeployment.yaml", tmp_path / "modeldeployment.yaml")
     args = ["-f", str(tmp_path / "modeldeployment.yaml"), "--store", str(tmp_path / "store")]
-    run = OndeckRun([*args, "--port", str(free_port())])
+    # Symbolic shape inference fails on this export and dumps its model into the working
+    # directory: the pipeline must keep that inside its own work folder.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    run = OndeckRun([*args, "--port", str(free_port())], cwd=cwd)
     try:
         lines = run.wait_banner(timeout=400)
         assert "  inputs:  input_ids INT64 [-1, -1], attention_mask INT64 [-1, -1]" in lines
@@ -67,6 +71,7 @@ def test_minilm_example_int8_serves_close_embeddings(tmp_path: Path) -> None:
         served = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
     finally:
         assert run.stop() == 0
+    assert list(cwd.iterdir()) == []
 
     import onnxruntime as ort
 

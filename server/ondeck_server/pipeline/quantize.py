@@ -23,6 +23,7 @@ shape inference, which fails on some transformer exports. This module does not v
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from enum import StrEnum
 from pathlib import Path
@@ -107,14 +108,18 @@ def _pre_process(src: Path, out: Path, *, large: bool) -> Path:
 
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(
-                str(src),
-                str(out),
-                skip_optimization=True,
-                skip_symbolic_shape=skip_symbolic,
-                save_as_external_data=large,
-                all_tensors_to_one_file=True,
-            )
+            # On failure, symbolic shape inference dumps `sym_shape_infer_temp.onnx` and its
+            # external data into the working directory: keep that inside our work folder
+            # (a Job's root filesystem is read-only, and a laptop's cwd is the user's).
+            with contextlib.chdir(out.parent):
+                quant_pre_process(
+                    str(src),
+                    str(out),
+                    skip_optimization=True,
+                    skip_symbolic_shape=skip_symbolic,
+                    save_as_external_data=large,
+                    all_tensors_to_one_file=True,
+                )
             return out
         except Exception:  # symbolic shape inference fails on some exports: retry without
             out.unlink(missing_ok=True)
