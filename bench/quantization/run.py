@@ -46,6 +46,7 @@ from pipeline import models  # noqa: E402
 
 Feeds = dict[str, np.ndarray]
 OPEN_GATE = Thresholds(min_cosine=-1.0, max_top1_disagreement=1.0)
+FINDINGS = "## Findings"
 
 
 @dataclass
@@ -325,6 +326,10 @@ def main() -> None:
                 continue
             results[case.name] = run_case(case, folder / "store")
     text = render(results, facts)
+    # The hand-written findings (what the numbers mean, targets met or missed) survive a
+    # rerun: everything from FINDINGS on in the old file is kept.
+    if args.out.exists() and FINDINGS in (old := args.out.read_text()):
+        text += "\n" + old[old.index(FINDINGS) :].rstrip()
     args.out.write_text(text + "\n")
     print(text)
 
