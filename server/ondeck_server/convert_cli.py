@@ -318,6 +318,9 @@ def convert_command(
         outcome = convert(request, events=_ConsoleEvents(console))
     except PipelineError as exc:
         line = exc.one_line()
+        if exc.details:
+            # The evidence (e.g. the validation report) as one JSON line before the error.
+            sys.stderr.write(f"details: {artifact.dumps_compact(exc.details)}\n")
         sys.stderr.write(line + "\n")
         _write_termination_log(log, line)
         raise typer.Exit(1) from None

@@ -126,6 +126,25 @@ def test_pipeline_error_is_one_line_and_exit_1(sources: Sources, tmp_path: Path)
     assert log.read_text() == error
 
 
+def test_gate_failure_prints_the_report_then_the_error(sources: Sources, tmp_path: Path) -> None:
+    done = run_convert(
+        "--source",
+        str(sources["outlier.onnx"]),
+        "--store",
+        str(tmp_path / "store"),
+        "--quantize",
+        "int8",
+    )
+    assert done.returncode == 1
+    *_, details, error = done.stderr.splitlines()
+    assert error.startswith("ValidationFailed: the final model disagrees with the original")
+    assert details.startswith("details: ")
+    report = json.loads(details.removeprefix("details: "))
+    assert report["passed"] is False
+    assert report["outputs"][0]["name"] == "output"
+    assert [p.name for p in (tmp_path / "store").iterdir()] == []
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

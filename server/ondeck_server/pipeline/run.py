@@ -209,7 +209,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         _check_loads(converted.onnx_path)
         if calibration is not None:
             check_calibration(converted.inputs, calibration)
-        detail.append(f"{converted.reference_name} → ONNX")
+        detail.append(f"{kind.value} → ONNX, inputs {render_inputs(converted.inputs)}")
     with clock.stage("optimize") as detail:
         optimized = work / "optimized.onnx"
         optimize(converted.onnx_path, level=request.level, out=optimized)
