@@ -87,11 +87,21 @@ def free_port() -> int:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the sources; anything under /private/ answers 403."""
+    """Serves the sources; anything under /private/ answers 403, and /stream/<file> is
+    sent without a Content-Length."""
 
     def do_GET(self) -> None:
         if self.path.startswith("/private/"):
             self.send_error(403, "Forbidden")
+            return
+        if self.path.startswith("/stream/"):
+            # No Content-Length: the body ends when the connection closes (HTTP/1.0), so
+            # only the streaming size check can stop an oversized download.
+            body = (Path(self.directory) / self.path.removeprefix("/stream/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(body)
             return
         super().do_GET()
 

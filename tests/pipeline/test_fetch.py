@@ -167,6 +167,23 @@ def test_http_size_limit(sources: Sources, http_url: str, tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+def test_http_size_limit_while_streaming(sources: Sources, http_url: str, tmp_path: Path) -> None:
+    sources["mlp.onnx"]
+    with pytest.raises(FetchFailed) as info:
+        fetch(
+            f"{http_url}/stream/mlp.onnx",
+            dest=tmp_path,
+            settings=FetchSettings(max_bytes=100_000),
+        )
+    assert info.value.message == (
+        f"{http_url}/stream/mlp.onnx is larger than the download limit of 100000 bytes; "
+        "raise --max-download-bytes if the model really is that big"
+    )
+    assert list(tmp_path.iterdir()) == []
+    got = fetch(f"{http_url}/stream/mlp.onnx", dest=tmp_path, settings=FetchSettings())
+    assert got.path.read_bytes() == sources["mlp.onnx"].read_bytes()
+
+
 def test_http_unreachable_port(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/mlp.onnx"
     with pytest.raises(FetchFailed) as info:
