@@ -71,7 +71,7 @@ def convert_pytorch(
         ):
             warnings.simplefilter("ignore")
             if program is not None:
-                _export_program(program, specs, output_names, out)
+                _export_program(program, specs=specs, output_names=output_names, out=out)
             else:
                 torch.onnx.export(
                     model,
@@ -98,7 +98,7 @@ def convert_pytorch(
 
 
 def _export_program(
-    program: Any, specs: list[InputSpec], output_names: list[str], out: Path
+    program: Any, *, specs: list[InputSpec], output_names: list[str], out: Path
 ) -> None:
     """torch.export programs go through the dynamo exporter, which keeps the dynamic
     dimensions the program was exported with (it needs onnxscript)."""
