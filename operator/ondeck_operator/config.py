@@ -63,8 +63,12 @@ class OperatorConfig(BaseModel):
         ),
         description="Conversion Job resources when spec.optimize.resources is unset.",
     )
-    run_as_user: int = Field(default=10001, ge=1, description="Non-root UID of every pod.")
-    run_as_group: int = Field(default=10001, ge=1, description="GID of every pod.")
+    run_as_user: int = Field(
+        default=65532, ge=1, description="Non-root UID of every pod (the images' user)."
+    )
+    run_as_group: int = Field(
+        default=65532, ge=1, description="GID of every pod (the images' group)."
+    )
     pre_stop_sleep_seconds: int = Field(
         default=5,
         ge=0,
