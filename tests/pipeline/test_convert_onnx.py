@@ -95,3 +95,27 @@ def test_declared_format_must_match_the_file(sources: Sources, store: Path) -> N
         "mlp.onnx is a onnx model (onnx), but --format sklearn was given; fix "
         "spec.model.format or leave it out"
     )
+
+
+def test_string_inputs_are_refused(tmp_path: Path, store: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"])],
+        "strings",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["batch"])],
+    )
+    path = tmp_path / "strings.onnx"
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
+        str(path),
+    )
+    with pytest.raises(UnsupportedFormat) as info:
+        convert(ConvertRequest(source=str(path), store=store))
+    assert info.value.message == (
+        "strings.onnx has inputs of types ondeck cannot validate: text (BYTES); supported "
+        "input types: BOOL, FP16, FP32, FP64, INT32, INT64, INT8, UINT8"
+    )
+    assert_nothing_published(store)

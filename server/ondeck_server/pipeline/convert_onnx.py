@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ondeck_server.pipeline import onnx_tools
 from ondeck_server.pipeline.converted import Converted
-from ondeck_server.pipeline.errors import ConversionFailed
+from ondeck_server.pipeline.errors import ConversionFailed, UnsupportedFormat
 from ondeck_server.pipeline.inputs_spec import DType, InputSpec
 
 _DTYPE_OF_V2 = {d.v2: d for d in DType}
@@ -50,10 +50,13 @@ def convert_onnx(path: Path, *, out: Path) -> Converted:
         ) from None
     onnx_tools.save(model, out)
     inputs, _ = onnx_tools.io_info(out)
-    specs = [
-        InputSpec(name=t.name, dtype=_DTYPE_OF_V2.get(t.datatype, DType.FLOAT32), shape=t.shape)
-        for t in inputs
-    ]
+    unsupported = [f"{t.name} ({t.datatype})" for t in inputs if t.datatype not in _DTYPE_OF_V2]
+    if unsupported:
+        raise UnsupportedFormat(
+            f"{name} has inputs of types ondeck cannot validate: {', '.join(unsupported)}; "
+            f"supported input types: {', '.join(sorted(_DTYPE_OF_V2))}"
+        )
+    specs = [InputSpec(name=t.name, dtype=_DTYPE_OF_V2[t.datatype], shape=t.shape) for t in inputs]
     return Converted(onnx_path=out, inputs=specs, reference=None, reference_name="onnx-fp32")
 
 
