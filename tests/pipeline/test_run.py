@@ -158,3 +158,14 @@ def test_full_disk(sources: Sources, tiny_store: Path) -> None:
         "give it more room (spec.artifacts.pvc.size) or remove unused artifacts"
     )
     assert [p.name for p in tiny_store.iterdir()] == []
+
+
+def test_concurrent_writers_of_one_digest(sources: Sources, store: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = request(sources, store)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda _: convert(wanted), range(2)))
+    assert outcomes[0].manifest.digest == outcomes[1].manifest.digest
+    assert sorted(p.name for p in store.iterdir()) == [outcomes[0].manifest.digest]
+    assert artifact.is_complete(outcomes[0].path)
