@@ -146,7 +146,7 @@ class _RichBar:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=self.console,
-            transient=not self.console.is_terminal,
+            transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task(label, total=total)
