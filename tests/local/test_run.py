@@ -6,6 +6,7 @@ predictions. Bad inputs must end with one readable line and a non-zero exit."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import signal
 import time
@@ -26,16 +27,12 @@ def _run(
     return OndeckRun([*args, "--store", str(store), "--port", str(free_port()), *extra], env=env)
 
 
+_ERROR_LINE = re.compile(r"^[A-Z][A-Za-z]+: \S")
+
+
 def _errors(run: OndeckRun) -> list[str]:
-    """Lines of stderr that look like `ErrorType: message`."""
-    return [
-        line
-        for line in run.err
-        if line
-        and not line.startswith((" ", "ondeck:"))
-        and ": " in line
-        and line.split(":", 1)[0].isidentifier()
-    ]
+    """Lines of stderr of the form `ErrorType: message` (a CamelCase type)."""
+    return [line for line in run.err if _ERROR_LINE.match(line)]
 
 
 def test_iris_example_serves_and_its_curls_predict(tmp_path: Path) -> None:
@@ -146,6 +143,7 @@ def test_missing_model_file_is_the_converts_own_line(tmp_path: Path) -> None:
     assert run.wait_exit() == 1
     errors = _errors(run)
     assert len(errors) == 1, run.err
+    assert run.err[-1] == errors[0]  # the last thing the user reads
     assert errors[0].startswith("FetchFailed: ")
     assert str(tmp_path / "model.skops") in errors[0]
     assert run.out == []
@@ -167,6 +165,7 @@ def test_failed_accuracy_gate_exits_1_and_serves_nothing(tmp_path: Path) -> None
     assert run.wait_exit() == 1
     errors = _errors(run)
     assert len(errors) == 1, run.err
+    assert run.err[-1] == errors[0]  # the last thing the user reads
     assert errors[0].startswith("ValidationFailed: ")
     assert run.out == []
 
@@ -277,5 +276,6 @@ def test_unreachable_http_source_is_the_converts_own_line(tmp_path: Path) -> Non
     assert run.wait_exit() == 1
     errors = _errors(run)
     assert len(errors) == 1, run.err
+    assert run.err[-1] == errors[0]  # the last thing the user reads
     assert errors[0].startswith(f"FetchFailed: {url}")
     assert run.out == []
