@@ -1,20 +1,15 @@
-"""`ondeck-server serve`: the command line of the model server, and its process
-lifecycle (uvicorn with httptools + uvloop, graceful SIGTERM drain, exit codes).
+"""`ondeck-server serve`: the command line of the model server. Parses and validates
+flags and `ONDECK_…` environment variables (settings.FLAGS) into `ServeSettings` and
+hands them to lifecycle.run.
 
 Exit codes: 0 after a clean shutdown (including a SIGTERM drain), 1 when the server
 cannot start or the model cannot load (one line `ErrorType: message` on stderr), 2 for
-usage errors. Every flag also reads an `ONDECK_…` environment variable (settings.FLAGS).
-The HTTP behaviour itself lives in app.py.
+usage errors. The process lifecycle lives in lifecycle.py, HTTP behaviour in app.py.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import sys
-import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -66,6 +61,8 @@ def serve(
         settings = ServeSettings.model_validate(values)
     except ValidationError as exc:
         _die("InvalidSettings", _first_error(exc))
+    from ondeck_server.lifecycle import run  # imports uvicorn: only when serving
+
     try:
         code = run(settings)
     except ServeError as exc:
@@ -84,93 +81,6 @@ def _first_error(exc: Any) -> str:
 def _die(kind: str, message: str) -> None:
     typer.echo(f"{kind}: {message}", err=True)
     raise typer.Exit(1)
-
-
-def run(settings: ServeSettings) -> int:
-    """Serve until SIGTERM/SIGINT (exit code 0) or a model that fails to load (raises)."""
-    import uvicorn
-
-    from ondeck_server.app import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        # Client addresses are not used: skip uvicorn's X-Forwarded-For middleware.
-        proxy_headers=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
-        # Bounded memory: past this many connections + tasks uvicorn answers 503 itself.
-        limit_concurrency=max(1024, 4 * settings.max_queue),
-        log_config=None,
-    )
-    server = _server_class()(config, app)
-    server.run()
-    state = app.state
-    if state.fatal is not None:
-        raise state.fatal
-    return 0
-
-
-def _server_class() -> Any:
-    # uvicorn is imported only when serving, so `--help` stays fast.
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn with ondeck's shutdown: the first SIGTERM/SIGINT drains (not-ready at
-        once, in-flight requests finish within --drain-timeout, then a clean exit 0); a
-        second one exits at once. A model that fails to load stops the server."""
-
-        def __init__(self, config: uvicorn.Config, app: Any) -> None:
-            super().__init__(config)
-            self.app = app
-            self.drain_deadline: float | None = None
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            # Not calling super(): uvicorn would re-raise the signal after shutdown,
-            # turning a clean drain into death by SIGTERM.
-            if self.drain_deadline is not None:
-                self.force_exit = True
-                self.should_exit = True
-                return
-            self.drain_deadline = time.monotonic() + self.app.state.settings.drain_timeout
-            self.app.state.begin_drain()
-            logging.getLogger("ondeck.server").info("draining: finishing requests in flight")
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            for server in self.servers:
-                for sock in server.sockets:
-                    host, port = sock.getsockname()[:2]
-                    print(
-                        f"ondeck-server: serving model {self.app.state.source.name!r} on"
-                        f" http://{host}:{port}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-        async def on_tick(self, counter: int) -> bool:
-            if await super().on_tick(counter):
-                return True
-            state = self.app.state
-            if state.fatal is not None:
-                return True
-            if self.drain_deadline is None:
-                return False
-            remaining = self.drain_deadline - time.monotonic()
-            if state.inflight == 0 or remaining <= 0:
-                # uvicorn takes whole seconds: the last answers get up to 1 s more.
-                self.config.timeout_graceful_shutdown = max(1, math.ceil(remaining))
-                return True
-            return False
-
-    return Server
 
 
 def register(app: typer.Typer) -> None:
