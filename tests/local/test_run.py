@@ -41,6 +41,12 @@ def test_iris_example_serves_and_its_curls_predict(tmp_path: Path) -> None:
         lines = run.wait_banner()
         assert lines[0].startswith("ondeck: serving iris at http://127.0.0.1:")
         assert any(line.startswith("  inputs:  ") and "FP32 [-1, 4]" in line for line in lines)
+        # docs/quickstart.md shows this banner for port 8080: it must stay what users see.
+        port = lines[0].split("http://127.0.0.1:", 1)[1].split("/", 1)[0]
+        shown = (ROOT / "docs" / "quickstart.md").read_text().replace(":8080/", f":{port}/")
+        for line in lines:
+            if not line.startswith("  artifact: "):
+                assert line in shown.splitlines(), line
         v2 = run.send("V2")
         assert v2.status_code == 200, v2.text
         outputs = {o["name"]: o for o in v2.json()["outputs"]}
