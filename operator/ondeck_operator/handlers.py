@@ -371,6 +371,8 @@ class Controller:
             raise
         finally:
             self.metrics.duration.observe(time.perf_counter() - started)
+            if self.queue is not None:
+                self.metrics.queue_depth.set(len(self.queue))
         self.metrics.reconciles.labels(result="ok").inc()
         if decided.status.phase is not None:
             self.phases[key] = decided.status.phase.value
@@ -382,15 +384,21 @@ class Controller:
         job = pods_needed(md, observed)
         if job is None or self.kube is None:
             return observed
-        job_obj = observed.named(JOB, job) or {}
-        job_uid = str(job_obj.get("metadata", {}).get("uid", ""))
+        job_meta = (observed.named(JOB, job) or {}).get("metadata", {})
+        job_uid = str(job_meta.get("uid", ""))
         cached = self.pods.get(key)
         if cached is None or cached[0] != job_uid:
+            # The pod finished before the Job controller marked the Job finished, so a view
+            # not older than the Job holds the pod's termination message.
             listed = await self.kube.list(
-                POD, key[0], label_selector=f"batch.kubernetes.io/job-name={job}"
+                POD,
+                key[0],
+                label_selector=f"batch.kubernetes.io/job-name={job}",
+                not_older_than=job_meta.get("resourceVersion"),
             )
             cached = (job_uid, tuple(_trim(p, POD) for p in listed))
-            self.pods[key] = cached
+            if any(p["status"]["containerStatuses"] for p in cached[1]):
+                self.pods[key] = cached  # keep it only once it holds a finished container
         return Observed({**observed.children, POD: cached[1]})
 
     async def _execute(self, key: Key, decided: Plan, *, now: str) -> None:
@@ -459,9 +467,16 @@ class _Recording:
         return await self._kube.get(kind, namespace, name)
 
     async def list(
-        self, kind: Kind, namespace: str | None, *, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        not_older_than: str | None = None,
     ) -> list[Obj]:
-        return await self._kube.list(kind, namespace, label_selector=label_selector)
+        return await self._kube.list(
+            kind, namespace, label_selector=label_selector, not_older_than=not_older_than
+        )
 
     async def apply(self, obj: Obj) -> Obj:
         from ondeck_operator.kube import kind_of

@@ -190,7 +190,12 @@ class KubeApi(Protocol):
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj | None: ...
 
     async def list(
-        self, kind: Kind, namespace: str | None, *, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        not_older_than: str | None = None,
     ) -> list[Obj]: ...
 
     async def apply(self, obj: Obj) -> Obj: ...
@@ -348,9 +353,21 @@ class HttpKube:
         return await self._call("GET", kind.path(namespace, name), verb="get")
 
     async def list(
-        self, kind: Kind, namespace: str | None, *, label_selector: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        not_older_than: str | None = None,
     ) -> list[Obj]:
-        params = {"labelSelector": label_selector} if label_selector else None
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if not_older_than:
+            # Served from the API server's watch cache once it is at least this new, instead
+            # of a consistent read of every object of the kind in the namespace from etcd.
+            params["resourceVersion"] = not_older_than
+            params["resourceVersionMatch"] = "NotOlderThan"
         reply = await self._call("GET", kind.path(namespace), params=params, verb="list")
         items: list[Obj] = (reply or {}).get("items") or []
         for item in items:  # list items carry no apiVersion/kind

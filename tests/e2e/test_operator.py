@@ -135,6 +135,7 @@ def test_kubectl_get_and_scale(
     start_operator: Any,
     job_outcomes: dict[Any, Any],
     control_plane: Any,
+    tmp_path: Any,
 ) -> None:
     from k8s_tools import kubectl_path
 
@@ -147,6 +148,7 @@ def test_kubectl_get_and_scale(
     kubectl = [
         str(kubectl_path()),
         f"--kubeconfig={control_plane.admin_kubeconfig}",
+        f"--cache-dir={tmp_path / 'kube-cache'}",
         "-n",
         cluster.ns,
     ]
@@ -427,3 +429,35 @@ def test_invalid_manifests_are_rejected_by_the_api_server(
         cluster.create(body)
     assert err.value.status == 422
     assert message in json.loads(err.value.body)["message"]
+
+
+def test_kubectl_apply_of_an_invalid_manifest_says_what_is_wrong(
+    cluster: Cluster, control_plane: Any, crds: None, tmp_path: Any
+) -> None:
+    from k8s_tools import kubectl_path
+
+    bad = manifest("bad-hpa", autoscaling={"minReplicas": 5, "maxReplicas": 2})
+    bad["spec"]["server"] = {"resources": {"requests": {"cpu": "1"}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(bad))
+    result = subprocess.run(
+        [
+            str(kubectl_path()),
+            f"--kubeconfig={control_plane.admin_kubeconfig}",
+            f"--cache-dir={tmp_path / 'kube-cache'}",
+            "-n",
+            cluster.ns,
+            "apply",
+            "-f",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        'The ModelDeployment "bad-hpa" is invalid: spec.autoscaling.minReplicas: '
+        "Invalid value: minReplicas must be less than or equal to maxReplicas"
+    )
