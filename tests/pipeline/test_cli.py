@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ondeck_server.convert_cli import fit_termination_log
-from pipeline.conftest import Sources
+from pipeline.conftest import Sources, store_entries
 
 SUMMARY_KEYS = {
     "digest",
@@ -142,7 +142,7 @@ def test_gate_failure_prints_the_report_then_the_error(sources: Sources, tmp_pat
     report = json.loads(details.removeprefix("details: "))
     assert report["passed"] is False
     assert report["outputs"][0]["name"] == "output"
-    assert [p.name for p in (tmp_path / "store").iterdir()] == []
+    assert store_entries(tmp_path / "store") == []
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from ondeck_server import artifact
 from ondeck_server.pipeline import ConvertRequest, OptimizationLevel, convert
 from pipeline import models
-from pipeline.conftest import Sources, onnx_answers
+from pipeline.conftest import Sources, onnx_answers, store_entries
 
 
 @pytest.mark.parametrize("level", list(OptimizationLevel))
@@ -41,4 +41,4 @@ def test_http_source_through_the_pipeline(sources: Sources, http_url: str, store
     assert outcome.manifest.source.sha256 == digest
     assert outcome.manifest.source.uri == f"{http_url}/iris_logreg.skops"
     # The download went into a locked scratch folder that is gone now.
-    assert sorted(p.name for p in store.iterdir()) == [outcome.manifest.digest]
+    assert store_entries(store) == [outcome.manifest.digest]

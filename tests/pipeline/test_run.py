@@ -3,7 +3,6 @@ publish anything on failure (including a full disk)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ import pytest
 
 from ondeck_server import artifact
 from ondeck_server.pipeline import ConvertRequest, Quantize, StoreFailed, convert
-from ondeck_server.pipeline.store import clean_stale
-from pipeline.conftest import Sources
+from ondeck_server.pipeline.store import LOCK_FILE, clean_stale, locked
+from pipeline.conftest import Sources, store_entries
 
 
 def request(sources: Sources, store: Path, **extra: object) -> ConvertRequest:
@@ -31,7 +30,7 @@ def test_rerun_is_cached_and_touches_nothing(sources: Sources, store: Path) -> N
     assert second.path == first.path
     assert second.manifest == first.manifest
     assert model.stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in store.iterdir()) == [first.manifest.digest]
+    assert store_entries(store) == [first.manifest.digest]
 
 
 def test_the_digest_is_the_content_and_settings(sources: Sources, store: Path) -> None:
@@ -93,7 +92,7 @@ def test_rerun_after_a_crash_mid_write(sources: Sources, store: Path) -> None:
     assert not outcome.cached
     assert store.joinpath(digest).is_dir()
     assert artifact.is_complete(final)
-    assert sorted(p.name for p in store.iterdir()) == [digest]
+    assert store_entries(store) == [digest]
 
 
 def test_complete_looking_artifact_with_a_wrong_model_is_rebuilt(
@@ -113,13 +112,10 @@ def test_stale_cleanup_spares_live_writers(store: Path) -> None:
     for folder in (live, dead):
         folder.mkdir()
         os.utime(folder, (1, 1))
-    fd = os.open(live, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(live / LOCK_FILE):
+        os.utime(live, (1, 1))
         assert clean_stale(store) == [dead]
         assert live.is_dir()
-    finally:
-        os.close(fd)
     young = store / ".tmp-young"
     young.mkdir()
     assert clean_stale(store) == [live]
@@ -157,7 +153,7 @@ def test_full_disk(sources: Sources, tiny_store: Path) -> None:
     assert info.value.message.endswith(
         "give it more room (spec.artifacts.pvc.size) or remove unused artifacts"
     )
-    assert [p.name for p in tiny_store.iterdir()] == []
+    assert store_entries(tiny_store) == []
 
 
 def test_concurrent_writers_of_one_digest(sources: Sources, store: Path) -> None:
@@ -167,5 +163,5 @@ def test_concurrent_writers_of_one_digest(sources: Sources, store: Path) -> None
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(lambda _: convert(wanted), range(2)))
     assert outcomes[0].manifest.digest == outcomes[1].manifest.digest
-    assert sorted(p.name for p in store.iterdir()) == [outcomes[0].manifest.digest]
+    assert store_entries(store) == [outcomes[0].manifest.digest]
     assert artifact.is_complete(outcomes[0].path)

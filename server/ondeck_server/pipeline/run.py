@@ -196,13 +196,14 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         versions=versions,
     )
     final = request.store / digest
-    cached = store.valid_artifact(final, digest)
+    with store.store_lock(request.store):
+        cached = store.valid_artifact(final, digest)
+        if cached is None and final.exists():
+            shutil.rmtree(final)  # a leftover that is not a valid artifact for this digest
     if cached is not None:
         _point_ref(request, digest)
         events.stage("cached", 0.0, f"{final} is already built")
         return Outcome(manifest=cached, path=final, cached=True)
-    if final.exists():
-        shutil.rmtree(final)  # a leftover that is not a valid artifact for this digest
 
     with clock.stage("convert") as detail:
         converted = _run_converter(source, kind=kind, request=request, out=work / "fp32.onnx")
@@ -216,7 +217,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         detail.append(request.level.value)
     staging = artifact.staging_dir(request.store, digest)
     try:
-        with store.locked(staging):
+        with store.locked(staging / store.LOCK_FILE):
             model = staging / artifact.MODEL_FILE
             with clock.stage("quantize") as detail:
                 quantize(
@@ -243,8 +244,12 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                     timings=clock.timings,
                 )
                 (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
+                # The lock file is not part of the artifact; the lock itself stays held
+                # (on the open file) until the rename below.
+                (staging / store.LOCK_FILE).unlink()
                 _finish_files(staging)
-                path = artifact.publish(staging, request.store, digest)
+                with store.store_lock(request.store):
+                    path = artifact.publish(staging, request.store, digest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
