@@ -213,3 +213,20 @@ def test_termination_log_is_trimmed_to_4_kb() -> None:
     assert "outputs" not in trimmed["validation"]
     small = {**summary, "inputs": tensors[:1], "outputs": tensors[:1], "validation": {}}
     assert json.loads(fit_termination_log(small)) == small
+
+
+def test_pvc_source_through_the_cli(sources: Sources, tmp_path: Path) -> None:
+    claim = sources.root.name
+    model = sources["iris_logreg.skops"]
+    done = run_convert(
+        env={
+            "ONDECK_SOURCE": f"pvc://{claim}/{model.name}",
+            "ONDECK_PVC_ROOT": str(sources.root.parent),
+            "ONDECK_STORE": str(tmp_path / "store"),
+        }
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["format"] == "sklearn"
+    manifest = json.loads((Path(summary["path"]) / "manifest.json").read_text())
+    assert manifest["source"]["uri"] == f"pvc://{claim}/{model.name}"
