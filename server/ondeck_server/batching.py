@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ondeck_server.errors import InferenceFailed, Overloaded, ServeError
+from ondeck_server.errors import InferenceFailed, ModelNotReady, Overloaded, ServeError
 from ondeck_server.runtime import Arrays, Runtime
 
 log = logging.getLogger("ondeck.batching")
@@ -74,7 +74,7 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._running = 0
+        self._current: list[_Item] = []  # the batch in the worker thread
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -88,10 +88,13 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for item in self._queue:
+        for item in [*self._current, *self._queue]:
             if not item.future.done():
-                item.future.set_exception(InferenceFailed("the server is shutting down"))
+                item.future.set_exception(
+                    ModelNotReady("the server is shutting down; retry, another replica will answer")
+                )
         self._queue.clear()
+        self._current = []
         # A run still in progress would hold the process past its drain timeout.
         self._runtime.abort()
         if self._executor is not None:
@@ -103,11 +106,6 @@ class Batcher:
     def depth(self) -> int:
         """Requests waiting (not yet running)."""
         return len(self._queue)
-
-    @property
-    def busy(self) -> int:
-        """Requests waiting or running."""
-        return len(self._queue) + self._running
 
     @contextlib.contextmanager
     def receiving(self) -> Iterator[None]:
@@ -144,18 +142,22 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = await self._collect() if self.stack else [self._queue.popleft()]
+            # `_current` holds the batch from its first item on, so that stop() can
+            # answer its callers if this task is cancelled while collecting or running.
+            if self.stack:
+                batch = await self._collect()
+            else:
+                batch = self._current = [self._queue.popleft()]
             batch = [item for item in batch if not item.future.cancelled()]
             if not batch:
+                self._current = []
                 continue
-            self._running = len(batch)
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run, batch)
             except Exception as exc:  # the executor itself failed: tell every caller
                 log.exception("batch runner failed")
                 outcomes = [InferenceFailed(f"inference failed: {exc}")] * len(batch)
-            finally:
-                self._running = 0
+            self._current = []
             for item, outcome in zip(batch, outcomes, strict=True):
                 if item.future.done():
                     continue  # the caller went away
@@ -168,6 +170,7 @@ class Batcher:
         assert self._wake is not None
         first = self._queue.popleft()
         batch, rows = [first], first.rows
+        self._current = batch
         deadline = first.enqueued + self._max_delay
         while rows < self.max_batch_size:
             while self._queue:

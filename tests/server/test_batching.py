@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import modelzoo
+from ondeck_server import errors
 from ondeck_server.batching import Batcher
 from ondeck_server.datatypes import Datatype
 from ondeck_server.errors import InvalidInput, Overloaded
@@ -278,3 +279,23 @@ def test_fixed_batch_model_is_not_batched(fixed_url: str, zoo: dict[str, Path]) 
     assert _metric(metrics, 'ondeck_batch_size_count{model="fixed_batch"}') == _metric(
         metrics, 'ondeck_batch_size_sum{model="fixed_batch"}'
     )
+
+
+def test_stop_refuses_queued_requests_with_503() -> None:
+    gate = threading.Event()
+    batcher, runtime = make(gate)
+
+    async def go() -> list[object]:
+        batcher.start()
+        running = batcher.submit({"x": rows(0, 1)}, 1)
+        await asyncio.sleep(0.05)
+        queued = batcher.submit({"x": rows(10, 1)}, 1)
+        await batcher.stop()  # aborts the run in progress, refuses the queue
+        return list(await asyncio.gather(running, queued, return_exceptions=True))
+
+    running, queued = asyncio.run(go())
+    assert isinstance(queued, errors.ModelNotReady)
+    assert queued.status == 503
+    assert str(queued) == "the server is shutting down; retry, another replica will answer"
+    assert isinstance(running, errors.ModelNotReady)  # its run was aborted
+    assert runtime.aborted
