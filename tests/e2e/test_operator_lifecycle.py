@@ -178,3 +178,53 @@ def test_a_bad_setting_exits_with_one_line(tmp_path: Any) -> None:
         f"ConfigError: config {bad}: jobBackoffLimit: Input should be a valid integer, "
         "unable to parse string as an integer"
     ]
+
+
+def test_namespaced_operator_needs_no_cluster_wide_permission(
+    cluster: Cluster,
+    control_plane: Any,
+    admin_api: Any,
+    crds: None,
+    job_outcomes: dict[Any, Any],
+    tmp_path: Any,
+) -> None:
+    """The chart's namespaced mode: the same rules in a Role of the watched namespace only."""
+    from operator_harness import OperatorProcess, operator_rules
+
+    rbac = client.RbacAuthorizationV1Api(admin_api)
+    cluster.core.create_namespaced_service_account(
+        cluster.ns, {"metadata": {"name": "ns-operator"}}
+    )
+    rbac.create_namespaced_role(
+        cluster.ns, {"metadata": {"name": "ns-operator"}, "rules": operator_rules()}
+    )
+    rbac.create_namespaced_role_binding(
+        cluster.ns,
+        {
+            "metadata": {"name": "ns-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "ns-operator",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "ns-operator", "namespace": cluster.ns}
+            ],
+        },
+    )
+    kubeconfig = control_plane.service_account_kubeconfig(
+        tmp_path / "ns.kubeconfig", namespace=cluster.ns, name="ns-operator"
+    )
+    operator = OperatorProcess(
+        kubeconfig=kubeconfig, namespaces=[cluster.ns], workdir=tmp_path, name="namespaced"
+    )
+    try:
+        operator.start()
+        md = cluster.create(manifest("scoped", ingress={"host": "scoped.example.com"}))
+        key = _key(md)
+        job_outcomes[(cluster.ns, key)] = JobOutcome.success(summary(key))
+        cluster.wait_ready("scoped")
+        assert "Forbidden" not in operator.tail(2000)
+        assert "forbidden" not in operator.tail(2000)
+    finally:
+        operator.stop()
