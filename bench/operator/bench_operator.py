@@ -92,7 +92,10 @@ class Watcher:
 
         def loop_children(kind: str, lister: Any) -> None:
             while not self._stop.is_set():
-                for event in watch.Watch().stream(lister, NAMESPACE, timeout_seconds=5):
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    lister, NAMESPACE, timeout_seconds=5
+                )
+                for event in stream:
                     obj = event["object"]
                     md = (obj.metadata.labels or {}).get("ondeck.io/model-deployment")
                     if md:
@@ -100,7 +103,7 @@ class Watcher:
 
         def loop_mds() -> None:
             while not self._stop.is_set():
-                stream = watch.Watch().stream(
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     custom.list_namespaced_custom_object,
                     GROUP,
                     VERSION,
@@ -195,7 +198,7 @@ def main() -> None:
         install_crds(api)
         kubeconfig = install_operator_rbac(plane, api, work)
         core = client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
         wait("default ServiceAccount", lambda: _exists(core, NAMESPACE), 30)
         custom = client.CustomObjectsApi(api)
         operator = OperatorProcess(
