@@ -160,7 +160,7 @@ def test_sigterm_drains_requests_in_flight(start_server: object, zoo: dict[str, 
 def test_drain_timeout_bounds_the_shutdown(start_server: object, zoo: dict[str, Path]) -> None:
     server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "0.5")  # type: ignore[operator]
     url = server.wait_ready()
-    body, headers = binary_request(modelzoo.sample_inputs("slow", 400))
+    body, headers = binary_request(modelzoo.sample_inputs("slow", 1000))
 
     async def go() -> tuple[float, list[object]]:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -168,10 +168,10 @@ def test_drain_timeout_bounds_the_shutdown(start_server: object, zoo: dict[str, 
                 asyncio.create_task(
                     client.post("/v2/models/slow_heavy/infer", content=body, headers=headers)
                 )
-                for _ in range(4)
+                for _ in range(6)
             ]
             deadline = time.monotonic() + 30
-            while _metric(url, "ondeck_inflight_requests") != 4:
+            while _metric(url, "ondeck_inflight_requests") != 6:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
             sent = time.monotonic()
@@ -181,8 +181,8 @@ def test_drain_timeout_bounds_the_shutdown(start_server: object, zoo: dict[str, 
             return stopped, list(await asyncio.gather(*tasks, return_exceptions=True))
 
     stopped, answers = asyncio.run(go())
-    # Four requests of 400 rows run one after the other for many seconds; the drain gives
-    # them 0.5 s (plus up to 1 s for answers being written), so most never finish.
+    # Six requests of 1000 rows through 512 layers run one after the other for many
+    # seconds; the drain gives them 0.5 s (plus up to 1 s for answers being written).
     assert server.proc.returncode == 0
     completed = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 200]
     assert len(completed) <= 1, answers
