@@ -65,9 +65,9 @@ def kubelet(control_plane: ControlPlane) -> Iterator[KubeletSimulator]:
 @pytest.fixture
 def namespace(admin_api: Any) -> Iterator[str]:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
-    core = client.CoreV1Api(admin_api)
+    core: Any = client.CoreV1Api(admin_api)
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     deadline = time.monotonic() + 30
@@ -105,7 +105,10 @@ def operator_kubeconfig(
     """A kubeconfig of the operator's ServiceAccount, bound to exactly the chart's rules."""
     from operator_harness import install_operator_rbac
 
-    return install_operator_rbac(control_plane, admin_api, tmp_path_factory.mktemp("operator"))
+    kubeconfig: Path = install_operator_rbac(
+        control_plane, admin_api, tmp_path_factory.mktemp("operator")
+    )
+    return kubeconfig
 
 
 @pytest.fixture
@@ -115,7 +118,7 @@ def job_outcomes(kubelet: KubeletSimulator) -> Iterator[dict[tuple[str, str], An
 
     def rule(pod: dict[str, Any]) -> Any:
         meta = pod["metadata"]
-        key = (meta.get("labels") or {}).get("ondeck.io/artifact-key")
+        key = str((meta.get("labels") or {}).get("ondeck.io/artifact-key"))
         return outcomes.get((meta["namespace"], key))
 
     kubelet.set_job_rule(rule)

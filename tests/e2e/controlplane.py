@@ -269,7 +269,7 @@ class ControlPlane:
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        config.load_kube_config(
+        config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig or self.admin_kubeconfig),
             client_configuration=configuration,
         )
@@ -285,11 +285,10 @@ class ControlPlane:
             request = client.AuthenticationV1TokenRequest(
                 spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds)
             )
-            token = (
-                client.CoreV1Api(api)
-                .create_namespaced_service_account_token(name, namespace, request)
-                .status.token
-            )
+            core: Any = client.CoreV1Api(api)
+            token = core.create_namespaced_service_account_token(
+                name, namespace, request
+            ).status.token
         return write_kubeconfig(
             path, server=self.server, ca_file=self.ca_file, user={"token": token}
         )

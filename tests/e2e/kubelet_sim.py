@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger("kubelet-sim")
 
@@ -74,8 +74,8 @@ class KubeletSimulator:
     def __init__(
         self, api_client: client.ApiClient, *, node_name: str = "sim-node-0", workers: int = 8
     ) -> None:
-        self._api = api_client
-        self._core = client.CoreV1Api(api_client)
+        self._api: Any = api_client
+        self._core: Any = client.CoreV1Api(api_client)
         self.node_name = node_name
         self._rule: JobRule = lambda pod: None
         self._lock = threading.Lock()
@@ -181,7 +181,7 @@ class KubeletSimulator:
                     resource_version = listing.metadata.resource_version
                     for item in listing.items:
                         self._dispatch(self._api.sanitize_for_serialization(item))
-                stream = watch.Watch().stream(
+                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     self._core.list_pod_for_all_namespaces,
                     resource_version=resource_version,
                     timeout_seconds=5,

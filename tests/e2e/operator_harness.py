@@ -23,12 +23,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 from controlplane import REPO, ControlPlane, free_port
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from ondeck_operator.args import artifact_key
 from ondeck_operator.types import ModelDeployment
@@ -62,7 +62,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) ->
 
 
 def install_crds(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
+    ext: Any = client.ApiextensionsV1Api(api)
     docs = [yaml.safe_load(CRD_FILE.read_text())]
     docs += [d for d in yaml.safe_load_all(PEERING_CRDS.read_text()) if d]
     for doc in docs:
@@ -91,7 +91,8 @@ def operator_rules() -> list[dict[str, Any]]:
 
 def install_operator_rbac(plane: ControlPlane, api: client.ApiClient, workdir: Path) -> Path:
     """ServiceAccount + ClusterRole (exactly the chart's rules) + binding; its kubeconfig."""
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core: Any = client.CoreV1Api(api)
+    rbac: Any = client.RbacAuthorizationV1Api(api)
     with contextlib.suppress(ApiException):
         core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
     with contextlib.suppress(ApiException):
@@ -120,9 +121,10 @@ def install_operator_rbac(plane: ControlPlane, api: client.ApiClient, workdir: P
                 ],
             }
         )
-    return plane.service_account_kubeconfig(
+    kubeconfig: Path = plane.service_account_kubeconfig(
         workdir / "operator.kubeconfig", namespace=OPERATOR_NAMESPACE, name=OPERATOR_ACCOUNT
     )
+    return kubeconfig
 
 
 def summary(key: str, *, digest: str | None = None) -> str:
@@ -291,16 +293,12 @@ class Cluster:
         self.api = api
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, body
-        )
-        return created
+        created = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+        return cast(dict[str, Any], created)
 
     def md(self, name: str) -> dict[str, Any]:
-        got: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name
-        )
-        return got
+        got = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        return cast(dict[str, Any], got)
 
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from kubelet_sim import JobOutcome, KubeletSimulator
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,8 @@ def _job(name: str) -> dict[str, Any]:
 def test_job_pods_end_as_the_test_decides(
     admin_api: Any, kubelet: KubeletSimulator, namespace: str
 ) -> None:
-    batch, core = client.BatchV1Api(admin_api), client.CoreV1Api(admin_api)
+    batch: Any = client.BatchV1Api(admin_api)
+    core: Any = client.CoreV1Api(admin_api)
     kubelet.set_job_rule(
         lambda pod: (
             JobOutcome.success('{"digest": "d1"}')
@@ -70,7 +71,7 @@ def test_job_pods_end_as_the_test_decides(
 def test_deployment_pods_become_ready(
     admin_api: Any, kubelet: KubeletSimulator, namespace: str
 ) -> None:
-    apps = client.AppsV1Api(admin_api)
+    apps: Any = client.AppsV1Api(admin_api)
     labels = {"app": "d"}
     apps.create_namespaced_deployment(
         namespace,
@@ -98,7 +99,7 @@ def test_deployment_pods_become_ready(
 def test_rbac_is_enforced(
     control_plane: Any, admin_api: Any, namespace: str, tmp_path: Path
 ) -> None:
-    core = client.CoreV1Api(admin_api)
+    core: Any = client.CoreV1Api(admin_api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
     kubeconfig = control_plane.service_account_kubeconfig(
         tmp_path / "nobody.kubeconfig", namespace=namespace, name="nobody"
@@ -106,4 +107,4 @@ def test_rbac_is_enforced(
     with control_plane.api_client(kubeconfig) as api, pytest.raises(ApiException) as err:
         client.CoreV1Api(api).list_namespaced_pod(namespace)
     assert err.value.status == 403
-    assert f"system:serviceaccount:{namespace}:nobody" in err.value.body
+    assert f"system:serviceaccount:{namespace}:nobody" in str(err.value.body)

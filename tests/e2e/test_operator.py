@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from kubelet_sim import JobOutcome
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from operator_harness import GROUP, PLURAL, VERSION, Cluster, manifest, summary, wait_for
 
 from ondeck_operator.args import artifact_key
@@ -183,7 +183,7 @@ def test_kubectl_get_and_scale(
 
 def _spec_update_until_new_job(cluster: Cluster, name: str, old_key: str) -> str:
     cluster.patch_spec(name, {"optimize": {"quantize": "int8"}})
-    new_key = cluster.key(name)
+    new_key: str = cluster.key(name)
     assert new_key != old_key
     wait_for(
         "the new Job",
@@ -428,7 +428,7 @@ def test_invalid_manifests_are_rejected_by_the_api_server(
     with pytest.raises(ApiException) as err:
         cluster.create(body)
     assert err.value.status == 422
-    assert message in json.loads(err.value.body)["message"]
+    assert message in json.loads(err.value.body or "{}")["message"]
 
 
 def test_kubectl_apply_of_an_invalid_manifest_says_what_is_wrong(

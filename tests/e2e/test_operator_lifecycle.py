@@ -62,7 +62,7 @@ def test_two_replicas_one_active(
     start_operator: Any,
     job_outcomes: dict[Any, Any],
 ) -> None:
-    custom = client.CustomObjectsApi(admin_api)
+    custom: Any = client.CustomObjectsApi(admin_api)
     custom.create_namespaced_custom_object(
         "kopf.dev",
         "v1",
@@ -191,7 +191,7 @@ def test_namespaced_operator_needs_no_cluster_wide_permission(
     """The chart's namespaced mode: the same rules in a Role of the watched namespace only."""
     from operator_harness import OperatorProcess, operator_rules
 
-    rbac = client.RbacAuthorizationV1Api(admin_api)
+    rbac: Any = client.RbacAuthorizationV1Api(admin_api)
     cluster.core.create_namespaced_service_account(
         cluster.ns, {"metadata": {"name": "ns-operator"}}
     )
