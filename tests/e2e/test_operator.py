@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kubelet_sim import JobOutcome
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import GROUP, PLURAL, VERSION, Cluster, manifest, summary, wait_for
 
@@ -461,3 +462,37 @@ def test_kubectl_apply_of_an_invalid_manifest_says_what_is_wrong(
         'The ModelDeployment "bad-hpa" is invalid: spec.autoscaling.minReplicas: '
         "Invalid value: minReplicas must be less than or equal to maxReplicas"
     )
+
+
+def test_a_refused_write_is_reported_in_the_status(
+    cluster: Cluster, start_operator: Any, job_outcomes: dict[Any, Any]
+) -> None:
+    # A quota that allows no Service: the API server refuses the operator's apply.
+    cluster.core.create_namespaced_resource_quota(
+        cluster.ns,
+        client.V1ResourceQuota(
+            metadata=client.V1ObjectMeta(name="no-services"),
+            spec=client.V1ResourceQuotaSpec(hard={"services": "0"}),
+        ),
+    )
+    wait_for(
+        "the quota to be counted",
+        lambda: cluster.core.read_namespaced_resource_quota("no-services", cluster.ns).status.hard,
+    )
+    start_operator()
+    cluster.create(manifest("refused"))
+
+    def refused() -> dict[str, Any] | None:
+        cond = cluster.condition("refused", "Ready")
+        return cond if cond and cond["reason"] == "ApplyFailed" else None
+
+    cond = wait_for("Ready=False ApplyFailed", refused)
+    assert cond["status"] == "False"
+    assert "exceeded quota: no-services" in cond["message"]
+    assert cluster.md("refused")["status"]["phase"] == "Failed"
+
+    # Once the quota goes, the retry (with backoff) converges.
+    cluster.core.delete_namespaced_resource_quota("no-services", cluster.ns)
+    key = cluster.key("refused")
+    job_outcomes[(cluster.ns, key)] = JobOutcome.success(summary(key))
+    cluster.wait_ready("refused")
