@@ -1,38 +1,30 @@
-"""The kopf side of the operator: watches, caches, the reconcile queue, resync, probes.
+"""The kopf side of the operator: which watches, which handlers, kopf's settings, the runner.
 
 kopf watches ModelDeployments and, label-filtered on the API server
-(`app.kubernetes.io/managed-by=ondeck-operator`), every kind of child plus the conversion
-pods. Each watch feeds a kopf in-memory index (the informer cache: the reconciler reads
-children from it, never from the API) and an event handler that only *requests* a
-reconcile of the owning ModelDeployment on the `WorkQueue`. So a Job finishing, a
-Deployment becoming available, or a child edited or deleted by hand reaches the status
-within seconds; a periodic resync requests every ModelDeployment again. One reconcile is
-`reconcile.plan()` then `reconcile.execute()`: writes only what differs.
+(`app.kubernetes.io/managed-by=ondeck-operator`), every kind of child. Each watch feeds a
+kopf in-memory index (the informer cache: the reconciler reads children from it, never
+from the API) and an event handler that only *requests* a reconcile of the owning
+ModelDeployment from the `Controller` (controller.py). So a Job finishing, a Deployment
+becoming available, or a child edited or deleted by hand reaches the status within
+seconds. Handlers are registered on a registry built at run time, never at import.
 
 No finalizer and no kopf progress annotations are written: deletion is left to owner
 references and the garbage collector, and the ModelDeployment is only ever written
-through its status subresource. With peering, only the active replica resyncs.
+through its status subresource.
 
-What this module does NOT do: decide what to apply (reconcile.py) or what status to write
-(status.py); it only schedules and wires them.
+What this module does NOT do: schedule or run reconciles (controller.py), decide what to
+apply (reconcile.py) or what status to write (status.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import logging
-import random
-import socket
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from aiohttp import web
 
 from ondeck_operator.constants import (
     LABEL_MANAGED_BY,
@@ -40,119 +32,21 @@ from ondeck_operator.constants import (
     MANAGED_BY,
     PLURAL,
 )
+from ondeck_operator.controller import Controller, Key, index_id, new_controller, pack, trim
 from ondeck_operator.kube import (
-    CLUSTER_PEERING,
-    JOB,
     MODEL_DEPLOYMENT,
-    PEERING,
-    POD,
-    ForbiddenError,
-    HttpKube,
-    InvalidError,
     Kind,
-    KubeError,
-    NotFoundError,
     connection_info,
     load_configuration,
 )
-from ondeck_operator.metrics import Metrics, serve_routes
 from ondeck_operator.reconcile import (
     WATCHED_KINDS,
-    Observed,
-    Plan,
-    execute,
-    invalid_plan,
-    plan,
-    pods_needed,
-    rfc3339,
 )
 from ondeck_operator.settings import OperatorSettings
-from ondeck_operator.types import ModelDeployment, SpecError
-from ondeck_operator.workqueue import WorkQueue
 
-__all__ = ["Controller", "build_registry", "is_active_peer", "kopf_settings"]
+__all__ = ["build_registry", "kopf_settings", "run"]
 
 log = logging.getLogger("ondeck.operator")
-Key = tuple[str, str]  # namespace, ModelDeployment name
-Obj = dict[str, Any]
-_EXPECT_SECONDS = 5.0
-
-
-def _trim(body: Mapping[str, Any], kind: Kind) -> Obj:
-    """What the reconciler reads of a child; managedFields and the rest stay out of memory."""
-    meta = body.get("metadata") or {}
-    keep_meta = {
-        k: meta[k]
-        for k in (
-            "name",
-            "namespace",
-            "uid",
-            "resourceVersion",
-            "generation",
-            "labels",
-            "ownerReferences",
-            "creationTimestamp",
-            "deletionTimestamp",
-        )
-        if k in meta
-    }
-    annotations = {
-        k: v
-        for k, v in (meta.get("annotations") or {}).items()
-        if k != "kubectl.kubernetes.io/last-applied-configuration"
-    }
-    if annotations:
-        keep_meta["annotations"] = annotations
-    out: Obj = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": keep_meta}
-    if kind == POD:
-        status = body.get("status") or {}
-        out["status"] = {
-            "phase": status.get("phase"),
-            "containerStatuses": [
-                {"name": c.get("name"), "state": {"terminated": c["state"]["terminated"]}}
-                for c in status.get("containerStatuses") or []
-                if (c.get("state") or {}).get("terminated")
-            ],
-        }
-        return out
-    for part in ("spec", "status"):
-        if part in body:
-            out[part] = dict(body[part])
-    return out
-
-
-def _pack(obj: Mapping[str, Any]) -> bytes:
-    """Cached objects are kept as compact JSON: a fifth of the memory of nested dicts,
-    decoded only when a reconcile reads them."""
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _unpack(data: bytes) -> Obj:
-    obj: Obj = json.loads(data)
-    return obj
-
-
-def is_active_peer(
-    peering: Mapping[str, Any] | None, *, identity: str, priority: int, now: dt.datetime
-) -> bool:
-    """Whether this replica works, per kopf's peering rule: no live peer has a priority
-    higher than or equal to ours (kopf pauses on a tie; priorities are random here)."""
-    if peering is None:
-        return True
-    for peer, info in (peering.get("status") or {}).items():
-        if peer == identity or not isinstance(info, Mapping):
-            continue
-        try:
-            seen = dt.datetime.fromisoformat(str(info.get("lastseen")))
-            alive = seen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
-        except (TypeError, ValueError):
-            continue
-        if seen.tzinfo is None:
-            seen = seen.replace(tzinfo=dt.UTC)
-            alive = seen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
-        if alive and int(info.get("priority", 0)) >= priority:
-            return False
-    return True
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):
@@ -192,354 +86,6 @@ def kopf_settings(settings: OperatorSettings, priority: int) -> kopf.OperatorSet
     return ks
 
 
-@dataclass
-class Controller:
-    """The operator's state for one process: caches, queue, client, metrics."""
-
-    settings: OperatorSettings
-    identity: str
-    priority: int
-    metrics: Metrics = field(default_factory=Metrics)
-    kube: HttpKube | None = None
-    queue: WorkQueue[Key] | None = None
-    indices: dict[str, Any] = field(default_factory=dict)
-    phases: dict[Key, str] = field(default_factory=dict)
-    pods: dict[Key, tuple[str, tuple[Obj, ...]]] = field(default_factory=dict)
-    expectations: dict[Key, dict[tuple[str, str], tuple[str, float]]] = field(default_factory=dict)
-    last_resync: float = 0.0
-    active: bool = True
-    started: bool = False
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _runners: list[Any] = field(default_factory=list)
-
-    # ------------------------------------------------------------ probes
-
-    def health(self) -> dict[str, Any]:
-        """Liveness: the reconcile workers and the resync loop are running."""
-        alive = self.started and all(not t.done() for t in self._tasks)
-        return {
-            "alive": alive,
-            "active": self.active,
-            "queued": len(self.queue) if self.queue else 0,
-            "busy": self.queue.busy if self.queue else 0,
-            "lastResync": self.last_resync,
-        }
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        report = self.health()
-        return web.json_response(report, status=200 if report["alive"] else 500)
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ready": self.started}, status=200 if self.started else 503)
-
-    # ------------------------------------------------------------ lifecycle
-
-    async def start(self, indices: Mapping[str, Any]) -> None:
-        self.indices = dict(indices)
-        configuration = load_configuration(self.settings.kubeconfig, self.settings.context)
-        self.kube = HttpKube(
-            configuration, timeout=self.settings.request_timeout, on_request=self.metrics.on_request
-        )
-        self.queue = WorkQueue(
-            self.reconcile,
-            workers=self.settings.workers,
-            retry_min=self.settings.retry_min_seconds,
-            retry_max=self.settings.retry_max_seconds,
-            on_error=self._on_error,
-        )
-        self._tasks = [
-            asyncio.create_task(self.queue.run(), name="ondeck-reconcile-queue"),
-            asyncio.create_task(self._resync_loop(), name="ondeck-resync"),
-        ]
-        if self.settings.metrics_port is not None:
-            self._runners.append(
-                await self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
-            )
-        if self.settings.health_port is not None:
-            self._runners.append(
-                await serve_routes(
-                    self.settings.health_host,
-                    self.settings.health_port,
-                    {"/healthz": self._healthz, "/readyz": self._readyz},
-                )
-            )
-        self.started = True
-        self.metrics.active.set(1)
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in self._runners:
-            await runner.cleanup()
-        if self.kube is not None:
-            await self.kube.close()
-
-    # ------------------------------------------------------------ events
-
-    def request(self, key: Key, *, delay: float = 0.0) -> None:
-        if self.queue is not None:
-            self.queue.add(key, delay=delay)
-            self.metrics.queue_depth.set(len(self.queue))
-
-    def observe_md(self, event_type: str | None, key: Key, body: Mapping[str, Any]) -> None:
-        self._seen(key, MODEL_DEPLOYMENT, key[1], body)
-        if event_type == "DELETED":
-            self.phases.pop(key, None)
-            self.pods.pop(key, None)
-            self.expectations.pop(key, None)
-            if self.queue is not None:
-                self.queue.forget(key)
-            self.metrics.set_phases(self.phases.values())
-            return
-        self.request(key)
-
-    def observe_child(self, kind: Kind, key: Key, body: Mapping[str, Any]) -> None:
-        self._seen(key, kind, str(body["metadata"]["name"]), body)
-        self.request(key)
-
-    def _seen(self, key: Key, kind: Kind, name: str, body: Mapping[str, Any]) -> None:
-        pending = self.expectations.get(key)
-        if not pending:
-            return
-        expected = pending.get((kind.plural, name))
-        if expected and expected[0] == (body.get("metadata") or {}).get("resourceVersion"):
-            del pending[(kind.plural, name)]
-
-    def _cached_version(self, key: Key, kind: Kind, name: str) -> str | None:
-        body = self._body(key) if kind == MODEL_DEPLOYMENT else self.observed(key).named(kind, name)
-        version = (body or {}).get("metadata", {}).get("resourceVersion")
-        return str(version) if version else None
-
-    def _expect(self, key: Key, kind: Kind, name: str, reply: Mapping[str, Any]) -> None:
-        version = (reply.get("metadata") or {}).get("resourceVersion")
-        # A write that changed nothing keeps the resourceVersion and makes no watch event:
-        # nothing to wait for when the cache already holds that version.
-        if version and version != self._cached_version(key, kind, name):
-            deadline = time.monotonic() + _EXPECT_SECONDS
-            self.expectations.setdefault(key, {})[(kind.plural, name)] = (version, deadline)
-
-    def _waiting(self, key: Key) -> float:
-        """Seconds until our own last writes show up in the caches (0: they have)."""
-        pending = self.expectations.get(key)
-        if not pending:
-            return 0.0
-        now = time.monotonic()
-        for item, (_, deadline) in list(pending.items()):
-            if deadline <= now:
-                del pending[item]
-        return max((d - now for _, d in pending.values()), default=0.0)
-
-    # ------------------------------------------------------------ reconcile
-
-    def observed(self, key: Key) -> Observed:
-        children = {}
-        for kind in WATCHED_KINDS:
-            index = self.indices.get(_index_id(kind))
-            children[kind] = tuple(_unpack(b) for b in index.get(key, ())) if index else ()
-        return Observed(children)
-
-    def _body(self, key: Key) -> Obj | None:
-        index = self.indices.get(_index_id(MODEL_DEPLOYMENT))
-        store = list(index.get(key, ())) if index is not None else []
-        return _unpack(store[0]) if store else None
-
-    async def reconcile(self, key: Key) -> None:
-        if self.queue is not None:
-            self.metrics.queue_depth.set(len(self.queue))
-        body = self._body(key)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            # Gone, or being deleted (foreground deletion): the garbage collector removes
-            # the children; re-creating them now would fight it.
-            return
-        wait = self._waiting(key)
-        if wait > 0:
-            # Our last writes are not in the caches yet: their watch events will come and
-            # request this key again; the delayed request covers a lost event.
-            self.metrics.reconciles.labels(result="skipped").inc()
-            self.request(key, delay=wait)
-            return
-        started = time.perf_counter()
-        now = rfc3339(dt.datetime.now(dt.UTC))
-        try:
-            try:
-                md = ModelDeployment.from_manifest(body)
-            except SpecError as error:
-                decided = invalid_plan(body, error, now=now)
-            else:
-                observed = await self._with_pods(key, md, self.observed(key))
-                decided = plan(md, observed, self.settings.config, now=now)
-            try:
-                await self._execute(key, decided, now=now)
-            except (InvalidError, ForbiddenError) as exc:
-                # Will not fix itself by retrying at once: say so in the status, then back off.
-                if decided.facts is not None:
-                    observed = await self._with_pods(key, md, self.observed(key))
-                    failed = plan(md, observed, self.settings.config, now=now, apply_error=str(exc))
-                    await self._execute(key, failed, now=now)
-                raise
-        except Exception:
-            self.metrics.reconciles.labels(result="error").inc()
-            raise
-        finally:
-            self.metrics.duration.observe(time.perf_counter() - started)
-            if self.queue is not None:
-                self.metrics.queue_depth.set(len(self.queue))
-        self.metrics.reconciles.labels(result="ok").inc()
-        if decided.status.phase is not None:
-            self.phases[key] = decided.status.phase.value
-            self.metrics.set_phases(self.phases.values())
-
-    async def _with_pods(self, key: Key, md: ModelDeployment, observed: Observed) -> Observed:
-        """`observed` plus the pods of the finished conversion Job whose result the plan
-        needs: listed once per Job (by uid), then kept until the ModelDeployment goes."""
-        job = pods_needed(md, observed)
-        if job is None or self.kube is None:
-            return observed
-        job_meta = (observed.named(JOB, job) or {}).get("metadata", {})
-        job_uid = str(job_meta.get("uid", ""))
-        cached = self.pods.get(key)
-        if cached is None or cached[0] != job_uid:
-            # The pod finished before the Job controller marked the Job finished, so a view
-            # not older than the Job holds the pod's termination message.
-            listed = await self.kube.list(
-                POD,
-                key[0],
-                label_selector=f"batch.kubernetes.io/job-name={job}",
-                not_older_than=job_meta.get("resourceVersion"),
-            )
-            cached = (job_uid, tuple(_trim(p, POD) for p in listed))
-            if any(p["status"]["containerStatuses"] for p in cached[1]):
-                self.pods[key] = cached  # keep it only once it holds a finished container
-        return Observed({**observed.children, POD: cached[1]})
-
-    async def _execute(self, key: Key, decided: Plan, *, now: str) -> None:
-        assert self.kube is not None
-        kube = _Recording(self.kube, self, key)
-        await execute(decided, kube, now=now, instance=self.identity)
-
-    def _on_error(self, key: Key, exc: Exception) -> None:
-        self.metrics.errors.labels(reason=type(exc).__name__).inc()
-        level = logging.WARNING if isinstance(exc, KubeError) else logging.ERROR
-        log.log(
-            level,
-            "reconcile of %s/%s failed (retry in %.0fs): %s",
-            key[0],
-            key[1],
-            self.queue.backoff(key) if self.queue else 0,
-            exc,
-            exc_info=not isinstance(exc, KubeError),
-        )
-
-    # ------------------------------------------------------------ resync
-
-    async def is_active(self) -> bool:
-        """Whether this replica is the active peer (always, when not peering)."""
-        name = self.settings.peering
-        if not name or self.kube is None:
-            return True
-        now = dt.datetime.now(dt.UTC)
-        if self.settings.cluster_wide:
-            peering = await self.kube.get(CLUSTER_PEERING, None, name)
-            return is_active_peer(peering, identity=self.identity, priority=self.priority, now=now)
-        for namespace in self.settings.namespaces:
-            peering = await self.kube.get(PEERING, namespace, name)
-            if not is_active_peer(peering, identity=self.identity, priority=self.priority, now=now):
-                return False
-        return True
-
-    async def _resync_loop(self) -> None:
-        interval = self.settings.resync_seconds
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            try:
-                self.active = await self.is_active()
-            except KubeError as exc:
-                log.warning("peering check failed, skipping this resync: %s", exc)
-                continue
-            self.metrics.active.set(1 if self.active else 0)
-            if not self.active:
-                continue
-            index = self.indices.get(_index_id(MODEL_DEPLOYMENT))
-            keys = list(index.keys()) if index is not None else []
-            for key in keys:
-                self.request(key)
-            self.last_resync = time.time()
-
-
-class _Recording:
-    """The client seen by one reconcile: counts writes and records expectations."""
-
-    def __init__(self, kube: HttpKube, controller: Controller, key: Key) -> None:
-        self._kube = kube
-        self._controller = controller
-        self._key = key
-
-    async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
-        return await self._kube.get(kind, namespace, name)
-
-    async def list(
-        self,
-        kind: Kind,
-        namespace: str | None,
-        *,
-        label_selector: str | None = None,
-        not_older_than: str | None = None,
-    ) -> list[Obj]:
-        return await self._kube.list(
-            kind, namespace, label_selector=label_selector, not_older_than=not_older_than
-        )
-
-    async def apply(self, obj: Obj) -> Obj:
-        from ondeck_operator.kube import kind_of
-
-        self._controller.metrics.writes.labels(verb="apply").inc()
-        reply = await self._kube.apply(obj)
-        self._controller._expect(self._key, kind_of(obj), obj["metadata"]["name"], reply)
-        return reply
-
-    async def create(self, obj: Obj) -> Obj:
-        from ondeck_operator.kube import ConflictError
-
-        self._controller.metrics.writes.labels(verb="create").inc()
-        try:
-            reply = await self._kube.create(obj)
-        except ConflictError:
-            if obj.get("kind") != JOB.kind:
-                raise
-            return {}  # the Job exists already: created once, by us, earlier
-        if obj.get("kind") == JOB.kind:
-            self._controller._expect(self._key, JOB, obj["metadata"]["name"], reply)
-        return reply
-
-    async def delete(
-        self, kind: Kind, namespace: str | None, name: str, *, uid: str | None = None
-    ) -> bool:
-        self._controller.metrics.writes.labels(verb="delete").inc()
-        try:
-            return await self._kube.delete(kind, namespace, name, uid=uid)
-        except NotFoundError:
-            return False
-
-    async def patch_status(self, kind: Kind, namespace: str | None, name: str, patch: Obj) -> Obj:
-        self._controller.metrics.writes.labels(verb="status").inc()
-        reply = await self._kube.patch_status(kind, namespace, name, patch)
-        self._controller._expect(self._key, MODEL_DEPLOYMENT, name, reply)
-        return reply
-
-
-# ------------------------------------------------------------------ registry
-
-
-def default_identity() -> str:
-    """The pod name in a cluster (POD_NAME), else host-pid-random."""
-    import os
-
-    return os.environ.get("POD_NAME") or (
-        f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**6):06x}"
-    )
-
-
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers bound to `controller` (nothing is
     registered at import time)."""
@@ -570,13 +116,13 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     async def index_md(**kwargs: Any) -> dict[Key, bytes]:
         body = kwargs["body"]
         meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-        return {(kwargs["namespace"], kwargs["name"]): _pack({**dict(body), "metadata": meta})}
+        return {(kwargs["namespace"], kwargs["name"]): pack({**dict(body), "metadata": meta})}
 
     async def md_event(**kwargs: Any) -> None:
         controller.observe_md(kwargs["type"], (kwargs["namespace"], kwargs["name"]), kwargs["body"])
 
     kopf.index(
-        MODEL_DEPLOYMENT.api_version, PLURAL, id=_index_id(MODEL_DEPLOYMENT), registry=registry
+        MODEL_DEPLOYMENT.api_version, PLURAL, id=index_id(MODEL_DEPLOYMENT), registry=registry
     )(index_md)
     kopf.on.event(MODEL_DEPLOYMENT.api_version, PLURAL, id="ondeck-md-event", registry=registry)(
         md_event
@@ -586,10 +132,6 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     return registry
 
 
-def _index_id(kind: Kind) -> str:
-    return f"ondeck-{kind.plural}"
-
-
 def _register_child(registry: kopf.OperatorRegistry, controller: Controller, kind: Kind) -> None:
     labels: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODEL_DEPLOYMENT: kopf.PRESENT}
 
@@ -597,12 +139,12 @@ def _register_child(registry: kopf.OperatorRegistry, controller: Controller, kin
         return (str(kwargs["namespace"]), str(kwargs["labels"][LABEL_MODEL_DEPLOYMENT]))
 
     async def index_child(**kwargs: Any) -> dict[Key, bytes]:
-        return {key(kwargs): _pack(_trim(kwargs["body"], kind))}
+        return {key(kwargs): pack(trim(kwargs["body"], kind))}
 
     async def child_event(**kwargs: Any) -> None:
         controller.observe_child(kind, key(kwargs), kwargs["body"])
 
-    kopf.index(kind.api_version, kind.plural, id=_index_id(kind), labels=labels, registry=registry)(
+    kopf.index(kind.api_version, kind.plural, id=index_id(kind), labels=labels, registry=registry)(
         index_child
     )
     kopf.on.event(
@@ -612,13 +154,6 @@ def _register_child(registry: kopf.OperatorRegistry, controller: Controller, kin
         labels=labels,
         registry=registry,
     )(child_event)
-
-
-def new_controller(settings: OperatorSettings) -> Controller:
-    priority = settings.priority if settings.priority is not None else random.randint(1, 2**30)
-    return Controller(
-        settings=settings, identity=settings.identity or default_identity(), priority=priority
-    )
 
 
 async def run(settings: OperatorSettings, *, stop_flag: Any = None, ready_flag: Any = None) -> None:

@@ -10,7 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ondeck_operator.cli import _register, app
-from ondeck_operator.handlers import is_active_peer, kopf_settings
+from ondeck_operator.controller import is_active_peer
+from ondeck_operator.handlers import kopf_settings
 from ondeck_operator.kube import KINDS
 from ondeck_operator.reconcile import CHILD_KINDS, WATCHED_KINDS
 from ondeck_operator.settings import OperatorSettings, env_var
