@@ -51,6 +51,6 @@ def main() -> None:
         # Usage errors: one line `ErrorType: message`, exit 2 (no usage banner, no box).
         typer.echo(f"{type(exc).__name__}: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except click_errors.Abort:
+    except typer.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
