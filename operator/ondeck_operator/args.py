@@ -90,6 +90,8 @@ def convert_args(
     if pvc_root is not None:
         args += ["--pvc-root", pvc_root]
     args += ["--store", store]
+    if store == spec.artifacts.uri and spec.artifacts.s3_endpoint_url is not None:
+        args += ["--store-endpoint-url", spec.artifacts.s3_endpoint_url]
     if ref is not None:
         args += ["--ref", ref]
     if termination_log is not None:
@@ -105,8 +107,10 @@ def serve_args(
     host: str = "0.0.0.0",
     port: int = SERVER_PORT,
     auth_token_file: str | None = None,
+    model_cache: str | None = None,
 ) -> list[str]:
-    """argv of `ondeck-server serve` after the program name (starts with "serve")."""
+    """argv of `ondeck-server serve` after the program name (starts with "serve");
+    `model_cache`: where an s3:// `model_path` is downloaded to."""
     server = spec.server
     args = [
         "serve",
@@ -132,6 +136,10 @@ def serve_args(
     if server.max_queue is not None:
         args += ["--max-queue", str(server.max_queue)]
     args += ["--drain-timeout", str(server.drain_timeout_seconds)]
+    if model_cache is not None:
+        args += ["--model-cache", model_cache]
+    if model_path.startswith("s3://") and spec.artifacts.s3_endpoint_url is not None:
+        args += ["--s3-endpoint-url", spec.artifacts.s3_endpoint_url]
     return args
 
 

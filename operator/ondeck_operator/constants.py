@@ -73,6 +73,10 @@ ARTIFACT_MOUNT_PATH: Final = "/artifacts"
 SOURCES_MOUNT_PATH: Final = "/sources"
 TMP_MOUNT_PATH: Final = "/tmp"
 AUTH_MOUNT_PATH: Final = "/var/run/secrets/ondeck/auth"
+#: Where the server downloads an artifact from an object store (spec.artifacts.uri).
+MODEL_CACHE_PATH: Final = "/var/cache/ondeck"
+#: The prefix of the object store's credentials as environment variables.
+STORE_ENV_PREFIX: Final = "ONDECK_STORE_"
 AUTH_TOKEN_FILE: Final = "token"
 TERMINATION_LOG_PATH: Final = "/dev/termination-log"
 

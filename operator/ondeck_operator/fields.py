@@ -128,6 +128,7 @@ QUANTITY_RE = (
 )
 URI_RE = r"^((file|https?|s3|gs|hf|pvc)://\S+|[^:\s]+)$"
 PVC_URI_RE = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S+$"
+S3_STORE_RE = r"^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/\S*)?$"
 INPUT_NAME_RE = r"^[^:;\s]+$"
 SHA256_RE = r"^[a-f0-9]{64}$"
 HTTP_URL_RE = r"^https?://\S+$"
@@ -159,6 +160,8 @@ PATTERN_HINTS: dict[str, str] = {
     QUANTITY_RE: "a Kubernetes quantity (e.g. 500m, 2, 1Gi)",
     URI_RE: "a file://, http(s)://, s3://, gs://, hf:// or pvc:// URI, or a plain path",
     PVC_URI_RE: "pvc://<claim>/<path>",
+    S3_STORE_RE: "s3://<bucket>/<prefix> (a bucket name: 3-63 lower-case letters, digits, "
+    "'.' or '-')",
     INPUT_NAME_RE: "a tensor name without ':', ';' or white space",
     SHA256_RE: "64 lower-case hexadecimal digits",
     HTTP_URL_RE: "an http:// or https:// URL",

@@ -39,11 +39,13 @@ from ondeck_operator.constants import (
     LABEL_VERSION,
     MANAGED_BY,
     METRICS_PATH,
+    MODEL_CACHE_PATH,
     PART_OF,
     SERVER_CONTAINER,
     SERVER_PORT,
     SERVER_PORT_NAME,
     SERVER_PROGRAM,
+    STORE_ENV_PREFIX,
     TERMINATION_LOG_PATH,
     TMP_MOUNT_PATH,
     VOLUME_ARTIFACTS,
@@ -239,10 +241,19 @@ def _artifact_claim(md: ModelDeployment, key: str) -> str:
     return md.spec.artifacts.existing_claim or pvc_name(md.metadata.name, key)
 
 
+def _store_env_from(md: ModelDeployment) -> list[dict[str, Any]]:
+    """The object store's credentials, prefixed so they never mix with the model's."""
+    secret = md.spec.artifacts.credentials_secret
+    if md.spec.artifacts.uri is None or secret is None:
+        return []
+    return [{"prefix": STORE_ENV_PREFIX, "secretRef": {"name": secret}}]
+
+
 def render_pvc(md: ModelDeployment, config: OperatorConfig, key: str) -> Manifest | None:
-    """The claim holding artifact `key`; None when the spec names an existing claim."""
+    """The claim holding artifact `key`; None when the spec names an existing claim or
+    an object store."""
     artifacts = md.spec.artifacts
-    if artifacts.existing_claim:
+    if artifacts.existing_claim or artifacts.uri:
         return None
     pvc = artifacts.pvc or ArtifactPVC()
     spec: dict[str, Any] = {
@@ -271,9 +282,10 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
     key = artifact_key(spec)
     claims = pvc_claims(spec)
     pvc_root = config.sources_mount_path if claims else None
+    remote = spec.artifacts.uri
     args = convert_args(
         spec,
-        store=config.artifact_mount_path,
+        store=remote or config.artifact_mount_path,
         ref=key,
         termination_log=TERMINATION_LOG_PATH,
         pvc_root=pvc_root,
@@ -283,11 +295,15 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
         {"name": VOLUME_ARTIFACTS, "mountPath": config.artifact_mount_path},
         {"name": VOLUME_TMP, "mountPath": TMP_MOUNT_PATH},
     ]
+    # With an object store the artifact is built in a scratch folder (TMPDIR, below) on
+    # an emptyDir, then uploaded.
+    store_volume: dict[str, Any] = (
+        {"emptyDir": {}}
+        if remote
+        else {"persistentVolumeClaim": {"claimName": _artifact_claim(md, key)}}
+    )
     volumes: list[dict[str, Any]] = [
-        {
-            "name": VOLUME_ARTIFACTS,
-            "persistentVolumeClaim": {"claimName": _artifact_claim(md, key)},
-        },
+        {"name": VOLUME_ARTIFACTS, **store_volume},
         _tmp_volume(config),
     ]
     for index, claim in enumerate(claims):
@@ -304,10 +320,14 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
         "imagePullPolicy": pull_policy,
         "command": [SERVER_PROGRAM],
         "args": args,
-        "env": _base_env(),
+        "env": _base_env()
+        + ([{"name": "TMPDIR", "value": config.artifact_mount_path}] if remote else []),
     }
+    env_from = _store_env_from(md)
     if spec.model.credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret}}]
+        env_from.insert(0, {"secretRef": {"name": spec.model.credentials_secret}})
+    if env_from:
+        container["envFrom"] = env_from
     container |= {
         "resources": _resources(spec.optimize.resources or config.job_resources),
         "securityContext": _container_security(config),
@@ -377,7 +397,7 @@ def _http_probe(path: str, *, period: int, failures: int, timeout: int) -> dict[
 def _single_node_claim(md: ModelDeployment) -> bool:
     """Whether the served claim is one ondeck creates that only one node can mount."""
     artifacts = md.spec.artifacts
-    if artifacts.existing_claim:
+    if artifacts.existing_claim or artifacts.uri:
         return False
     modes = set((artifacts.pvc or ArtifactPVC()).access_modes)
     return modes == {AccessMode.READ_WRITE_ONCE}
@@ -411,27 +431,41 @@ def render_deployment(
     """The server Deployment: `ondeck-server serve` on artifact `serving_key`."""
     spec = md.spec
     server = spec.server
-    store = config.artifact_mount_path
+    remote = spec.artifacts.uri
+    store = remote.rstrip("/") if remote else config.artifact_mount_path
     model_path = f"{store}/{serving_digest}" if serving_digest else f"{store}/refs/{serving_key}"
     auth_file = f"{AUTH_MOUNT_PATH}/{AUTH_TOKEN_FILE}" if server.auth else None
-    args = serve_args(spec, model_path=model_path, name=md.metadata.name, auth_token_file=auth_file)
+    args = serve_args(
+        spec,
+        model_path=model_path,
+        name=md.metadata.name,
+        auth_token_file=auth_file,
+        model_cache=MODEL_CACHE_PATH if remote else None,
+    )
     image, pull_policy = _image(md, config)
     # One entry per name (server-side apply keys env by name); the user's wins.
     env = {var["name"]: var for var in _base_env()}
     for var in server.env or []:
         env[var.name] = var.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # With an object store the server downloads the artifact into an emptyDir cache.
     mounts: list[dict[str, Any]] = [
-        {"name": VOLUME_ARTIFACTS, "mountPath": store, "readOnly": True},
+        {"name": VOLUME_ARTIFACTS, "mountPath": MODEL_CACHE_PATH}
+        if remote
+        else {"name": VOLUME_ARTIFACTS, "mountPath": store, "readOnly": True},
         {"name": VOLUME_TMP, "mountPath": TMP_MOUNT_PATH},
     ]
-    volumes: list[dict[str, Any]] = [
-        {
-            "name": VOLUME_ARTIFACTS,
+    store_volume: dict[str, Any] = (
+        {"emptyDir": {}}
+        if remote
+        else {
             "persistentVolumeClaim": {
                 "claimName": _artifact_claim(md, serving_key),
                 "readOnly": True,
-            },
-        },
+            }
+        }
+    )
+    volumes: list[dict[str, Any]] = [
+        {"name": VOLUME_ARTIFACTS, **store_volume},
         _tmp_volume(config),
     ]
     if server.auth:
@@ -453,6 +487,7 @@ def render_deployment(
         "command": [SERVER_PROGRAM],
         "args": args,
         "env": list(env.values()),
+        **({"envFrom": store_env} if (store_env := _store_env_from(md)) else {}),
         "ports": [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "resources": _resources(server.resources),
         "startupProbe": _http_probe(

@@ -43,6 +43,7 @@ from ondeck_operator.fields import (
     LABEL_KEY_RE,
     LIST_MAP_BY_NAME,
     PVC_URI_RE,
+    S3_STORE_RE,
     SECRET_KEY_RE,
     SHA256_RE,
     URI_RE,
@@ -606,7 +607,8 @@ class ArtifactPVC(ApiModel):
 
 
 class ArtifactsSpec(ApiModel):
-    """Where artifacts are stored: a claim per artifact (default), or an existing claim."""
+    """Where artifacts are stored: a claim per artifact (default), an existing claim, or
+    an object store (s3://)."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -614,6 +616,20 @@ class ArtifactsSpec(ApiModel):
             cel="!(has(self.pvc) && has(self.existingClaim))",
             message="set pvc or existingClaim, not both",
             check=lambda m: m.pvc is None or m.existing_claim is None,
+        ),
+        Rule(
+            field="uri",
+            cel="!has(self.uri) || (!has(self.pvc) && !has(self.existingClaim))",
+            message="set uri (an object store) or pvc/existingClaim (a claim), not both",
+            check=lambda m: m.uri is None or (m.pvc is None and m.existing_claim is None),
+        ),
+        Rule(
+            field="credentialsSecret",
+            cel="has(self.uri) || (!has(self.credentialsSecret) && !has(self.s3EndpointURL))",
+            message="credentialsSecret and s3EndpointURL apply to an object store: set uri",
+            check=lambda m: (
+                m.uri is not None or (m.credentials_secret is None and m.s3_endpoint_url is None)
+            ),
         ),
     )
 
@@ -624,6 +640,27 @@ class ArtifactsSpec(ApiModel):
         default=None,
         description="Use this existing claim as the artifact store instead (shared, "
         "usually ReadWriteMany).",
+    )
+    uri: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=S3_STORE_RE,
+        description="Use an object store instead of a claim: s3://<bucket>/<prefix>. The Job "
+        "uploads the artifact there (manifest last), the server downloads it at start-up.",
+    )
+    credentials_secret: ObjectName | None = Field(
+        default=None,
+        description="Secret whose keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and "
+        "AWS_SESSION_TOKEN, AWS_REGION) give access to the object store; mounted as "
+        "ONDECK_STORE_-prefixed environment variables into the Job and the server, so they "
+        "never mix with spec.model.credentialsSecret.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        alias="s3EndpointURL",
+        pattern=HTTP_URL_RE,
+        max_length=2048,
+        description="Endpoint of an S3-compatible object store (MinIO, Ceph, ...).",
     )
 
 

@@ -5,6 +5,8 @@ reads it):
     <store>/<digest>/manifest.json
     <store>/refs/<name> -> ../<digest>
 
+(the same layout as objects in an s3:// store: see remote_store.py)
+
 This module holds the manifest schema, how a path given to `serve` resolves to a model,
 and the atomic-publish helpers. It does not convert, optimize or serve anything.
 """
@@ -170,8 +172,11 @@ def clean_stale_staging(store: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def summary(manifest: Manifest, *, path: Path, ref: str | None, cached: bool) -> dict[str, Any]:
-    """The one-line JSON summary `convert` prints and writes to the termination log."""
+def summary(
+    manifest: Manifest, *, path: Path | str, ref: str | None, cached: bool
+) -> dict[str, Any]:
+    """The one-line JSON summary `convert` prints and writes to the termination log
+    (`path`: the artifact folder, or its s3:// URI in an object store)."""
     return {
         "digest": manifest.digest,
         "path": str(path),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from typer._click import Context as ClickContext
 from typer._click import exceptions as click_errors
 from typer.core import TyperCommand
 
-from ondeck_server import artifact
+from ondeck_server import artifact, remote_store
 from ondeck_server.pipeline import (
     ConvertRequest,
     FetchSettings,
@@ -44,6 +45,7 @@ from ondeck_server.pipeline import (
     OptimizationLevel,
     PipelineError,
     Quantize,
+    RemoteStore,
     Thresholds,
     convert,
     parse_inputs,
@@ -105,6 +107,15 @@ def _sha256_callback(value: str | None) -> str | None:
         return normalize_sha256(value)
     except InvalidSettings as exc:
         raise typer.BadParameter(exc.message) from None
+
+
+def _store_callback(value: str) -> str:
+    if remote_store.is_remote(value):
+        try:
+            remote_store.parse_store(value)
+        except remote_store.RemoteStoreError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 def _ref_callback(value: str | None) -> str | None:
@@ -193,8 +204,13 @@ def convert_command(
         envvar="ONDECK_SOURCE",
         help="file://, path, http(s)://, s3://, gs://, hf://, pvc://claim/path",
     ),
-    store: Path = typer.Option(
-        ..., "--store", envvar="ONDECK_STORE", help="Artifact store folder."
+    store: str = typer.Option(
+        ...,
+        "--store",
+        envvar="ONDECK_STORE",
+        callback=_store_callback,
+        help="Artifact store: a folder, or s3://bucket/prefix (built in a temporary folder, "
+        "then uploaded; credentials from ONDECK_STORE_AWS_* or AWS_*).",
     ),
     fmt: Format | None = typer.Option(
         None, "--format", envvar="ONDECK_FORMAT", help="Inferred from the file when omitted."
@@ -264,6 +280,12 @@ def convert_command(
         envvar="ONDECK_S3_ENDPOINT_URL",
         help="S3-compatible store; credentials from the AWS_* environment variables.",
     ),
+    store_endpoint_url: str | None = typer.Option(
+        None,
+        "--store-endpoint-url",
+        envvar="ONDECK_STORE_ENDPOINT_URL",
+        help="Endpoint of an s3:// --store; default: --s3-endpoint-url.",
+    ),
     pvc_root: Path | None = typer.Option(
         None,
         "--pvc-root",
@@ -295,7 +317,7 @@ def convert_command(
     console = Console(stderr=True)
     request = ConvertRequest(
         source=source,
-        store=store,
+        store=Path(store),
         format=fmt,
         sha256=sha256,
         inputs=inputs,  # type: ignore[arg-type]  # the callback parsed it
@@ -314,6 +336,21 @@ def convert_command(
         ref=ref,
     )
     log = str(termination_log) if termination_log else None
+    if not remote_store.is_remote(store):
+        _run(request, console=console, log=log)
+        return
+    remote = RemoteStore(uri=store, endpoint_url=store_endpoint_url or s3_endpoint_url)
+    with tempfile.TemporaryDirectory(prefix="ondeck-build-") as build:
+        _run(
+            request.model_copy(update={"store": Path(build), "remote": remote}),
+            console=console,
+            log=log,
+        )
+
+
+def _run(request: ConvertRequest, *, console: Console, log: str | None) -> None:
+    """Run the pipeline; print the summary (or the error line) and write the log."""
+    ref = request.ref
     try:
         outcome = convert(request, events=_ConsoleEvents(console))
     except PipelineError as exc:
@@ -324,7 +361,9 @@ def convert_command(
         sys.stderr.write(line + "\n")
         _write_termination_log(log, line)
         raise typer.Exit(1) from None
-    summary = artifact.summary(outcome.manifest, path=outcome.path, ref=ref, cached=outcome.cached)
+    summary = artifact.summary(
+        outcome.manifest, path=outcome.uri or outcome.path, ref=ref, cached=outcome.cached
+    )
     sys.stdout.write(artifact.dumps_compact(summary) + "\n")
     sys.stdout.flush()
     _write_termination_log(log, fit_termination_log(summary))

@@ -9,8 +9,9 @@ usage errors. The process lifecycle lives in lifecycle.py, HTTP behaviour in app
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -25,7 +26,16 @@ def _option(field: str, **kwargs: Any) -> Any:
 
 
 def serve(
-    model: Annotated[Path, _option("model")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            envvar="ONDECK_MODEL",
+            show_envvar=True,
+            help=_HELP["model"] + ", or s3://BUCKET/PREFIX/refs/NAME (or .../DIGEST) of an "
+            "object store, downloaded to --model-cache first",
+        ),
+    ],
     name: Annotated[str | None, _option("name")] = None,
     host: Annotated[str, _option("host")] = "0.0.0.0",
     port: Annotated[int, _option("port")] = 8080,
@@ -37,14 +47,33 @@ def serve(
     max_body_bytes: Annotated[int, _option("max_body_bytes")] = 64 * 1024 * 1024,
     max_queue: Annotated[int, _option("max_queue")] = 256,
     drain_timeout: Annotated[float, _option("drain_timeout")] = 30.0,
+    model_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-cache",
+            envvar="ONDECK_MODEL_CACHE",
+            show_envvar=True,
+            help="where an s3:// --model is downloaded to; default: a folder in the temp dir",
+        ),
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--s3-endpoint-url",
+            envvar="ONDECK_S3_ENDPOINT_URL",
+            show_envvar=True,
+            help="endpoint of an S3-compatible store for an s3:// --model",
+        ),
+    ] = None,
 ) -> None:
     """Serve one ONNX model over the V2 (Open Inference Protocol) and V1 REST protocols."""
     from pydantic import ValidationError
 
     from ondeck_server.errors import ServeError
 
+    local_model = _fetch_model(model, cache=model_cache, endpoint_url=s3_endpoint_url)
     values = {
-        "model": model,
+        "model": local_model,
         "name": name,
         "host": host,
         "port": port,
@@ -70,6 +99,22 @@ def serve(
     raise typer.Exit(code)
 
 
+def _fetch_model(model: str, *, cache: Path | None, endpoint_url: str | None) -> Path:
+    """The local path of `--model`: as given, or an s3:// artifact downloaded first."""
+    from ondeck_server import remote_store
+
+    if not remote_store.is_remote(model):
+        return Path(model)
+    folder = cache or Path(tempfile.gettempdir()) / "ondeck-model-cache"
+    try:
+        return remote_store.download(model, cache=folder, endpoint_url=endpoint_url)
+    except remote_store.RemoteStoreError as exc:
+        _die("StartupError", str(exc))
+    except OSError as exc:
+        _die("StartupError", f"cannot write the model cache {folder}: {exc.strerror or exc}")
+    raise AssertionError("unreachable")
+
+
 def _first_error(exc: Any) -> str:
     first = exc.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
@@ -78,7 +123,7 @@ def _first_error(exc: Any) -> str:
     return f"{flag}: {message}" if flag else message
 
 
-def _die(kind: str, message: str) -> None:
+def _die(kind: str, message: str) -> NoReturn:
     typer.echo(f"{kind}: {message}", err=True)
     raise typer.Exit(1)
 

@@ -27,7 +27,7 @@ from ondeck_server.pipeline.formats import Format
 from ondeck_server.pipeline.inputs_spec import DType, InputSpec, parse_inputs
 from ondeck_server.pipeline.optimize import OptimizationLevel
 from ondeck_server.pipeline.quantize import Quantize
-from ondeck_server.pipeline.run import ConvertRequest, Events, Outcome, convert
+from ondeck_server.pipeline.run import ConvertRequest, Events, Outcome, RemoteStore, convert
 from ondeck_server.pipeline.validate import Thresholds
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "QuantizationFailed",
     "Quantize",
     "Reason",
+    "RemoteStore",
     "StoreFailed",
     "Thresholds",
     "UnsafeModel",

@@ -6,6 +6,11 @@ complete, valid artifact, nothing else runs and the outcome says `cached`. Crash
 all work happens in locked `.tmp-*` folders inside the store, the artifact appears
 under its final name by one rename, and stale temporary folders are removed first.
 Reports stage timings through `Events`; prints nothing itself.
+
+With `remote` (an s3:// object store) the local store is only where the artifact is
+built: the digest is first looked up in the object store (its manifest object exists and
+parses ⇒ cached, nothing runs), and a new artifact is uploaded manifest last, then the
+ref (ondeck_server.remote_store).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ondeck_server import artifact
+from ondeck_server import artifact, remote_store
 from ondeck_server.pipeline import onnx_tools, store
 from ondeck_server.pipeline.converted import Converted
 from ondeck_server.pipeline.digest import compute_digest, converter_versions
@@ -60,6 +65,15 @@ from ondeck_server.pipeline.validate import (
 )
 
 
+class RemoteStore(BaseModel):
+    """An object store the artifact is uploaded to (see ondeck_server.remote_store)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    endpoint_url: str | None = None
+
+
 class ConvertRequest(BaseModel):
     """Everything `ondeck-server convert` was asked to do."""
 
@@ -77,12 +91,19 @@ class ConvertRequest(BaseModel):
     allow_unsafe_pickle: bool = False
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     ref: str | None = None
+    remote: RemoteStore | None = Field(
+        default=None,
+        description="Also upload the artifact to this object store; `store` is then only "
+        "the local build folder.",
+    )
 
 
 class Outcome(BaseModel):
     manifest: artifact.Manifest
     path: Path
     cached: bool
+    uri: str | None = None
+    """Where the artifact lives in the object store, when there is one."""
 
 
 class Events(Protocol):
@@ -196,6 +217,12 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         versions=versions,
     )
     final = request.store / digest
+    if request.remote is not None:
+        remote = _remote_manifest(request.remote, digest)
+        if remote is not None:
+            remote_uri = _remote_ref(request, digest)
+            events.stage("cached", 0.0, f"{remote_uri} is already built")
+            return Outcome(manifest=remote, path=final, cached=True, uri=remote_uri)
     with store.store_lock(request.store):
         cached = store.valid_artifact(final, digest)
         if cached is None and final.exists():
@@ -203,7 +230,8 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
     if cached is not None:
         _point_ref(request, digest)
         events.stage("cached", 0.0, f"{final} is already built")
-        return Outcome(manifest=cached, path=final, cached=True)
+        uploaded = _upload(request, final, digest=digest, clock=_Clock(events))
+        return Outcome(manifest=cached, path=final, cached=uploaded is None, uri=uploaded)
 
     with clock.stage("convert") as detail:
         converted = _run_converter(source, kind=kind, request=request, out=work / "fp32.onnx")
@@ -254,7 +282,48 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _point_ref(request, digest)
-    return Outcome(manifest=artifact.read_manifest(path), path=path, cached=False)
+    uploaded = _upload(request, path, digest=digest, clock=clock)
+    return Outcome(manifest=artifact.read_manifest(path), path=path, cached=False, uri=uploaded)
+
+
+def _remote_manifest(remote: RemoteStore, digest: str) -> artifact.Manifest | None:
+    try:
+        return remote_store.remote_manifest(remote.uri, digest, endpoint_url=remote.endpoint_url)
+    except remote_store.RemoteStoreError as exc:
+        raise StoreFailed(str(exc)) from None
+
+
+def _remote_ref(request: ConvertRequest, digest: str) -> str:
+    """Point the store's ref (when asked); returns the artifact's URI in the store."""
+    assert request.remote is not None
+    try:
+        if request.ref is not None:
+            remote_store.point_ref(
+                request.remote.uri, request.ref, digest, endpoint_url=request.remote.endpoint_url
+            )
+        return f"{remote_store.parse_store(request.remote.uri).uri}/{digest}"
+    except remote_store.RemoteStoreError as exc:
+        raise StoreFailed(str(exc)) from None
+
+
+def _upload(request: ConvertRequest, folder: Path, *, digest: str, clock: _Clock) -> str | None:
+    """Upload a local artifact to the object store (manifest last), then point the ref;
+    None when there is no object store."""
+    if request.remote is None:
+        return None
+    with clock.stage("upload") as detail:
+        try:
+            remote_store.upload(
+                folder,
+                store_uri=request.remote.uri,
+                digest=digest,
+                endpoint_url=request.remote.endpoint_url,
+            )
+        except remote_store.RemoteStoreError as exc:
+            raise StoreFailed(str(exc)) from None
+        uri = _remote_ref(request, digest)
+        detail.append(uri)
+    return uri
 
 
 def _manifest(

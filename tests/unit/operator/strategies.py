@@ -210,9 +210,18 @@ def ingress(draw: st.DrawFn) -> Doc:
 
 @st.composite
 def artifacts(draw: st.DrawFn) -> Doc:
-    choice = draw(st.sampled_from(["none", "pvc", "existing"]))
+    choice = draw(st.sampled_from(["none", "pvc", "existing", "object-store"]))
     if choice == "existing":
         return {"existingClaim": draw(subdomain)}
+    if choice == "object-store":
+        bucket = draw(st.from_regex(r"[a-z0-9][-a-z0-9.]{1,20}[a-z0-9]", fullmatch=True))
+        prefix = draw(st.sampled_from(["", "/", "/models", "/team-a/artifacts/"]))
+        store: Doc = {"uri": f"s3://{bucket}{prefix}"}
+        if draw(st.booleans()):
+            store["credentialsSecret"] = draw(subdomain)
+        if draw(st.booleans()):
+            store["s3EndpointURL"] = "http://minio.storage:9000"
+        return store
     if choice == "pvc":
         pvc: Doc = {}
         if draw(st.booleans()):

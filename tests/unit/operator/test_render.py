@@ -224,3 +224,53 @@ def test_job_fails_at_once_on_conversion_and_usage_errors(config: OperatorConfig
     }
     assert rules[1]["action"] == "Ignore"
     assert job["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_object_store_renders_no_claim_and_passes_the_uri(config: OperatorConfig) -> None:
+    spec = {
+        "model": {"uri": "s3://b/m.onnx", "credentialsSecret": "model-creds"},
+        "artifacts": {
+            "uri": "s3://artifacts/team-a",
+            "credentialsSecret": "store-creds",
+            "s3EndpointURL": "http://minio.storage:9000",
+        },
+    }
+    md = make_md(spec)
+    key = artifact_key(md.spec)
+    objects = render(md, config, RenderState(serving_key=key))
+    assert "PersistentVolumeClaim" not in kinds(objects)
+    assert all_problems(objects, md) == []
+    store_env = {"prefix": "ONDECK_STORE_", "secretRef": {"name": "store-creds"}}
+
+    job = by_kind(objects, "Job")["spec"]["template"]["spec"]
+    (container,) = job["containers"]
+    args = container["args"]
+    assert args[args.index("--store") + 1] == "s3://artifacts/team-a"
+    assert args[args.index("--store-endpoint-url") + 1] == "http://minio.storage:9000"
+    assert args[args.index("--ref") + 1] == key
+    # The model's credentials as they are, the store's prefixed: they never collide.
+    assert container["envFrom"] == [{"secretRef": {"name": "model-creds"}}, store_env]
+    assert {"name": "TMPDIR", "value": config.artifact_mount_path} in container["env"]
+    assert {"name": "artifacts", "emptyDir": {}} in job["volumes"]
+
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    args = server["args"]
+    assert args[args.index("--model") + 1] == f"s3://artifacts/team-a/refs/{key}"
+    assert args[args.index("--model-cache") + 1] == "/var/cache/ondeck"
+    assert args[args.index("--s3-endpoint-url") + 1] == "http://minio.storage:9000"
+    assert server["envFrom"] == [store_env]
+    assert {"name": "artifacts", "mountPath": "/var/cache/ondeck"} in server["volumeMounts"]
+    assert {"name": "artifacts", "emptyDir": {}} in pod["volumes"]
+    # No claim to share, so no one-node affinity.
+    assert "podAffinity" not in pod.get("affinity", {})
+
+
+def test_object_store_serves_the_digest_when_known(config: OperatorConfig) -> None:
+    spec = {"model": {"uri": "s3://b/m.onnx"}, "artifacts": {"uri": "s3://artifacts/"}}
+    state = RenderState(serving_key="k" * 16, serving_digest="d" * 64)
+    deployment = by_kind(render(make_md(spec), config, state), "Deployment")
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert server["args"][server["args"].index("--model") + 1] == "s3://artifacts/" + "d" * 64
+    assert "--s3-endpoint-url" not in server["args"]
+    assert "envFrom" not in server

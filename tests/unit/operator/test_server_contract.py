@@ -35,7 +35,16 @@ PYTORCH_SPEC = {
     },
     "optimize": {"quantize": "fp16", "level": "extended"},
 }
-SPECS = {"minimal": None, "full": FULL_SPEC, "pytorch": PYTORCH_SPEC}
+OBJECT_STORE_SPEC = {
+    "model": {"uri": "s3://models/iris.onnx", "s3EndpointURL": "http://minio:9000"},
+    "artifacts": {"uri": "s3://artifacts/team-a", "s3EndpointURL": "http://minio:9001"},
+}
+SPECS = {
+    "minimal": None,
+    "full": FULL_SPEC,
+    "pytorch": PYTORCH_SPEC,
+    "object-store": OBJECT_STORE_SPEC,
+}
 
 
 @functools.cache
@@ -114,7 +123,7 @@ def test_convert_args_parse_to_the_spec_values(which: str) -> None:
     spec = _spec(which)
     argv = convert_args(
         spec,
-        store="/artifacts",
+        store=spec.artifacts.uri or "/artifacts",
         ref="0123456789abcdef",
         termination_log="/dev/termination-log",
         pvc_root="/sources",
@@ -175,4 +184,13 @@ def test_any_valid_spec_gives_arguments_the_server_accepts(doc: dict[str, Any], 
     _check("convert", argv, spec)
     # --model and --auth-token-file name files; serve's parser may check they exist.
     argv = serve_args(spec, model_path=__file__, name="m", auth_token_file=__file__)
+    _check("serve", argv, spec)
+
+
+def test_object_store_serve_args_parse() -> None:
+    spec = _spec("object-store")
+    argv = serve_args(
+        spec, model_path="s3://artifacts/team-a/refs/k", name="iris", model_cache="/cache"
+    )
+    assert argv[-4:] == ["--model-cache", "/cache", "--s3-endpoint-url", "http://minio:9001"]
     _check("serve", argv, spec)

@@ -1,0 +1,256 @@
+"""The s3:// artifact store for real: `ondeck-server convert --store s3://…` against a
+moto server on 127.0.0.1 (IAM authentication on), then `ondeck-server serve --model
+s3://…/refs/<name>` downloading the artifact and answering over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from pipeline import models
+from pipeline.conftest import S3, Sources
+from pipeline.test_served import infer
+
+_LISTENING = re.compile(r"serving model '[^']+' on (http://127\.0\.0\.1:\d+)")
+STORE = "artifacts/team-a"
+
+
+def _env(s3: S3, *, store_only: bool = False) -> dict[str, str]:
+    """A clean environment: the store's credentials under ONDECK_STORE_AWS_* (what the
+    operator mounts), or as plain AWS_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONDECK_", "AWS_"))}
+    env |= {
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    creds = {k: v for k, v in s3.env().items() if k != "AWS_DEFAULT_REGION"}
+    if store_only:
+        return env | {f"ONDECK_STORE_{k}": v for k, v in creds.items()}
+    return env | creds
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ondeck_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+
+
+def _convert(sources: Sources, s3: S3, *extra: str) -> dict[str, object]:
+    done = _cli(
+        "convert",
+        "--source",
+        str(sources["iris_pipeline.skops"]),
+        "--store",
+        f"s3://{s3.bucket}/{STORE}",
+        "--store-endpoint-url",
+        s3.endpoint,
+        "--ref",
+        "iris",
+        *extra,
+        env=_env(s3, store_only=True),
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def _client(s3: S3) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+    )
+
+
+def _keys(s3: S3, prefix: str) -> list[str]:
+    listing = _client(s3).list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
+    return sorted(str(item["Key"]) for item in listing.get("Contents", []))
+
+
+@pytest.fixture
+def serve_s3(tmp_path: Path, s3: S3) -> Iterator[object]:
+    """`serve_s3(uri) -> base URL` of a ready server loading an s3:// model."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(uri: str) -> str:
+        log = tmp_path / f"serve-{len(procs)}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ondeck_server",
+                    "serve",
+                    "--model",
+                    uri,
+                    "--model-cache",
+                    str(tmp_path / "cache"),
+                    "--s3-endpoint-url",
+                    s3.endpoint,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--threads",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(s3),
+            )
+        procs.append(proc)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = _LISTENING.search(log.read_text(errors="replace"))
+            if found:
+                url = found.group(1)
+                try:
+                    if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                        return url
+                except httpx.TransportError:
+                    pass
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready: {log.read_text()}")
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_convert_to_s3_then_serve_from_the_ref(
+    sources: Sources, s3: S3, serve_s3: object, tmp_path: Path
+) -> None:
+    first = _convert(sources, s3)
+    digest = str(first["digest"])
+    assert first["cached"] is False
+    assert first["path"] == f"s3://{s3.bucket}/{STORE}/{digest}"
+    assert _keys(s3, f"{STORE}/{digest}/") == [
+        f"{STORE}/{digest}/manifest.json",
+        f"{STORE}/{digest}/model.onnx",
+    ]
+    ref = _client(s3).get_object(Bucket=s3.bucket, Key=f"{STORE}/refs/iris")
+    assert ref["Body"].read().decode() == digest
+
+    # Rerun: the manifest object exists and parses, so nothing is converted again.
+    again = _convert(sources, s3)
+    assert again["cached"] is True
+    assert again["digest"] == digest
+
+    # Served from the ref, over HTTP: the scikit-learn model's own answers.
+    x, _ = models.iris()
+    url = serve_s3(f"s3://{s3.bucket}/{STORE}/refs/iris")  # type: ignore[operator]
+    answers = infer(url, "iris_pipeline", {"input": x[:30].astype(np.float32)})
+    estimator = models.sklearn_models()["iris_pipeline"]
+    assert (answers["label"] == estimator.predict(x[:30])).all()
+    # The download landed in the cache, as a complete artifact folder.
+    assert sorted(p.name for p in (tmp_path / "cache" / digest).iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+    ]
+    # And by digest, from the same cache.
+    url = serve_s3(f"s3://{s3.bucket}/{STORE}/{digest}")  # type: ignore[operator]
+    assert infer(url, "iris_pipeline", {"input": x[:3].astype(np.float32)})["label"].shape == (3,)
+
+
+def test_an_artifact_without_its_manifest_is_built_again(sources: Sources, s3: S3) -> None:
+    digest = str(_convert(sources, s3)["digest"])
+    # A crashed upload: the model object is there, the manifest (the commit marker) is not.
+    _client(s3).delete_object(Bucket=s3.bucket, Key=f"{STORE}/{digest}/manifest.json")
+    rebuilt = _convert(sources, s3)
+    assert rebuilt["cached"] is False
+    assert f"{STORE}/{digest}/manifest.json" in _keys(s3, f"{STORE}/{digest}/")
+
+
+def test_missing_artifacts_give_a_clear_error(s3: S3, tmp_path: Path) -> None:
+    store = f"s3://{s3.bucket}/{STORE}"
+    missing = "0" * 64
+    cases = [
+        (
+            f"{store}/refs/nope",
+            f"StartupError: {store}/refs/nope: no such ref in the artifact store; convert the "
+            f"model with --store {store} --ref nope first, or check the URI",
+        ),
+        (
+            f"{store}/{missing}",
+            f"StartupError: {store}/{missing}: no artifact {missing} in {store} (no "
+            "manifest.json); it was never converted there or its upload did not finish",
+        ),
+        (
+            f"{store}/model.onnx",
+            f"StartupError: {store}/model.onnx names no artifact: write "
+            "s3://<bucket>/<prefix>/refs/<name> or s3://<bucket>/<prefix>/<digest> (64 hex "
+            "digits)",
+        ),
+        (
+            "s3://no-such-bucket/refs/iris",
+            f"StartupError: s3://no-such-bucket/refs/iris: the bucket does not exist at "
+            f"{s3.endpoint}; create it first",
+        ),
+    ]
+    for uri, line in cases:
+        done = _cli(
+            "serve",
+            "--model",
+            uri,
+            "--model-cache",
+            str(tmp_path / "cache"),
+            "--s3-endpoint-url",
+            s3.endpoint,
+            env=_env(s3),
+        )
+        assert (done.returncode, done.stderr.strip()) == (1, line)
+
+
+def test_bad_store_uri_and_refused_credentials(sources: Sources, s3: S3, tmp_path: Path) -> None:
+    done = _cli(
+        "convert", "--source", str(sources["iris_pipeline.skops"]), "--store", "s3://", env=_env(s3)
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "UsageError: Invalid value for '--store' (env var: 'ONDECK_STORE'): s3:// is not an "
+        "object store: write s3://<bucket>/<prefix>"
+    )
+    env = _env(s3) | {"AWS_ACCESS_KEY_ID": "AKIAWRONG", "AWS_SECRET_ACCESS_KEY": "wrong"}
+    done = _cli(
+        "convert",
+        "--source",
+        str(sources["iris_pipeline.skops"]),
+        "--store",
+        f"s3://{s3.bucket}/{STORE}",
+        "--s3-endpoint-url",
+        s3.endpoint,
+        env=env,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith(f"StoreFailed: s3://{s3.bucket}/{STORE}/")
+    ), done.stderr
+    assert "access denied (InvalidAccessKeyId)" in done.stderr
