@@ -40,7 +40,7 @@ def test_minilm_example_int8_serves_close_embeddings(tmp_path: Path) -> None:
         [sys.executable, str(EXAMPLE / "make_model.py"), "--out-dir", str(tmp_path)],
         check=True,
         capture_output=True,
-        timeout=300,
+        timeout=120,
     )
     shutil.copy(EXAMPLE / "modeldeployment.yaml", tmp_path / "modeldeployment.yaml")
     args = ["-f", str(tmp_path / "modeldeployment.yaml"), "--store", str(tmp_path / "store")]
@@ -50,7 +50,7 @@ def test_minilm_example_int8_serves_close_embeddings(tmp_path: Path) -> None:
     cwd.mkdir()
     run = OndeckRun([*args, "--port", str(free_port())], cwd=cwd)
     try:
-        lines = run.wait_banner(timeout=400)
+        lines = run.wait_banner(timeout=150)
         assert "  inputs:  input_ids INT64 [-1, -1], attention_mask INT64 [-1, -1]" in lines
         assert "  outputs: embedding FP32 [-1, 384]" in lines
         assert any("quantize int8" in line for line in lines)
