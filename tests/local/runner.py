@@ -62,7 +62,7 @@ class OndeckRun:
         for line in stream:
             sink.append(line.rstrip("\n"))
 
-    def wait_banner(self, timeout: float = 240.0) -> list[str]:
+    def wait_banner(self, timeout: float = 120.0) -> list[str]:
         """The lines printed on stdout once the server is ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -77,7 +77,7 @@ class OndeckRun:
         self.stop(signal.SIGKILL)
         raise AssertionError("ondeck run was not ready in time:\n" + "\n".join(self.err[-30:]))
 
-    def wait_exit(self, timeout: float = 240.0) -> int:
+    def wait_exit(self, timeout: float = 120.0) -> int:
         code = self.proc.wait(timeout=timeout)
         self._join()
         return code

@@ -25,7 +25,7 @@ def _make(example: str, out: Path) -> str:
         env={**os.environ, **ONE_THREAD},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         check=True,
     )
     return result.stdout
