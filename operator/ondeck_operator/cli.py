@@ -16,16 +16,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Commands register themselves here; the list is the whole CLI surface.
-    import importlib
+    # The list is the whole CLI surface; each module keeps its heavy imports inside its
+    # commands, so importing them here stays cheap.
+    from ondeck_operator import cli_operator, cli_render, cli_run
 
-    for name in ("cli_render", "cli_run", "cli_operator"):
-        try:
-            module = importlib.import_module(f"ondeck_operator.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ondeck_operator.{name}":
-                raise
-            continue
+    for module in (cli_render, cli_run, cli_operator):
         module.register(app)
 
 

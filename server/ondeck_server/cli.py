@@ -16,23 +16,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Commands register themselves here; the list is the whole CLI surface.
-    import importlib
+    # The list is the whole CLI surface; each module keeps its heavy imports inside its
+    # commands, so importing them here stays cheap.
+    from ondeck_server import convert_cli, serve_cli
 
-    for name in ("serve_cli", "convert_cli"):
-        try:
-            module = importlib.import_module(f"ondeck_server.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ondeck_server.{name}":
-                raise
-            continue
+    for module in (serve_cli, convert_cli):
         module.register(app)
-
-
-@app.callback()
-def _root() -> None:
-    # A callback keeps the commands sub-commands even while only one is registered.
-    pass
 
 
 def main() -> None:
