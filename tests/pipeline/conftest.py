@@ -8,6 +8,8 @@ import functools
 import http.server
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -246,3 +249,50 @@ def store_entries(store: Path) -> list[str]:
     if not store.exists():
         return []
     return sorted(p.name for p in store.iterdir() if p.name != LOCK_FILE)
+
+
+_LISTENING = re.compile(r"serving model '[^']+' on (http://127\.0\.0\.1:\d+)")
+
+
+class ServeProcesses:
+    """Real `ondeck-server serve` processes on 127.0.0.1 (port 0), each started and
+    waited for until ready; all stopped with SIGTERM by `stop_all`."""
+
+    def __init__(self, logs: Path) -> None:
+        self._logs = logs
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], *, env: dict[str, str]) -> str:
+        """Start `serve *args` and return its base URL once /v2/health/ready answers."""
+        log = self._logs / f"serve-{len(self._procs)}.log"
+        loopback = ["--host", "127.0.0.1", "--port", "0", "--threads", "1"]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ondeck_server", "serve", *args, *loopback],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        self._procs.append(proc)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = _LISTENING.search(log.read_text(errors="replace"))
+            if found:
+                url = found.group(1)
+                try:
+                    if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                        return url
+                except httpx.TransportError:
+                    pass
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready: {log.read_text()}")
+
+    def stop_all(self) -> None:
+        for proc in self._procs:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
 from pipeline import models
-from pipeline.conftest import S3, Sources
+from pipeline.conftest import S3, ServeProcesses, Sources
 from pipeline.test_served import infer
 
-_LISTENING = re.compile(r"serving model '[^']+' on (http://127\.0\.0\.1:\d+)")
 STORE = "artifacts/team-a"
 
 
@@ -92,57 +87,14 @@ def _keys(s3: S3, prefix: str) -> list[str]:
 @pytest.fixture
 def serve_s3(tmp_path: Path, s3: S3) -> Iterator[object]:
     """`serve_s3(uri) -> base URL` of a ready server loading an s3:// model."""
-    procs: list[subprocess.Popen[bytes]] = []
+    servers = ServeProcesses(tmp_path)
 
     def start(uri: str) -> str:
-        log = tmp_path / f"serve-{len(procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ondeck_server",
-                    "serve",
-                    "--model",
-                    uri,
-                    "--model-cache",
-                    str(tmp_path / "cache"),
-                    "--s3-endpoint-url",
-                    s3.endpoint,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--threads",
-                    "1",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=_env(s3),
-            )
-        procs.append(proc)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            found = _LISTENING.search(log.read_text(errors="replace"))
-            if found:
-                url = found.group(1)
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                        return url
-                except httpx.TransportError:
-                    pass
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready: {log.read_text()}")
+        args = ["--model", uri, "--model-cache", str(tmp_path / "cache")]
+        return servers.start([*args, "--s3-endpoint-url", s3.endpoint], env=_env(s3))
 
     yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    servers.stop_all()
 
 
 def test_convert_to_s3_then_serve_from_the_ref(

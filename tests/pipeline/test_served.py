@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline import models
-from pipeline.conftest import Sources
-
-_LISTENING = re.compile(r"serving model '[^']+' on (http://127\.0\.0\.1:\d+)")
+from pipeline.conftest import ServeProcesses, Sources
 
 
 def convert_cli(*args: str) -> dict[str, object]:
@@ -43,53 +38,14 @@ def serve(tmp_path: Path) -> Iterator[object]:
         import ondeck_server.serve_cli  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"needs ondeck-server serve (ondeck_server.serve_cli): {exc}")
-    procs: list[subprocess.Popen[bytes]] = []
+    servers = ServeProcesses(tmp_path)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
 
     def start(model: Path) -> str:
-        log = tmp_path / f"serve-{len(procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ondeck_server",
-                    "serve",
-                    "--model",
-                    str(model),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--threads",
-                    "1",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")},
-            )
-        procs.append(proc)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            found = _LISTENING.search(log.read_text(errors="replace"))
-            if found:
-                url = found.group(1)
-                try:
-                    if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                        return url
-                except httpx.TransportError:
-                    pass
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        raise AssertionError(f"server not ready: {log.read_text()}")
+        return servers.start(["--model", str(model)], env=clean)
 
     yield start
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    servers.stop_all()
 
 
 def infer(url: str, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
