@@ -207,6 +207,30 @@ def build_fixed_batch(path: Path) -> Path:
     return _save(graph, path)
 
 
+def build_sequence(path: Path) -> Path:
+    """A MiniLM-shaped model: token ids `tok` INT64 [batch, seq] -> embeddings [batch, seq, 8]
+    -> sum over seq: `pooled` FP32 [batch, 8]. Two dynamic dimensions, one of them pooled
+    away, so the output's size is not bounded by the input's element count."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    table = helper.make_tensor(
+        "table", TensorProto.FLOAT, [100, 8], rng.standard_normal(800).astype(np.float32)
+    )
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "tok"], ["hidden"]),
+            helper.make_node("ReduceSum", ["hidden", "axes"], ["pooled"], keepdims=0),
+        ],
+        "sequence",
+        [helper.make_tensor_value_info("tok", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[table, axes],
+    )
+    return _save(graph, path)
+
+
 def build_slow(path: Path, *, repeats: int = 64, seed: int = 0) -> Path:
     """`repeats` chained 512x512 MatMul+Tanh layers sharing one weight: slow per row but a
     small file. Used where tests need requests that stay in flight for a while."""
@@ -277,6 +301,8 @@ def sample_inputs(name: str, rows: int, *, seed: int = 0) -> dict[str, np.ndarra
         if rows != 1:
             raise ValueError("the fixed_batch model takes exactly one row")
         return {"input": rng.standard_normal((1, 4)).astype(np.float32)}
+    if name == "sequence":
+        return {"tok": rng.integers(0, 100, (rows, 16), dtype=np.int64)}
     if name == "slow":
         return {"input": rng.standard_normal((rows, 512)).astype(np.float32)}
     raise ValueError(f"unknown model {name!r}")
@@ -290,6 +316,7 @@ BUILDERS = {
     "all_types": build_all_types,
     "fixed_batch": build_fixed_batch,
     "slow": build_slow,
+    "sequence": build_sequence,
 }
 
 

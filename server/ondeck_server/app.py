@@ -155,7 +155,13 @@ class ServerState:
         name = self.source.name
         try:
             runtime = await asyncio.to_thread(self.source.load)
-            info = ModelInfo(name, self.source.version, runtime.inputs, runtime.outputs)
+            info = ModelInfo(
+                name,
+                self.source.version,
+                runtime.inputs,
+                runtime.outputs,
+                max_elements=self.settings.max_tensor_elements,
+            )
             rows = self.settings.max_batch_size if info.batchable else 1
             await asyncio.to_thread(warm_up, runtime, info, rows)
             batcher = Batcher(

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 
 from ondeck_server.app import OndeckApp, create_app
+from ondeck_server.connections import protocol_class
 from ondeck_server.settings import ServeSettings
 
 log = logging.getLogger("ondeck.server")
@@ -37,7 +38,7 @@ def run(settings: ServeSettings) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        http=protocol_class(header_timeout=settings.header_timeout),
         loop="uvloop",
         lifespan="on",
         access_log=False,
@@ -45,8 +46,9 @@ def run(settings: ServeSettings) -> int:
         # Client addresses are not used: skip uvicorn's X-Forwarded-For middleware.
         proxy_headers=False,
         timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
-        # Bounded memory: past this many connections + tasks uvicorn answers 503 itself.
-        limit_concurrency=max(1024, 4 * settings.max_queue),
+        # Bounded memory: past this many connections + tasks uvicorn answers 503 itself
+        # (idle connections are closed first and probes skip it: connections.py).
+        limit_concurrency=settings.max_connections,
         log_config=None,
     )
     OndeckServer(config, app).run()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ondeck_server.runtime import TensorSpec
+from ondeck_server.settings import DEFAULT_MAX_TENSOR_ELEMENTS
 
 PLATFORM = "onnxruntime_onnx"
 
@@ -27,6 +28,8 @@ class ModelInfo:
     version: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: bound on any input dimension and on the elements of any input or output (limits.py)
+    max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
     by_input: dict[str, TensorSpec] = field(init=False)
     by_output: dict[str, TensorSpec] = field(init=False)
     #: requests can be concatenated along axis 0 and the outputs split back

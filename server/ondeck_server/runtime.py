@@ -29,6 +29,8 @@ class TensorSpec:
     name: str
     datatype: Datatype
     shape: tuple[int, ...]
+    #: the symbolic name of each dynamic dimension ("batch", "sequence"), where known
+    dim_names: tuple[str | None, ...] = ()
 
     @property
     def dtype(self) -> np.dtype:
@@ -96,7 +98,9 @@ class OnnxRuntime:
                 f"model {kind} {name!r} is a {type_string}, which the V2 protocol cannot carry;"
                 " convert the model with plain tensor outputs (for scikit-learn: zipmap off)"
             )
-        return TensorSpec(name, datatype, _dims(value.shape))  # type: ignore[attr-defined]
+        shape = value.shape  # type: ignore[attr-defined]
+        names = tuple(d if isinstance(d, str) and d else None for d in shape)
+        return TensorSpec(name, datatype, _dims(shape), names)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:

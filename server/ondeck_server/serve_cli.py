@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ondeck_server.settings import FLAGS, ServeSettings
+from ondeck_server.settings import DEFAULT_MAX_TENSOR_ELEMENTS, FLAGS, ServeSettings
 
 _HELP = {name: field.description or "" for name, field in ServeSettings.model_fields.items()}
 
@@ -47,6 +47,11 @@ def serve(
     max_body_bytes: Annotated[int, _option("max_body_bytes")] = 64 * 1024 * 1024,
     max_queue: Annotated[int, _option("max_queue")] = 256,
     drain_timeout: Annotated[float, _option("drain_timeout")] = 30.0,
+    max_tensor_elements: Annotated[
+        int, _option("max_tensor_elements")
+    ] = DEFAULT_MAX_TENSOR_ELEMENTS,
+    header_timeout: Annotated[float, _option("header_timeout")] = 10.0,
+    max_connections: Annotated[int, _option("max_connections")] = 1024,
     model_cache: Annotated[
         Path | None,
         typer.Option(
@@ -85,6 +90,9 @@ def serve(
         "max_body_bytes": max_body_bytes,
         "max_queue": max_queue,
         "drain_timeout": drain_timeout,
+        "max_tensor_elements": max_tensor_elements,
+        "header_timeout": header_timeout,
+        "max_connections": max_connections,
     }
     try:
         settings = ServeSettings.model_validate(values)

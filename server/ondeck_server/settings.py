@@ -28,7 +28,14 @@ FLAGS: dict[str, tuple[str, str]] = {
     "max_body_bytes": ("--max-body-bytes", "ONDECK_MAX_BODY_BYTES"),
     "max_queue": ("--max-queue", "ONDECK_MAX_QUEUE"),
     "drain_timeout": ("--drain-timeout", "ONDECK_DRAIN_TIMEOUT"),
+    "max_tensor_elements": ("--max-tensor-elements", "ONDECK_MAX_TENSOR_ELEMENTS"),
+    "header_timeout": ("--header-timeout", "ONDECK_HEADER_TIMEOUT"),
+    "max_connections": ("--max-connections", "ONDECK_MAX_CONNECTIONS"),
 }
+
+#: Default bound on the elements of any one input, and of any output the model would
+#: make from a request (2^26: 256 MiB of float32); past it a request gets 400.
+DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 26
 
 
 class ServeSettings(BaseModel):
@@ -67,6 +74,26 @@ class ServeSettings(BaseModel):
     )
     drain_timeout: float = Field(
         default=30.0, ge=0.0, le=3600.0, description="SIGTERM: seconds to finish in-flight work"
+    )
+    max_tensor_elements: int = Field(
+        default=DEFAULT_MAX_TENSOR_ELEMENTS,
+        ge=1,
+        le=1 << 40,
+        description="largest element count of any input dimension, input, or output the"
+        " model would produce for a request; 400 past it",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds a connection may take to send a request's headers; closed past it",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=2,
+        le=1_000_000,
+        description="open connections (and requests in progress) before idle connections are"
+        " closed and new requests get 503; probes are always answered",
     )
 
     @field_validator("name")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ondeck_server import limits
 from ondeck_server.errors import InvalidInput
 from ondeck_server.model import ModelInfo
 from ondeck_server.runtime import Arrays
@@ -56,6 +57,8 @@ def decode_request(body: bytes, *, model: ModelInfo) -> tuple[Arrays, int]:
         raise InvalidInput(
             f"this model takes exactly {spec.shape[0]} instance(s) per request; got {shape[0]}"
         )
+    limits.check_input_shape(spec.name, shape, model.max_elements)
+    limits.check_output_sizes(model.inputs, model.outputs, {spec.name: shape}, model.max_elements)
     count = int(np.prod(shape))
     array = array_from_json(raw, spec=spec, shape=shape, count=count)
     return {spec.name: array}, shape[0]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ondeck_server import datatypes
+from ondeck_server import datatypes, limits
 from ondeck_server.datatypes import Datatype
 from ondeck_server.errors import InvalidInput
 from ondeck_server.model import ModelInfo
@@ -110,6 +110,9 @@ def decode_request(body: bytes, *, header_length: int | None, model: ModelInfo) 
             f"missing {noun} {', '.join(absent)}; the model's inputs are {model.input_names}"
         )
 
+    limits.check_output_sizes(
+        model.inputs, model.outputs, {n: a.shape for n, a in arrays.items()}, model.max_elements
+    )
     rows = _rows(arrays) if model.batchable else 1
     outputs, binary_outputs = _requested_outputs(doc.get("outputs"), model, binary_default)
     return InferRequest(request_id, arrays, rows, outputs, binary_outputs)
@@ -164,6 +167,7 @@ def _decode_input(
             f"input {name!r} has shape {shape_text(shape)} but the model expects"
             f" {shape_text(spec.shape)} (-1: any size)"
         )
+    limits.check_input_shape(name, shape, model.max_elements)
     count = math.prod(shape)
     parameters = _object(entry.get("parameters"), f"input {name!r}: 'parameters'")
     size = parameters.get("binary_data_size")

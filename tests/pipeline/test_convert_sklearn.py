@@ -90,10 +90,82 @@ def test_skops_with_foreign_types_is_refused(tmp_path: Path, store: Path) -> Non
     with pytest.raises(UnsafeModel) as info:
         convert(ConvertRequest(source=str(path), store=store))
     assert info.value.message == (
-        "custom.skops names types outside scikit-learn: _operator.neg; loading them could run "
-        "code. Check them and pass --allow-unsafe-pickle (spec.model.allowUnsafePickle) if "
-        "you trust the file"
+        "custom.skops names types that are not known-safe scikit-learn or numpy classes:"
+        " _operator.neg; loading them could run code. Check them and pass"
+        " --allow-unsafe-pickle (spec.model.allowUnsafePickle) if you trust the file"
     )
+
+
+def _hostile_skops(path: Path, command: list[str]) -> Path:
+    """A skops file whose root node calls a function re-exported by a scikit-learn module
+    (sklearn.utils._testing.check_output is subprocess.check_output) with `command`."""
+    import io
+    import json
+    import zipfile
+
+    import skops.io as sio
+
+    with zipfile.ZipFile(io.BytesIO(sio.dumps((command,)))) as z:
+        args = json.loads(z.read("schema.json"))
+    schema = {
+        "__class__": "check_output",
+        "__module__": "sklearn.utils._testing",
+        "__loader__": "ConstructorFromReduceNode",
+        "content": args,
+        "protocol": args["protocol"],
+        "_skops_version": args["_skops_version"],
+    }
+    for key in ("protocol", "_skops_version"):
+        args.pop(key, None)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("schema.json", json.dumps(schema))
+    return path
+
+
+def test_skops_naming_a_function_in_a_sklearn_module_is_refused_and_never_run(
+    tmp_path: Path, store: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    path = _hostile_skops(tmp_path / "evil.skops", ["sh", "-c", f"id > {marker}"])
+    with pytest.raises(UnsafeModel) as info:
+        convert(ConvertRequest(source=str(path), store=store))
+    assert "sklearn.utils._testing.check_output" in info.value.message
+    assert not marker.exists()
+    assert_nothing_published(store)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("left_child", 10**9), ("right_child", 0), ("feature", 999)],
+)
+def test_skops_tree_with_out_of_range_nodes_is_refused(
+    tmp_path: Path, store: Path, field: str, value: int
+) -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = models.iris()
+    model = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y)
+    state = model.tree_.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes[field][0] = value
+    state["nodes"] = nodes
+    model.tree_.__setstate__(state)
+    path = models.save_skops(model, tmp_path / "tree.skops")
+    with pytest.raises(UnsafeModel) as info:
+        convert(ConvertRequest(source=str(path), store=store))
+    assert "out-of-range child or feature index at node 0" in info.value.message
+    assert_nothing_published(store)
+
+
+def test_skops_tree_model_still_converts(tmp_path: Path, store: Path) -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = models.iris()
+    model = DecisionTreeClassifier(max_depth=4, random_state=0).fit(x, y)
+    path = models.save_skops(model, tmp_path / "tree.skops")
+    outcome = convert(ConvertRequest(source=str(path), store=store))
+    (label, _) = onnx_answers(outcome.path / artifact.MODEL_FILE, {"input": x})
+    assert np.array_equal(label, model.predict(x))
 
 
 def test_declared_inputs_must_match_the_features(sources: Sources, store: Path) -> None:

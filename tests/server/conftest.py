@@ -30,6 +30,7 @@ class ServerProcess:
         *,
         log: Path,
         env: dict[str, str] | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.log = log
         self._log_file = log.open("wb")
@@ -38,6 +39,9 @@ class ServerProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            # A cap on address space: a regression that allocates without bound then
+            # fails inside the server instead of OOM-killing the test machine.
+            preexec_fn=(lambda: _limit_memory(memory_limit)) if memory_limit else None,
         )
         self.url = ""
 
@@ -82,6 +86,12 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def _limit_memory(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every model of tests/modelzoo.py, built once."""
@@ -98,13 +108,20 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     started: list[ServerProcess] = []
     logs = tmp_path_factory.mktemp("server-logs")
 
-    def start(model: Path | None, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    def start(
+        model: Path | None,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        memory_limit: int | None = None,
+    ) -> ServerProcess:
         args = (["--model", str(model)] if model is not None else []) + list(flags)
         if "--host" not in flags and not (env and "ONDECK_HOST" in env):
             args += ["--host", "127.0.0.1"]
         if "--port" not in flags and not (env and "ONDECK_PORT" in env):
             args += ["--port", "0"]
-        server = ServerProcess(args, log=logs / f"server-{len(started)}.log", env=env)
+        server = ServerProcess(
+            args, log=logs / f"server-{len(started)}.log", env=env, memory_limit=memory_limit
+        )
         started.append(server)
         return server
 

@@ -4,10 +4,15 @@ with skl2onnx. Input types come from `--inputs` (one input, `[-1, n_features]`) 
 the model's `n_features_in_`. Classifiers are converted with ZipMap off, so their outputs
 are plain tensors (`label`, `probabilities`) a V2 client can read.
 
-skops policy: types from scikit-learn's own modules (e.g. `sklearn.tree._tree.Tree`, which
-skops does not trust by default) and numpy scalar types are trusted; any other type the
-file names (a function, a third-party class) is refused unless `--allow-unsafe-pickle`.
-This module does not optimize or quantize.
+skops policy: what skops itself trusts (every scikit-learn estimator class, numpy and
+scipy basics), plus exactly the extra type names in `EXTRA_TRUSTED`, never a prefix: a
+scikit-learn module also re-exports plain functions (`sklearn.utils._testing` holds
+`subprocess.check_output`), and a file that names one as a constructor runs it.
+`sklearn.tree._tree.Tree`, which skops leaves untrusted because scikit-learn indexes its
+node array without bounds checks, is trusted only after `check_trees` has proved every
+child and feature index in range and every child after its parent (no cycles). Anything
+else (a function, a third-party class, HistGradientBoosting's TreePredictor) is refused
+unless `--allow-unsafe-pickle`. This module does not optimize or quantize.
 """
 
 from __future__ import annotations
@@ -38,10 +43,74 @@ _NUMPY_SAFE = {
 }
 
 
+#: Type names trusted beyond skops' own list; exact names only.
+TREE_TYPE = "sklearn.tree._tree.Tree"
+EXTRA_TRUSTED = frozenset({TREE_TYPE, *_NUMPY_SAFE})
+
+
 def trusted_skops_types(untrusted: list[str]) -> tuple[list[str], list[str]]:
     """Split skops' untrusted type names into (trusted by policy, refused)."""
-    ok = [t for t in untrusted if t.startswith("sklearn.") or t in _NUMPY_SAFE]
+    ok = [t for t in untrusted if t in EXTRA_TRUSTED]
     return ok, [t for t in untrusted if t not in ok]
+
+
+def check_trees(model: Any, name: str) -> None:
+    """Refuse a loaded model holding a decision tree whose node array could make
+    scikit-learn read out of bounds or loop: node_count past the allocated nodes, a child
+    index outside the tree or not after its parent, a feature index outside the model's
+    features. Called before the model is used at all."""
+    from sklearn.tree._tree import Tree
+
+    for owner, tree in _find(model, Tree):
+        node_count, capacity = int(tree.node_count), int(tree.capacity)
+        if not 0 < node_count <= capacity:
+            raise UnsafeModel(
+                f"{name}: a decision tree says it has {node_count} nodes but holds"
+                f" {capacity}; the file is corrupt or crafted"
+            )
+        left = np.asarray(tree.children_left)
+        right = np.asarray(tree.children_right)
+        feature = np.asarray(tree.feature)
+        index = np.arange(node_count)
+        leaf = left == -1
+        n_features = int(tree.n_features)
+        expected = getattr(owner, "n_features_in_", n_features)
+        bad = (
+            (leaf & (right != -1))
+            | (~leaf & ((left <= index) | (left >= node_count)))
+            | (~leaf & ((right <= index) | (right >= node_count)))
+            | (~leaf & ((feature < 0) | (feature >= n_features)))
+        )
+        if n_features > int(expected) or bad.any():
+            first = int(np.argmax(bad)) if bad.any() else 0
+            raise UnsafeModel(
+                f"{name}: a decision tree has an out-of-range child or feature index at"
+                f" node {first}; the file is corrupt or crafted, refusing to use it"
+            )
+
+
+def _find(root: Any, kind: type, depth: int = 0) -> list[tuple[Any, Any]]:
+    """(owner, object) pairs for every `kind` reachable through estimator attributes."""
+    found: list[tuple[Any, Any]] = []
+    if depth > 12:
+        return found
+    children: list[Any]
+    if isinstance(root, dict):
+        children = list(root.values())
+    elif isinstance(root, list | tuple):
+        children = list(root)
+    elif isinstance(root, np.ndarray) and root.dtype == object:
+        children = list(root.reshape(-1))
+    elif hasattr(root, "__dict__"):
+        children = list(vars(root).values())
+    else:
+        return found
+    for child in children:
+        if isinstance(child, kind):
+            found.append((root, child))
+        else:
+            found.extend(_find(child, kind, depth + 1))
+    return found
 
 
 def load_sklearn(path: Path, *, kind: SourceKind, allow_unsafe_pickle: bool) -> Any:
@@ -80,11 +149,15 @@ def _load_skops(path: Path, *, allow_unsafe: bool) -> Any:
         trusted, refused = trusted_skops_types(untrusted)
         if refused and not allow_unsafe:
             raise UnsafeModel(
-                f"{path.name} names types outside scikit-learn: {', '.join(refused[:5])}; "
-                "loading them could run code. Check them and pass --allow-unsafe-pickle "
-                "(spec.model.allowUnsafePickle) if you trust the file"
+                f"{path.name} names types that are not known-safe scikit-learn or numpy"
+                f" classes: {', '.join(refused[:5])}; loading them could run code. Check them"
+                " and pass --allow-unsafe-pickle (spec.model.allowUnsafePickle) if you trust"
+                " the file"
             )
-        return sio.load(path, trusted=trusted + refused)
+        model = sio.load(path, trusted=trusted + refused)
+        if not allow_unsafe:
+            check_trees(model, path.name)
+        return model
     except UnsafeModel:
         raise
     except Exception as exc:  # skops raises zipfile, json and its own errors
