@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ondeck_server import artifact  # noqa: E402
-from ondeck_server.pipeline import (  # noqa: E402
+from ondeck_server.convert import (  # noqa: E402
     ConvertRequest,
     PipelineError,
     Quantize,

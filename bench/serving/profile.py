@@ -29,11 +29,13 @@ import run  # noqa: E402
 # First matching rule wins; a sample's bucket is decided by its innermost frames.
 BUCKETS = [
     ("onnxruntime run", ("Session.run", "OnnxRuntime.run")),
-    ("codec: JSON/binary <-> numpy", ("ondeck_server/v2.py", "ondeck_server/v1.py", "orjson")),
+    ("codec: JSON/binary <-> numpy",
+     ("ondeck_server/serve/v2.py", "ondeck_server/serve/v1.py", "orjson")),
     ("batcher + worker-thread handoff",
      ("batching.py", "concurrent/futures", "threading.py", "_chain_future", "futures.py")),
     ("ondeck app shell (routing, metrics, send)",
-     ("ondeck_server/app.py", "prometheus_client", "metrics.py")),
+     ("ondeck_server/serve/asgi.py", "ondeck_server/serve/routes.py", "prometheus_client",
+      "metrics.py")),
     ("uvicorn HTTP protocol (httptools)", ("uvicorn/protocols",)),
     ("event loop (uvloop: sockets, callbacks)", ("asyncio/runners.py", "uvloop", "Runner.run")),
 ]  # fmt: skip

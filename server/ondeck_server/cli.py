@@ -18,7 +18,8 @@ app = typer.Typer(
 def _register() -> None:
     # The list is the whole CLI surface; each module keeps its heavy imports inside its
     # commands, so importing them here stays cheap.
-    from ondeck_server import convert_cli, serve_cli
+    from ondeck_server.convert import cli as convert_cli
+    from ondeck_server.serve import cli as serve_cli
 
     for module in (serve_cli, convert_cli):
         module.register(app)

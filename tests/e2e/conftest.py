@@ -167,3 +167,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+# ------------------------------------------------------------------ a real node
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A control plane on a bridge the test creates plus a real node (node.py) running the
+    images built from the repo's Dockerfiles. Skips naming what is missing (root, docker,
+    containerd, CNI plugins, go); in CI (CI=true) a missing piece fails instead."""
+    from images.tools import build_images, docker_problem, in_ci
+    from node import RealCluster, bridge_network, node_binaries, node_problem, start_node
+
+    problem = node_problem() or docker_problem()
+    if problem is None:
+        try:
+            plane_binaries = control_plane_binaries()
+        except MissingBinaryError as exc:
+            problem = str(exc)
+    if problem is not None:
+        if in_ci():
+            pytest.fail(f"CI=true but a real node needs {problem}", pytrace=False)
+        pytest.skip(f"a real node needs {problem}")
+    images = build_images()
+    binaries = node_binaries()
+    workdir = tmp_path_factory.mktemp("real-node")
+    with bridge_network() as net:
+        plane = start_control_plane(
+            workdir / "control-plane", binaries=plane_binaries, address=net.gateway
+        )
+        try:
+            node = start_node(
+                workdir / "node",
+                plane,
+                net,
+                images=[images.server, images.converter, images.operator],
+                sandbox_image=images.pause,
+                binaries=binaries,
+            )
+            try:
+                yield RealCluster(plane=plane, node=node, images=images)
+            finally:
+                node.stop()
+        finally:
+            plane.stop()

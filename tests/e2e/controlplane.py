@@ -349,8 +349,13 @@ def start_control_plane(
     binaries: Path | None = None,
     audit: bool = False,
     timeout: float = 120.0,
+    address: str = "127.0.0.1",
 ) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager under `workdir`; wait until ready.
+
+    The API server listens on `address` only (loopback unless given, e.g. the bridge address
+    of a real node, so pods reach it through the `kubernetes` Service); etcd always stays
+    on loopback.
 
     With `audit=True` the API server writes an audit log (Metadata level, ServiceAccount
     requests only) to `workdir/audit.log`, which benchmarks use to count API requests.
@@ -367,6 +372,7 @@ def start_control_plane(
         issuer=ca,
         server_names=[
             "127.0.0.1",
+            *([address] if address != "127.0.0.1" else []),
             "localhost",
             "10.96.0.1",
             "kubernetes",
@@ -398,7 +404,7 @@ def start_control_plane(
     )
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_port}"
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{address}:{api_port}"
     processes: list[_Process] = []
     plane = ControlPlane(
         workdir=workdir,
@@ -446,8 +452,10 @@ def start_control_plane(
         apiserver = [
             str(binaries / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
+            # `kubectl logs/exec` reach a kubelet by the node's InternalIP (no node DNS here).
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--secure-port={api_port}",
             f"--tls-cert-file={serving_cert}",
             f"--tls-private-key-file={serving_key}",

@@ -244,7 +244,7 @@ def assert_nothing_published(store: Path) -> None:
 
 def store_entries(store: Path) -> list[str]:
     """What a store holds, without its lock file (which is not content)."""
-    from ondeck_server.pipeline.store import LOCK_FILE
+    from ondeck_server.convert.store import LOCK_FILE
 
     if not store.exists():
         return []

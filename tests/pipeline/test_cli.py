@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ondeck_server.convert_cli import fit_termination_log
+from ondeck_server.convert.cli import fit_termination_log
 from pipeline.conftest import Sources, store_entries
 
 SUMMARY_KEYS = {

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from ondeck_server import artifact
-from ondeck_server.pipeline import (
+from ondeck_server.convert import (
     ConversionFailed,
     ConvertRequest,
     Format,
     UnsupportedFormat,
     convert,
 )
-from ondeck_server.pipeline.fetch import FetchSettings
+from ondeck_server.convert.fetch import FetchSettings
 from pipeline.conftest import S3, Sources, assert_nothing_published, onnx_answers
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ondeck_server import artifact
-from ondeck_server.pipeline import (
+from ondeck_server.convert import (
     ConvertRequest,
     InvalidSettings,
     UnsafeModel,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ondeck_server.pipeline.errors import ChecksumMismatch, FetchFailed, InvalidSettings
-from ondeck_server.pipeline.fetch import (
+from ondeck_server.convert.errors import ChecksumMismatch, FetchFailed, InvalidSettings
+from ondeck_server.convert.fetch import (
     Fetched,
     FetchSettings,
     fetch,

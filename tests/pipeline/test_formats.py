@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ondeck_server.pipeline.errors import UnsupportedFormat
-from ondeck_server.pipeline.formats import Format, SourceKind, infer_kind
+from ondeck_server.convert.errors import UnsupportedFormat
+from ondeck_server.convert.formats import Format, SourceKind, infer_kind
 from pipeline.conftest import Sources
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ondeck_server.pipeline.errors import InvalidSettings
-from ondeck_server.pipeline.inputs_spec import DType, InputSpec, parse_inputs, render_inputs
+from ondeck_server.convert.errors import InvalidSettings
+from ondeck_server.convert.inputs_spec import DType, InputSpec, parse_inputs, render_inputs
 
 
 def test_one_and_many_entries() -> None:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from ondeck_server import artifact
-from ondeck_server.pipeline import ConvertRequest, OptimizationLevel, convert
+from ondeck_server.convert import ConvertRequest, OptimizationLevel, convert
 from pipeline import models
 from pipeline.conftest import Sources, onnx_answers, store_entries
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from ondeck_server import artifact
-from ondeck_server.pipeline import (
+from ondeck_server.convert import (
     ConvertRequest,
     InvalidSettings,
     Quantize,
@@ -18,7 +18,7 @@ from ondeck_server.pipeline import (
     convert,
     parse_inputs,
 )
-from ondeck_server.pipeline.quantize import gemm_to_matmul
+from ondeck_server.convert.quantize import gemm_to_matmul
 from pipeline import models
 from pipeline.conftest import Sources, assert_nothing_published, onnx_answers
 

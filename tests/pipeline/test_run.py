@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ondeck_server import artifact
-from ondeck_server.pipeline import ConvertRequest, Quantize, StoreFailed, convert
-from ondeck_server.pipeline.store import LOCK_FILE, clean_stale, locked
+from ondeck_server.convert import ConvertRequest, Quantize, StoreFailed, convert
+from ondeck_server.convert.store import LOCK_FILE, clean_stale, locked
 from pipeline.conftest import Sources, store_entries
 
 

@@ -35,9 +35,9 @@ def convert_cli(*args: str) -> dict[str, object]:
 def serve(tmp_path: Path) -> Iterator[object]:
     """`serve(model_path) -> base URL` of a ready server; stopped after the test."""
     try:
-        import ondeck_server.serve_cli  # noqa: F401
+        import ondeck_server.serve.cli  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"needs ondeck-server serve (ondeck_server.serve_cli): {exc}")
+        pytest.skip(f"needs ondeck-server serve (ondeck_server.serve.cli): {exc}")
     servers = ServeProcesses(tmp_path)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
 

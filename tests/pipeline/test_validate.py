@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ondeck_server.pipeline.errors import InvalidSettings, ValidationFailed
-from ondeck_server.pipeline.inputs_spec import parse_inputs
-from ondeck_server.pipeline.validate import (
+from ondeck_server.convert.errors import InvalidSettings, ValidationFailed
+from ondeck_server.convert.inputs_spec import parse_inputs
+from ondeck_server.convert.validate import (
     Thresholds,
     compare_output,
     judge,

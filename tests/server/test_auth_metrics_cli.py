@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import modelzoo
-from ondeck_server.settings import FLAGS, ServeSettings
+from ondeck_server.serve.settings import FLAGS, ServeSettings
 from server.v2client import assert_same, decode_response, json_request
 
 UNAUTHORIZED = {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"}

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import modelzoo
-from ondeck_server import errors
-from ondeck_server.batching import Batcher
-from ondeck_server.datatypes import Datatype
-from ondeck_server.errors import InvalidInput, Overloaded
-from ondeck_server.runtime import FunctionRuntime, TensorSpec
+from ondeck_server.serve import errors
+from ondeck_server.serve.batching import Batcher
+from ondeck_server.serve.datatypes import Datatype
+from ondeck_server.serve.errors import InvalidInput, Overloaded
+from ondeck_server.serve.runtime import FunctionRuntime, TensorSpec
 from server.v2client import assert_same, binary_request, decode_response, json_request
 
 SPEC_IN = (TensorSpec("x", Datatype.FP32, (-1, 2)),)

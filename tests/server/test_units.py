@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ondeck_server import errors, threads, v2
-from ondeck_server.datatypes import Datatype
-from ondeck_server.model import ModelInfo
-from ondeck_server.runtime import TensorSpec
-from ondeck_server.settings import ServeSettings, model_name_for
+from ondeck_server.serve import errors, threads, v2
+from ondeck_server.serve.datatypes import Datatype
+from ondeck_server.serve.model import ModelInfo
+from ondeck_server.serve.runtime import TensorSpec
+from ondeck_server.serve.settings import ServeSettings, model_name_for
 
 
 @pytest.mark.parametrize(
@@ -142,10 +142,10 @@ def test_importing_the_server_is_light() -> None:
     import sys
 
     code = (
-        "import sys, ondeck_server.app, ondeck_server.serve_cli, ondeck_server.cli;"
+        "import sys, ondeck_server.serve.app, ondeck_server.serve.cli, ondeck_server.cli;"
         "print(sorted({m.split('.')[0] if not m.startswith('ondeck_server') else m"
         " for m in sys.modules} & {'torch', 'onnxruntime', 'uvicorn', 'sklearn',"
-        " 'ondeck_server.pipeline'}))"
+        " 'ondeck_server.convert'}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -1,4 +1,4 @@
-"""Static checks of Dockerfile.operator and Dockerfile.server (no Docker engine runs here).
+"""Static checks of the Dockerfiles (tests/shipping/test_images.py builds and runs them).
 
 Each Dockerfile is parsed into stages and instructions; the tests assert what a review
 would: an exact-version slim base, no `latest`, a non-root numeric USER in the final
@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {
     "Dockerfile.operator": {"entrypoint": "ondeck", "extras": {"operator"}},
     "Dockerfile.server": {"entrypoint": "ondeck-server", "extras": {"server"}},
+    "Dockerfile.converter": {"entrypoint": "ondeck-server", "extras": {"server", "converters"}},
+}
+#: build args that change what an image installs: {Dockerfile: {(ARG, value): extras}}.
+VARIANTS: dict[str, dict[tuple[str, str], set[str]]] = {
+    "Dockerfile.converter": {("PYTORCH", "0"): {"server", "sklearn"}},
 }
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|make|build-essential|git|curl|wget|cmake)\b")
 EXACT_SLIM_PYTHON = re.compile(r"^python:3\.\d+\.\d+-slim-[a-z]+$")
@@ -172,8 +177,8 @@ def test_entrypoint_is_a_console_script_of_the_wheel(
     assert isinstance(cmd, list)
 
 
-def _installed_extras(dockerfile: Dockerfile, *, converters: str) -> set[str]:
-    """The extras of the build stage's `pip install "${wheel}[...]"` for a CONVERTERS value.
+def _installed_extras(dockerfile: Dockerfile, *, args: dict[str, str]) -> set[str]:
+    """The extras of the build stage's `pip install "${wheel}[...]"` for these build args.
 
     When the extras come from a shell variable, the Dockerfile's own assignments to it run
     in bash with the build arg set, so the test reads what the build would install.
@@ -190,7 +195,7 @@ def _installed_extras(dockerfile: Dockerfile, *, converters: str) -> set[str]:
     )
     done = subprocess.run(
         ["bash", "-euc", script],
-        env={"CONVERTERS": converters, "PATH": "/usr/bin:/bin"},
+        env={**args, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=30,
@@ -204,12 +209,14 @@ def test_each_image_installs_only_its_extras(name: str) -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     known = set(pyproject["project"]["optional-dependencies"])
     dockerfile = parse(ROOT / name)
-    default = _installed_extras(dockerfile, converters="0")
+    declared = dict(a.partition("=")[::2] for a in dockerfile.stages[0].all("ARG"))
+    default = _installed_extras(dockerfile, args=declared)
     assert default == IMAGES[name]["extras"]
     assert default <= known
-    if name == "Dockerfile.server":
-        assert _installed_extras(dockerfile, converters="1") == {"server", "converters"}
-        assert "CONVERTERS=0" in dockerfile.stages[0].all("ARG")
+    for (arg, value), extras in VARIANTS.get(name, {}).items():
+        assert arg in declared, f"{name}: no ARG {arg}"
+        assert _installed_extras(dockerfile, args={**declared, arg: value}) == extras
+        assert extras <= known
 
 
 def test_dockerignore_keeps_the_build_context_to_the_wheel_sources() -> None:

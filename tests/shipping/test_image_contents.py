@@ -193,7 +193,7 @@ def test_server_image_serves_and_converts_onnx_without_the_converters(
     done = _run_in_image(
         "server",
         root=sites,
-        imports=["ondeck_server.app", "ondeck_server.serve_cli", "ondeck_server.convert_cli"],
+        imports=["ondeck_server.serve.app", "ondeck_server.serve.cli", "ondeck_server.convert.cli"],
         main=(
             "ondeck-server",
             "ondeck_server",

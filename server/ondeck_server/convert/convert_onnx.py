@@ -1,0 +1,65 @@
+"""ONNX sources: check the model (onnx.checker, shape inference) and write it as the FP32
+model of the pipeline. External data files next to the model are loaded with it and
+written back together (one `.data` file when the model is over protobuf's 2 GB limit).
+
+The FP32 ONNX model itself is the validation reference for ONNX sources. This module
+does not optimize or quantize.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ondeck_server.convert import onnx_tools
+from ondeck_server.convert.converted import Converted
+from ondeck_server.convert.errors import ConversionFailed, UnsupportedFormat
+from ondeck_server.convert.inputs_spec import DType, InputSpec
+
+_DTYPE_OF_V2 = {d.v2: d for d in DType}
+
+
+def convert_onnx(path: Path, *, out: Path) -> Converted:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    name = path.name
+    try:
+        model = onnx.load_model(str(path), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ConversionFailed(
+            f"{name} is not a valid ONNX model ({_first_line(exc)}); check that the upload "
+            "is complete and pin it with --sha256"
+        ) from None
+    except FileNotFoundError as exc:
+        raise ConversionFailed(
+            f"{name} refers to external data {Path(exc.filename or '?').name} that is not "
+            "next to it; keep the model and its data files in the same folder"
+        ) from None
+    if len(model.graph.node) == 0:
+        raise ConversionFailed(f"{name} parses but has an empty graph; it is not a usable model")
+    try:
+        if model.ByteSize() <= onnx_tools.LARGE_BYTES:
+            onnx.checker.check_model(model, full_check=False)
+            model = onnx.shape_inference.infer_shapes(model, check_type=True)
+        else:
+            onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ConversionFailed(
+            f"{name} fails the ONNX checker: {_first_line(exc)}; re-export it with a "
+            "supported opset"
+        ) from None
+    onnx_tools.save(model, out)
+    inputs, _ = onnx_tools.io_info(out)
+    unsupported = [f"{t.name} ({t.datatype})" for t in inputs if t.datatype not in _DTYPE_OF_V2]
+    if unsupported:
+        raise UnsupportedFormat(
+            f"{name} has inputs of types ondeck cannot validate: {', '.join(unsupported)}; "
+            f"supported input types: {', '.join(sorted(_DTYPE_OF_V2))}"
+        )
+    specs = [InputSpec(name=t.name, dtype=_DTYPE_OF_V2[t.datatype], shape=t.shape) for t in inputs]
+    return Converted(onnx_path=out, inputs=specs, reference=None, reference_name="onnx-fp32")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

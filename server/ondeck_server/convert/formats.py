@@ -1,0 +1,144 @@
+"""Which kind of model file is this? Format inference from the file's bytes.
+
+Zip archives are told apart by their members (skops: `schema.json`; TorchScript:
+`<name>/code/`; `torch.export`: `<name>/archive_format`; a plain `torch.save` pickle:
+`<name>/data.pkl` only), pickles by their first opcode, ONNX by parsing the protobuf.
+This module only reads the file; it loads nothing and converts nothing.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from enum import StrEnum
+from pathlib import Path
+
+from ondeck_server.convert.errors import UnsupportedFormat
+
+
+class Format(StrEnum):
+    """The `--format` values (the framework a model comes from)."""
+
+    ONNX = "onnx"
+    PYTORCH = "pytorch"
+    SKLEARN = "sklearn"
+
+
+class SourceKind(StrEnum):
+    """The file kind within a format: what loader to use."""
+
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    TORCH_EXPORT = "torch-export"
+    SKOPS = "skops"
+    PICKLE = "pickle"
+
+    @property
+    def framework(self) -> Format:
+        return _FORMAT_OF[self]
+
+
+_FORMAT_OF = {
+    SourceKind.ONNX: Format.ONNX,
+    SourceKind.TORCHSCRIPT: Format.PYTORCH,
+    SourceKind.TORCH_EXPORT: Format.PYTORCH,
+    SourceKind.SKOPS: Format.SKLEARN,
+    SourceKind.PICKLE: Format.SKLEARN,
+}
+_PICKLE_EXT = {".pkl", ".pickle", ".joblib"}
+_TORCH_EXT = {".pt", ".pth", ".pt2", ".torchscript", ".ts"}
+# joblib's compressors: zlib, gzip, bz2, lzma/xz.
+_COMPRESSED = (b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00")
+_HELP = (
+    "give an ONNX model (.onnx), a TorchScript (torch.jit.save) or torch.export (.pt2) "
+    "file, or a scikit-learn model saved with skops (.skops) or joblib/pickle"
+)
+
+
+def infer_kind(
+    path: Path, *, declared: Format | None = None, name: str | None = None
+) -> SourceKind:
+    """The kind of model in `path`; `name` is the original file name (for its suffix).
+
+    Raises UnsupportedFormat when the file is none of the known kinds, or a different
+    format than `declared`.
+    """
+    suffix = Path(name or path.name).suffix.lower()
+    detected = _detect(path, suffix)
+    if detected is None:
+        if declared is not None and _looks_like(declared, suffix):
+            # The user said what it is and the name agrees: let the loader report the damage.
+            return _default_kind(declared, suffix)
+        hint = f" (--format {declared.value} was given)" if declared else ""
+        raise UnsupportedFormat(
+            f"{name or path.name} is not a model file ondeck reads{hint}; {_HELP}"
+        )
+    if declared is not None and detected.framework is not declared:
+        raise UnsupportedFormat(
+            f"{name or path.name} is a {detected.framework.value} model ({detected.value}), but "
+            f"--format {declared.value} was given; fix spec.model.format or leave it out"
+        )
+    return detected
+
+
+def _detect(path: Path, suffix: str) -> SourceKind | None:
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        return _detect_zip(path)
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return SourceKind.PICKLE
+    if suffix in _PICKLE_EXT and head.startswith(_COMPRESSED):
+        return SourceKind.PICKLE
+    if suffix == ".onnx" or _parses_as_onnx(path):
+        return SourceKind.ONNX
+    return None
+
+
+def _detect_zip(path: Path) -> SourceKind | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return None
+    if "schema.json" in names:
+        return SourceKind.SKOPS
+    if any(n.endswith("/archive_format") for n in names):
+        return SourceKind.TORCH_EXPORT
+    if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
+        return SourceKind.TORCHSCRIPT
+    if any(n.endswith("/data.pkl") for n in names):
+        raise UnsupportedFormat(
+            f"{path.name} is a torch.save pickle of a Python module, which needs its source "
+            "code to load; save the model with torch.jit.save(torch.jit.script(model)) or "
+            "torch.export.save(torch.export.export(model, example_args))"
+        )
+    return None
+
+
+def _parses_as_onnx(path: Path) -> bool:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if path.stat().st_size > 2**31 - 1:
+        return False
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError, RuntimeError):
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def _looks_like(fmt: Format, suffix: str) -> bool:
+    if fmt is Format.ONNX:
+        return suffix == ".onnx"
+    if fmt is Format.PYTORCH:
+        return suffix in _TORCH_EXT
+    return suffix in _PICKLE_EXT or suffix == ".skops"
+
+
+def _default_kind(fmt: Format, suffix: str) -> SourceKind:
+    if fmt is Format.ONNX:
+        return SourceKind.ONNX
+    if fmt is Format.PYTORCH:
+        return SourceKind.TORCH_EXPORT if suffix == ".pt2" else SourceKind.TORCHSCRIPT
+    return SourceKind.SKOPS if suffix == ".skops" else SourceKind.PICKLE

@@ -1,0 +1,254 @@
+"""Quantization with onnxruntime's own tools.
+
+- `int8`: dynamic quantization (`quantize_dynamic`): weights int8 per channel, activations
+  quantized at run time. Per-channel matters: per-tensor weights degrade sentence
+  embeddings (MiniLM cosine ≈ 0.96 instead of ≈ 0.99). Gemm nodes are first rewritten to
+  MatMul + Add (onnxruntime quantizes MatMul dynamically, not Gemm); Conv is left in FP32
+  because onnxruntime's ConvInteger kernel is slower than FP32 on CPU: use `int8-static`
+  for convolutional networks.
+- `int8-static`: static QDQ quantization (`quantize_static`) with activation ranges
+  calibrated (MinMax) on the `--calibration` arrays; activations uint8, weights int8 per
+  channel (the combination onnxruntime's x86 kernels are fastest with). Only the
+  compute-heavy operators (Conv, ConvTranspose, MatMul, Gemm) are quantized: quantizing
+  every operator wrecks transformers (MiniLM cosine 0.34 instead of 0.94).
+- `fp16`: weights and compute in float16, inputs and outputs stay FP32 so clients do not
+  change. onnxruntime's own copy of the converter (`onnxruntime.transformers.float16`):
+  onnxconverter-common 1.16 leaves `Cast(to=float)` nodes behind that make transformer
+  exports fail to load. Halves the size; on CPUs without fp16 kernels
+  onnxruntime inserts casts, so expect no speed-up (or a slow-down) there.
+
+`quant_pre_process` (shape inference) runs first; it falls back to skipping symbolic
+shape inference, which fails on some transformer exports. This module does not validate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ondeck_server.convert import onnx_tools
+from ondeck_server.convert.errors import InvalidSettings, QuantizationFailed
+from ondeck_server.convert.onnx_tools import Feeds
+
+CALIBRATION_MAX_ROWS = 256
+DEFAULT_OPSET = 17
+STATIC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+_CALIBRATION_BATCH = 8
+
+
+class Quantize(StrEnum):
+    NONE = "none"
+    INT8 = "int8"
+    INT8_STATIC = "int8-static"
+    FP16 = "fp16"
+
+
+def quantize(
+    src: Path,
+    *,
+    mode: Quantize,
+    out: Path,
+    work: Path,
+    calibration: Feeds | None = None,
+) -> None:
+    """Write the `mode`-quantized version of `src` to `out` (`none`: a copy)."""
+    import onnx
+
+    if mode is Quantize.NONE:
+        onnx_tools.save(onnx.load_model(str(src)), out)
+        return
+    if mode is Quantize.INT8_STATIC and calibration is None:
+        raise InvalidSettings(
+            "--quantize int8-static needs --calibration: an .npz with one array per model "
+            "input (first dimension = samples); or use --quantize int8 (dynamic)"
+        )
+    large = onnx_tools.total_size(src) > onnx_tools.LARGE_BYTES
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mode is Quantize.FP16:
+                _fp16(src, out)
+                return
+            prepared = _pre_process(src, work / "pre.onnx", large=large)
+            if mode is Quantize.INT8:
+                _int8_dynamic(prepared, out, work=work, large=large)
+            else:
+                assert calibration is not None
+                _int8_static(prepared, out, calibration=calibration, large=large)
+    except (InvalidSettings, QuantizationFailed, OSError):
+        raise
+    except Exception as exc:  # onnxruntime.quantization raises assorted classes
+        text = onnx_tools.error_text(exc, limit=300)
+        raise QuantizationFailed(
+            f"{mode.value} quantization failed: {type(exc).__name__}: {text}; "
+            "try another --quantize mode or --quantize none"
+        ) from None
+
+
+def _with_onnx_domain(src: Path, out: Path) -> Path:
+    """A copy of `src` with clean opset imports when it needs one (see normalize_opsets)."""
+    import onnx
+
+    model = onnx.load_model(str(src))
+    if not onnx_tools.normalize_opsets(model, default_version=DEFAULT_OPSET):
+        return src
+    onnx_tools.save(model, out)
+    return out
+
+
+def _pre_process(src: Path, out: Path, *, large: bool) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src = _with_onnx_domain(src, out.with_name("domain.onnx"))
+
+    for skip_symbolic in (False, True):
+        try:
+            # On failure, symbolic shape inference dumps `sym_shape_infer_temp.onnx` and its
+            # external data into the working directory: keep that inside our work folder
+            # (a Job's root filesystem is read-only, and a laptop's cwd is the user's).
+            with contextlib.chdir(out.parent):
+                quant_pre_process(
+                    str(src),
+                    str(out),
+                    skip_optimization=True,
+                    skip_symbolic_shape=skip_symbolic,
+                    save_as_external_data=large,
+                    all_tensors_to_one_file=True,
+                )
+            return out
+        except Exception:  # symbolic shape inference fails on some exports: retry without
+            out.unlink(missing_ok=True)
+            continue
+    return src
+
+
+def gemm_to_matmul(model: Any) -> int:
+    """Rewrite `Gemm(A, B, C)` with constant B, alpha = beta = 1, transA = 0 into
+    `MatMul(A, B') + C`, in place. Returns how many nodes were rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    rewritten = 0
+    nodes: list[Any] = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = initializers.get(node.input[1]) if node.op_type == "Gemm" else None
+        if (
+            weight is None
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+            or attrs.get("transA", 0) != 0
+        ):
+            nodes.append(node)
+            continue
+        matrix = numpy_helper.to_array(weight)
+        if attrs.get("transB", 0):
+            matrix = matrix.T
+        new_name = f"{node.input[1]}_matmul"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(matrix), new_name))
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(
+            helper.make_node(
+                "MatMul", [node.input[0], new_name], [product], name=f"{node.name}_matmul"
+            )
+        )
+        if has_bias:
+            nodes.append(
+                helper.make_node(
+                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"
+                )
+            )
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {i for n in graph.node for i in n.input}
+        keep = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+        onnx.checker.check_model(model)
+    return rewritten
+
+
+def _int8_dynamic(src: Path, out: Path, *, work: Path, large: bool) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    model = onnx.load_model(str(src))
+    if gemm_to_matmul(model):
+        src = work / "matmul.onnx"
+        onnx_tools.save(model, src)
+    ops = sorted(op for op in IntegerOpsRegistry if op != "Conv")
+    quantize_dynamic(
+        str(src),
+        str(out),
+        op_types_to_quantize=ops,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=large,
+    )
+
+
+def calibration_batches(feeds: Feeds, *, batch: int) -> list[Feeds]:
+    """Split calibration arrays into feeds of `batch` rows (at most CALIBRATION_MAX_ROWS)."""
+    rows = min(min(len(v) for v in feeds.values()), CALIBRATION_MAX_ROWS)
+    rows -= rows % batch
+    return [
+        {k: np.ascontiguousarray(v[i : i + batch]) for k, v in feeds.items()}
+        for i in range(0, rows, batch)
+    ]
+
+
+def _int8_static(src: Path, out: Path, *, calibration: Feeds, large: bool) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    inputs, _ = onnx_tools.io_info(src)
+    fixed = {t.shape[0] for t in inputs if t.shape and t.shape[0] > 0}
+    batch = fixed.pop() if len(fixed) == 1 else _CALIBRATION_BATCH
+    batches = calibration_batches(calibration, batch=batch)
+    if not batches:
+        raise InvalidSettings(
+            f"--calibration has fewer rows than one batch ({batch}); give more samples"
+        )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> Feeds | None:
+            return next(self._it, None)
+
+    quantize_static(
+        str(src),
+        str(out),
+        Reader(),
+        op_types_to_quantize=list(STATIC_OPS),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=large,
+    )
+
+
+def _fp16(src: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.transformers import float16
+
+    model = onnx.load_model(str(src))
+    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    onnx_tools.save(converted, out)

@@ -1,0 +1,515 @@
+"""The pipeline: fetch → (cache check) → convert → optimize → quantize → validate →
+publish, for one ConvertRequest.
+
+Idempotent: the digest is known once the source is fetched; when `<store>/<digest>` is a
+complete, valid artifact, nothing else runs and the outcome says `cached`. Crash safe:
+all work happens in locked `.tmp-*` folders inside the store, the artifact appears
+under its final name by one rename, and stale temporary folders are removed first.
+Reports stage timings through `Events`; prints nothing itself.
+
+With `remote` (an s3:// object store) the local store is only where the artifact is
+built: the digest is first looked up in the object store (its manifest object exists and
+parses ⇒ cached, nothing runs), and a new artifact is uploaded manifest last, then the
+ref (ondeck_server.artifact.remote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ondeck_server import artifact
+from ondeck_server.artifact import remote as remote_store
+from ondeck_server.convert import onnx_tools, store
+from ondeck_server.convert.converted import Converted
+from ondeck_server.convert.digest import compute_digest, converter_versions
+from ondeck_server.convert.errors import (
+    ConversionFailed,
+    InternalError,
+    InvalidSettings,
+    OptimizationFailed,
+    PipelineError,
+    QuantizationFailed,
+    StoreFailed,
+    UnsupportedFormat,
+    ValidationFailed,
+)
+from ondeck_server.convert.fetch import (
+    Fetched,
+    FetchSettings,
+    NoProgress,
+    Progress,
+    fetch,
+    file_sha256,
+    sibling_uri,
+)
+from ondeck_server.convert.formats import Format, SourceKind, infer_kind
+from ondeck_server.convert.inputs_spec import InputSpec, render_inputs
+from ondeck_server.convert.onnx_tools import Feeds
+from ondeck_server.convert.optimize import OptimizationLevel, optimize
+from ondeck_server.convert.quantize import Quantize, quantize
+from ondeck_server.convert.validate import (
+    MAX_BATCH,
+    Thresholds,
+    check_calibration,
+    make_samples,
+    validate,
+)
+
+
+class RemoteStore(BaseModel):
+    """An object store the artifact is uploaded to (see ondeck_server.artifact.remote)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    endpoint_url: str | None = None
+
+
+class ConvertRequest(BaseModel):
+    """Everything `ondeck-server convert` was asked to do."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    store: Path
+    format: Format | None = None
+    sha256: str | None = None
+    inputs: list[InputSpec] | None = None
+    level: OptimizationLevel = OptimizationLevel.BASIC
+    quantize: Quantize = Quantize.NONE
+    calibration: str | None = None
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    allow_unsafe_pickle: bool = False
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    ref: str | None = None
+    remote: RemoteStore | None = Field(
+        default=None,
+        description="Also upload the artifact to this object store; `store` is then only "
+        "the local build folder.",
+    )
+
+
+class Outcome(BaseModel):
+    manifest: artifact.Manifest
+    path: Path
+    cached: bool
+    uri: str | None = None
+    """Where the artifact lives in the object store, when there is one."""
+
+
+class Events(Protocol):
+    """Where the pipeline reports progress (the CLI prints it on stderr)."""
+
+    def stage(self, name: str, seconds: float, detail: str) -> None: ...
+
+    def bytes_progress(self) -> Progress: ...
+
+
+class _Silent:
+    def stage(self, name: str, seconds: float, detail: str) -> None:
+        pass
+
+    def bytes_progress(self) -> Progress:
+        return NoProgress()
+
+
+class _Clock:
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[list[str]]:
+        detail: list[str] = []
+        start = time.perf_counter()
+        yield detail
+        seconds = time.perf_counter() - start
+        self.timings[name] = round(seconds, 3)
+        self.events.stage(name, seconds, " ".join(detail))
+
+
+def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome:
+    """Run the pipeline; raise a PipelineError subclass on any failure."""
+    events = events or _Silent()
+    if request.quantize is Quantize.INT8_STATIC and request.calibration is None:
+        raise InvalidSettings(
+            "--quantize int8-static needs --calibration: an .npz with one array per model "
+            "input (first dimension = samples); or use --quantize int8 (dynamic)"
+        )
+    root = request.store
+    try:
+        store.clean_stale(root)
+        with store.work_dir(root) as work:
+            return _convert(request, work=work, events=events)
+    except OSError as exc:
+        mapped = store.disk_error(exc, root)
+        if mapped is None:
+            raise StoreFailed(f"writing the artifact to {root} failed: {exc}") from None
+        raise mapped from None
+    except PipelineError as exc:
+        if not isinstance(exc, StoreFailed) and store.nearly_full(root):
+            raise StoreFailed(
+                f"the artifact store {root} is full ({exc.one_line()}); give it more room "
+                "(spec.artifacts.pvc.size) or remove unused artifacts"
+            ) from None
+        raise
+    except Exception as exc:  # anything unmapped is our bug: still one readable line
+        raise InternalError(
+            f"{type(exc).__name__}: {_first_line(exc)}; this is a bug in ondeck, please report "
+            "it with the Job's log"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return onnx_tools.error_text(exc, limit=300)
+
+
+def _check_loads(model: Path) -> None:
+    """The converted model must load in the onnxruntime that will serve it."""
+    try:
+        onnx_tools.session(model, optimize=False)
+    except Exception as exc:  # onnxruntime's pybind errors
+        raise ConversionFailed(
+            f"onnxruntime {_ort_version()} cannot load the converted model: {_first_line(exc)}; "
+            "re-export it with an older opset / IR version"
+        ) from None
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
+    clock = _Clock(events)
+    downloads = work / "download"
+    with clock.stage("fetch") as detail:
+        source = fetch(
+            request.source,
+            dest=downloads,
+            settings=request.fetch,
+            expected_sha256=request.sha256,
+            progress=events.bytes_progress(),
+        )
+        name = Path(source.path).name
+        kind = infer_kind(source.path, declared=request.format, name=name)
+        extra = _fetch_external_data(source, kind=kind, request=request, dest=downloads)
+        calibration, calibration_sha = _fetch_calibration(request, dest=work / "calibration")
+        detail.append(f"{name} ({source.size_bytes} bytes, {kind.value})")
+    fmt = kind.framework
+    settings = _settings(request, kind=kind, calibration_sha=calibration_sha)
+    versions = converter_versions(fmt)
+    digest = compute_digest(
+        source_sha256=source.sha256,
+        extra_sha256=extra,
+        fmt=fmt,
+        settings=settings,
+        versions=versions,
+    )
+    final = request.store / digest
+    if request.remote is not None:
+        remote = _remote_manifest(request.remote, digest)
+        if remote is not None:
+            remote_uri = _remote_ref(request, digest)
+            events.stage("cached", 0.0, f"{remote_uri} is already built")
+            return Outcome(manifest=remote, path=final, cached=True, uri=remote_uri)
+    with store.store_lock(request.store):
+        cached = store.valid_artifact(final, digest)
+        if cached is None and final.exists():
+            shutil.rmtree(final)  # a leftover that is not a valid artifact for this digest
+    if cached is not None:
+        _point_ref(request, digest)
+        events.stage("cached", 0.0, f"{final} is already built")
+        uploaded = _upload(request, final, digest=digest, clock=_Clock(events))
+        return Outcome(manifest=cached, path=final, cached=uploaded is None, uri=uploaded)
+
+    with clock.stage("convert") as detail:
+        converted = _run_converter(source, kind=kind, request=request, out=work / "fp32.onnx")
+        _check_loads(converted.onnx_path)
+        if calibration is not None:
+            check_calibration(converted.inputs, calibration)
+        detail.append(f"{kind.value} → ONNX, inputs {render_inputs(converted.inputs)}")
+    with clock.stage("optimize") as detail:
+        optimized = work / "optimized.onnx"
+        optimize(converted.onnx_path, level=request.level, out=optimized)
+        detail.append(request.level.value)
+    staging = artifact.staging_dir(request.store, digest)
+    try:
+        with store.locked(staging / store.LOCK_FILE):
+            model = staging / artifact.MODEL_FILE
+            with clock.stage("quantize") as detail:
+                quantize(
+                    optimized, mode=request.quantize, out=model, work=work, calibration=calibration
+                )
+                detail.append(request.quantize.value)
+            with clock.stage("validate") as detail:
+                report = _validate(converted, model=model, request=request, calibration=calibration)
+                detail.append(
+                    f"{report.samples} samples, cosine {report.cosine}, "
+                    f"top-1 disagreement {report.top1_disagreement}"
+                )
+            with clock.stage("write"):
+                manifest = _manifest(
+                    request,
+                    digest=digest,
+                    source=source,
+                    fmt=fmt,
+                    fp32=converted.onnx_path,
+                    model=model,
+                    settings=settings,
+                    report=report.model_dump(mode="json", by_alias=True),
+                    versions=versions,
+                    timings=clock.timings,
+                )
+                (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
+                # The lock file is not part of the artifact; the lock itself stays held
+                # (on the open file) until the rename below.
+                (staging / store.LOCK_FILE).unlink()
+                _finish_files(staging)
+                with store.store_lock(request.store):
+                    path = artifact.publish(staging, request.store, digest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point_ref(request, digest)
+    uploaded = _upload(request, path, digest=digest, clock=clock)
+    return Outcome(manifest=artifact.read_manifest(path), path=path, cached=False, uri=uploaded)
+
+
+def _remote_manifest(remote: RemoteStore, digest: str) -> artifact.Manifest | None:
+    try:
+        return remote_store.remote_manifest(remote.uri, digest, endpoint_url=remote.endpoint_url)
+    except remote_store.RemoteStoreError as exc:
+        raise StoreFailed(str(exc)) from None
+
+
+def _remote_ref(request: ConvertRequest, digest: str) -> str:
+    """Point the store's ref (when asked); returns the artifact's URI in the store."""
+    assert request.remote is not None
+    try:
+        if request.ref is not None:
+            remote_store.point_ref(
+                request.remote.uri, request.ref, digest, endpoint_url=request.remote.endpoint_url
+            )
+        return f"{remote_store.parse_store(request.remote.uri).uri}/{digest}"
+    except remote_store.RemoteStoreError as exc:
+        raise StoreFailed(str(exc)) from None
+
+
+def _upload(request: ConvertRequest, folder: Path, *, digest: str, clock: _Clock) -> str | None:
+    """Upload a local artifact to the object store (manifest last), then point the ref;
+    None when there is no object store."""
+    if request.remote is None:
+        return None
+    with clock.stage("upload") as detail:
+        try:
+            remote_store.upload(
+                folder,
+                store_uri=request.remote.uri,
+                digest=digest,
+                endpoint_url=request.remote.endpoint_url,
+            )
+        except remote_store.RemoteStoreError as exc:
+            raise StoreFailed(str(exc)) from None
+        uri = _remote_ref(request, digest)
+        detail.append(uri)
+    return uri
+
+
+def _manifest(
+    request: ConvertRequest,
+    *,
+    digest: str,
+    source: Fetched,
+    fmt: Format,
+    fp32: Path,
+    model: Path,
+    settings: dict[str, Any],
+    report: dict[str, Any],
+    versions: dict[str, str],
+    timings: dict[str, float],
+) -> artifact.Manifest:
+    inputs, outputs = onnx_tools.io_info(model)
+    return artifact.Manifest(
+        digest=digest,
+        name=source.path.stem,
+        source=artifact.SourceInfo(
+            uri=request.source,
+            sha256=source.sha256,
+            format=fmt.value,
+            sizeBytes=source.size_bytes,
+        ),
+        inputs=inputs,
+        outputs=outputs,
+        originalSizeBytes=onnx_tools.total_size(fp32),
+        sizeBytes=onnx_tools.total_size(model),
+        settings=settings,
+        validation=report,
+        versions=versions,
+        timings=timings,
+        createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _settings(
+    request: ConvertRequest, *, kind: SourceKind, calibration_sha: str | None
+) -> dict[str, Any]:
+    return {
+        "sourceKind": kind.value,
+        "inputs": render_inputs(request.inputs) if request.inputs else None,
+        "level": request.level.value,
+        "quantize": request.quantize.value,
+        "calibrationSha256": calibration_sha,
+        "validation": request.thresholds.model_dump(mode="json", by_alias=True),
+    }
+
+
+def _fetch_external_data(
+    source: Fetched, *, kind: SourceKind, request: ConvertRequest, dest: Path
+) -> dict[str, str]:
+    """Fetch (when remote) and hash the external data files an ONNX model refers to."""
+    if kind is not SourceKind.ONNX:
+        return {}
+    try:
+        locations = onnx_tools.external_data_locations(source.path)
+    except Exception:  # a corrupt model: the converter reports it properly
+        return {}
+    hashes: dict[str, str] = {}
+    for location in locations:
+        if Path(location).is_absolute() or ".." in Path(location).parts:
+            raise ConversionFailed(
+                f"{source.path.name} points its external data at {location!r}, outside its "
+                "folder; keep the data files next to the model"
+            )
+        local = source.path.parent / location
+        if source.downloaded and not local.exists():
+            fetched = fetch(
+                sibling_uri(request.source, location),
+                dest=local.parent,
+                settings=request.fetch,
+                progress=NoProgress(),
+            )
+            hashes[location] = fetched.sha256
+        elif local.is_file():
+            hashes[location] = file_sha256(local)
+    return hashes
+
+
+def _fetch_calibration(request: ConvertRequest, *, dest: Path) -> tuple[Feeds | None, str | None]:
+    if request.calibration is None:
+        return None, None
+    fetched = fetch(request.calibration, dest=dest, settings=request.fetch)
+    try:
+        with np.load(fetched.path, allow_pickle=False) as data:
+            arrays = {key: np.asarray(data[key]) for key in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidSettings(
+            f"--calibration {request.calibration} is not an .npz of arrays ({exc}); write it "
+            "with numpy.savez(path, input_name=array, ...)"
+        ) from None
+    if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
+        raise InvalidSettings(
+            f"--calibration {request.calibration} holds no samples; give one array per "
+            "input with the samples along the first dimension"
+        )
+    return arrays, fetched.sha256
+
+
+def _run_converter(
+    source: Fetched, *, kind: SourceKind, request: ConvertRequest, out: Path
+) -> Converted:
+    if kind is SourceKind.ONNX:
+        from ondeck_server.convert.convert_onnx import convert_onnx
+
+        return convert_onnx(source.path, out=out)
+    if kind.framework is Format.PYTORCH:
+        from ondeck_server.convert.convert_pytorch import convert_pytorch
+
+        return convert_pytorch(source.path, kind=kind, inputs=request.inputs, out=out)
+    if kind.framework is Format.SKLEARN:
+        from ondeck_server.convert.convert_sklearn import convert_sklearn
+
+        return convert_sklearn(
+            source.path,
+            kind=kind,
+            inputs=request.inputs,
+            allow_unsafe_pickle=request.allow_unsafe_pickle,
+            out=out,
+        )
+    raise UnsupportedFormat(f"no converter for {kind.value}")  # pragma: no cover
+
+
+def _validate(
+    converted: Converted, *, model: Path, request: ConvertRequest, calibration: Feeds | None
+) -> Any:
+    samples, sample_source = make_samples(
+        converted.inputs, count=request.thresholds.samples, calibration=calibration
+    )
+    reference = converted.reference or onnx_tools.runner(converted.onnx_path)
+    try:
+        candidate = onnx_tools.runner(model)
+    except Exception as exc:
+        failed = QuantizationFailed if request.quantize is not Quantize.NONE else OptimizationFailed
+        raise failed(
+            f"the {request.quantize.value}/{request.level.value} model does not load in "
+            f"onnxruntime: {_first_line(exc)}; try another --quantize or --level basic"
+        ) from None
+    fixed = {s.shape[0] for s in converted.inputs if s.shape and s.shape[0] > 0}
+    fixed_batch = len(fixed) == 1
+    batch = fixed.pop() if fixed_batch else MAX_BATCH
+    _, outputs = onnx_tools.io_info(model)
+    try:
+        return validate(
+            reference=reference,
+            reference_name=converted.reference_name,
+            candidate=candidate,
+            output_names=[o.name for o in outputs],
+            samples=samples,
+            sample_source=sample_source,
+            thresholds=request.thresholds,
+            batch=batch,
+            fixed_batch=fixed_batch,
+        )
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise ValidationFailed(
+            f"running the models on {sample_source} samples failed: {_first_line(exc)}; "
+            "give --calibration with real inputs (generated ones may be out of range, e.g. "
+            "token ids)"
+        ) from None
+
+
+def _point_ref(request: ConvertRequest, digest: str) -> None:
+    if request.ref is None:
+        return
+    try:
+        artifact.point_ref(request.store, request.ref, digest)
+    except artifact.ArtifactError as exc:
+        raise InvalidSettings(f"--ref: {exc}") from None
+
+
+def _finish_files(folder: Path) -> None:
+    """Make the artifact readable by the server (which may run as another user than the
+    Job) and flush it to disk before the rename makes it visible: a crash after the
+    rename must not leave a complete-looking folder of empty files."""
+    folder.chmod(0o755)
+    for entry in folder.iterdir():
+        if entry.is_file():
+            entry.chmod(0o644)
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,186 @@
+"""The ASGI front of the server (`OndeckApp`): checks the bearer token and answers the
+two hot routes itself, `POST /v2/models/{name}[/versions/{v}]/infer` and
+`POST /v1/models/{name}:predict`: raw body -> orjson -> numpy -> batcher -> orjson ->
+bytes, with no routing table, request models or middleware stack in between (those
+cost more than the inference of a small model). Everything else goes to the FastAPI
+app of routes.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+
+from ondeck_server.serve import v1, v2
+from ondeck_server.serve.errors import (
+    InferenceFailed,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServeError,
+    Unauthorized,
+)
+from ondeck_server.serve.state import ServerState
+
+log = logging.getLogger("ondeck.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Routes that never need a token: probes and scrapes carry none.
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+_JSON = (b"content-type", b"application/json")
+_BINARY = (b"content-type", b"application/octet-stream")
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, exc: ServeError) -> None:
+    await _send(send, exc.status, v2.encode_error(exc.message), [_JSON, *exc.headers])
+
+
+def _headers(scope: Scope) -> tuple[int | None, int | None]:
+    """(content-length, inference-header-content-length) from the request headers."""
+    length = header_length = None
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = _int_header(value, "Content-Length")
+        elif key == b"inference-header-content-length":
+            header_length = _int_header(value, "Inference-Header-Content-Length")
+    return length, header_length
+
+
+def _int_header(value: bytes, name: str) -> int:
+    if not value.isdigit():
+        raise InvalidInput(
+            f"{name} must be a non-negative integer, got {value.decode(errors='replace')!r}"
+        )
+    return int(value)
+
+
+async def _read_body(receive: Receive, *, length: int | None, limit: int) -> bytes:
+    if length is not None and length > limit:
+        raise PayloadTooLarge(
+            f"request body is {length} bytes; this server accepts at most {limit}"
+            " (--max-body-bytes)"
+        )
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over {limit} bytes (--max-body-bytes)")
+        return body
+    chunks, size = [body], len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("the client closed the connection before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over {limit} bytes (--max-body-bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _v2_target(path: str) -> tuple[str, str | None]:
+    # /v2/models/{name}/infer or /v2/models/{name}/versions/{v}/infer
+    parts = path[len("/v2/models/") : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    raise ModelNotFound(f"no route POST {path}; use /v2/models/{{name}}/infer")
+
+
+class OndeckApp:
+    """The ASGI application: auth + the two inference routes, the rest to FastAPI."""
+
+    def __init__(self, state: ServerState, api: FastAPI) -> None:
+        self.state = state
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            auth = self.state.auth
+            if auth is not None and path not in OPEN_PATHS and not auth.check(scope["headers"]):
+                await _send_error(
+                    send,
+                    Unauthorized(
+                        "missing or wrong bearer token: send 'Authorization: Bearer <token>'"
+                    ),
+                )
+                return
+            if scope["method"] == "POST":
+                if path.startswith("/v2/models/") and path.endswith("/infer"):
+                    await self._infer(scope, receive, send, v1_protocol=False)
+                    return
+                if path.startswith("/v1/models/") and path.endswith(":predict"):
+                    await self._infer(scope, receive, send, v1_protocol=True)
+                    return
+        await self.api(scope, receive, send)
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, *, v1_protocol: bool
+    ) -> None:
+        start = time.perf_counter()
+        state = self.state
+        state.inflight += 1
+        label, code = "", 200
+        try:
+            path: str = scope["path"]
+            if v1_protocol:
+                name, version = path[len("/v1/models/") : -len(":predict")], None
+            else:
+                name, version = _v2_target(path)
+            model, batcher = state.target(name, version)
+            label = model.name
+            length, header_length = _headers(scope)
+            limit = state.settings.max_body_bytes
+            with batcher.receiving():
+                body = await _read_body(receive, length=length, limit=limit)
+                if v1_protocol:
+                    feeds, rows = v1.decode_request(body, model=model)
+                else:
+                    request = v2.decode_request(body, header_length=header_length, model=model)
+                    feeds, rows = request.inputs, request.rows
+            results = await batcher.submit(feeds, rows)
+            if v1_protocol:
+                await _send(send, 200, v1.encode_response(model=model, results=results), [_JSON])
+                return
+            payload, json_length = v2.encode_response(
+                model=model,
+                request_id=request.id,
+                outputs=request.outputs,
+                binary=request.binary,
+                results=results,
+            )
+            if json_length is None:
+                await _send(send, 200, payload, [_JSON])
+            else:
+                await _send(
+                    send, 200, payload,
+                    [_BINARY, (b"inference-header-content-length", str(json_length).encode())],
+                )  # fmt: skip
+        except ServeError as exc:
+            code = exc.status
+            await _send_error(send, exc)
+        except Exception as exc:  # a bug of ours: still answer in the protocol's shape
+            log.exception("unexpected error while serving %s", scope["path"])
+            code = 500
+            await _send_error(send, InferenceFailed(f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            state.inflight -= 1
+            state.metrics.observe_request(
+                label, "v1" if v1_protocol else "v2", code, time.perf_counter() - start
+            )

@@ -1,0 +1,111 @@
+"""Connection rules uvicorn does not have: a deadline for a request's headers, room for
+new connections when idle ones fill the table, and probes that bypass the concurrency cap.
+
+uvicorn times out only keep-alive connections *after* a response; a connection that
+never sends a byte, or sends its headers one byte at a time (slowloris), is kept
+forever, and once `limit_concurrency` connections are open every request, liveness
+included, gets uvicorn's own 503. Here:
+
+- the headers of each request must arrive within `header_timeout` seconds of the
+  connection opening (or of the first byte of the next request on a kept-alive
+  connection); otherwise the connection is closed;
+- when a new connection would reach the cap, the oldest connections that are not in
+  the middle of a request (idle, or still sending headers) are closed to make room, so
+  a flood of idle sockets cannot lock everyone out;
+- the health and metrics routes (`PROBE_PATHS`) are never answered with the cap's 503:
+  a kubelet probe must see the process alive even while it sheds load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ondeck_server.serve.asgi import OPEN_PATHS
+
+#: Requests that skip uvicorn's concurrency cap: the routes that need no token either
+#: (cheap, answered without the model).
+PROBE_PATHS = frozenset(path.encode() for path in OPEN_PATHS)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the three rules of this module."""
+
+    header_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self.opened = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_timer()
+        limit = self.limit_concurrency
+        if limit is not None and len(self.connections) >= limit:
+            self._evict_idle(len(self.connections) - limit + 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        if httptools.parse_url(self.url).path in PROBE_PATHS:
+            saved, self.limit_concurrency = self.limit_concurrency, None
+            try:
+                super().on_headers_complete()
+            finally:
+                self.limit_concurrency = saved
+            return
+        super().on_headers_complete()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def busy(self) -> bool:
+        """True while a request of this connection is being answered."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _start_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _evict_idle(self, count: int) -> None:
+        idle = sorted(
+            (
+                c
+                for c in self.connections
+                if c is not self and isinstance(c, GuardedHttpToolsProtocol) and not c.busy
+            ),
+            key=lambda c: c.opened,
+        )
+        for conn in idle[:count]:
+            conn.connections.discard(conn)
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.close()
+
+
+def protocol_class(*, header_timeout: float) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class to hand to `uvicorn.Config(http=...)`."""
+    return type(
+        "OndeckHttpProtocol", (GuardedHttpToolsProtocol,), {"header_timeout": header_timeout}
+    )

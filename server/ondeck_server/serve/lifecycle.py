@@ -1,0 +1,105 @@
+"""The serving process: uvicorn (httptools + uvloop, access log off) around the app
+from `create_app`, with ondeck's start-up and shutdown rules:
+
+- the bound address is printed once listening (`--port 0` picks a free port);
+- the first SIGTERM/SIGINT drains: readiness turns 503 at once, the listener stays
+  open while requests are in flight; when none is left or `--drain-timeout` passed,
+  uvicorn stops accepting, finishes the answers being written and the process exits 0.
+  A second signal exits at once;
+- a model that fails to load stops the server; `run` raises its `StartupError`.
+
+Imports uvicorn, so only the `serve` command imports this module. It parses no
+arguments (serve_cli.py does) and knows nothing of the protocols (app.py does).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from ondeck_server.serve.app import OndeckApp, create_app
+from ondeck_server.serve.connections import protocol_class
+from ondeck_server.serve.settings import ServeSettings
+
+log = logging.getLogger("ondeck.server")
+
+
+def run(settings: ServeSettings) -> int:
+    """Serve until SIGTERM/SIGINT (returns 0) or a model that fails to load (raises)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=protocol_class(header_timeout=settings.header_timeout),
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        # Client addresses are not used: skip uvicorn's X-Forwarded-For middleware.
+        proxy_headers=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
+        # Bounded memory: past this many connections + tasks uvicorn answers 503 itself
+        # (idle connections are closed first and probes skip it: connections.py).
+        limit_concurrency=settings.max_connections,
+        log_config=None,
+    )
+    OndeckServer(config, app).run()
+    if app.state.fatal is not None:
+        raise app.state.fatal
+    return 0
+
+
+class OndeckServer(uvicorn.Server):
+    """uvicorn.Server with the drain and fatal-load rules above."""
+
+    def __init__(self, config: uvicorn.Config, app: OndeckApp) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not calling super(): uvicorn would re-raise the signal after its shutdown,
+        # turning a clean drain into death by SIGTERM (exit code -15, not 0).
+        if self.drain_deadline is not None:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self.drain_deadline = time.monotonic() + self.app.state.settings.drain_timeout
+        self.app.state.begin_drain()
+        log.info("draining: finishing requests in flight")
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                print(
+                    f"ondeck-server: serving model {self.app.state.source.name!r} on"
+                    f" http://{host}:{port}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    async def on_tick(self, counter: int) -> bool:
+        """Called by uvicorn every 0.1 s; True stops the server."""
+        if await super().on_tick(counter):
+            return True
+        state = self.app.state
+        if state.fatal is not None:
+            return True
+        if self.drain_deadline is None:
+            return False
+        remaining = self.drain_deadline - time.monotonic()
+        if state.inflight == 0 or remaining <= 0:
+            # uvicorn takes whole seconds: the last answers get up to 1 s more.
+            self.config.timeout_graceful_shutdown = max(1, math.ceil(remaining))
+            return True
+        return False

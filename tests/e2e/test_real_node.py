@@ -1,0 +1,327 @@
+"""End to end on a real node: the chart, the operator image, a conversion Job running the
+converter image, model server pods running the server image, a Service through kube-proxy.
+
+`helm install` the chart with the locally built images (imagePullPolicy Never) → `kubectl
+apply` an iris ModelDeployment whose scikit-learn model is served over HTTP from the node's
+bridge address → the Job's container converts it and its termination message reaches the
+status → the server pods pass their readiness probes under restricted Pod Security, which
+the namespace enforces → a V2 request to the Service's ClusterIP (kube-proxy's iptables
+rules) gives scikit-learn's answers → `kubectl logs` reaches the kubelet → deleting the
+ModelDeployment garbage-collects everything it owned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from k8s_tools import helm_path, kubectl_path
+from node import RealCluster, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+REPO = Path(__file__).resolve().parents[2]
+UID = 65532
+
+
+def kubectl(cluster: RealCluster, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    done = subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(cluster.plane.admin_kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def get(cluster: RealCluster, *args: str) -> Any:
+    return json.loads(kubectl(cluster, "get", *args, "-o", "json"))
+
+
+def converter_image_supported(tmp_path: Path) -> bool:
+    """Whether the operator's config takes `converterImage` (asked through `ondeck render`)."""
+    config = tmp_path / "probe-config.yaml"
+    config.write_text(yaml.safe_dump({"converterImage": "probe:1"}))
+    manifest = tmp_path / "probe.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "ondeck.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": "probe", "namespace": "default"},
+                "spec": {"model": {"uri": "https://example.invalid/m.onnx"}},
+            }
+        )
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ondeck"),
+            *("render", "-f", str(manifest), "--config", str(config)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture
+def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
+    """An HTTP server on the node's bridge address serving iris.skops; its base URL."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from pipeline import models
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    models.save_skops(models.sklearn_models()["iris_pipeline"], folder / "iris.skops")
+    from controlplane import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "http.server", "--bind", real_cluster.node.ip, str(port)),
+            *("--directory", str(folder)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://{real_cluster.node.ip}:{port}"
+    try:
+        wait_until(
+            "the model HTTP server",
+            lambda: urllib.request.urlopen(f"{url}/iris.skops", timeout=2).status == 200,
+            timeout=30,
+        )
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def artifact_volume(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
+    """A hostPath PersistentVolume (no storage class) the artifact claim binds to."""
+    folder = real_cluster.node.workdir / f"pv-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    os.chown(folder, UID, UID)
+    name = folder.name
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "20Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": str(folder), "type": "Directory"},
+        },
+    }
+    kubectl(real_cluster, "apply", "-f", "-", stdin=json.dumps(pv))
+    yield name
+    kubectl(real_cluster, "delete", "pv", name, "--wait=false", check=False)
+
+
+def test_chart_operator_job_pods_and_service_on_a_real_node(
+    real_cluster: RealCluster, model_server: str, artifact_volume: str, tmp_path: Path
+) -> None:
+    from pipeline import models
+
+    cluster = real_cluster
+    images = cluster.images
+    namespace = f"ml-{uuid.uuid4().hex[:6]}"
+    kubectl(cluster, "create", "namespace", namespace)
+    kubectl(
+        cluster,
+        *("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"),
+    )
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    # 1. helm install with the local images.
+    def split(ref: str) -> tuple[str, str]:
+        repository, _, tag = ref.rpartition(":")
+        return repository, tag
+
+    operator_repo, operator_tag = split(images.operator)
+    server_repo, server_tag = split(images.server)
+    converter_repo, converter_tag = split(images.converter)
+    converter = converter_image_supported(tmp_path)
+    if not converter:
+        # The operator has no converterImage yet: Job and server both run the converter
+        # image (it serves too), so the scikit-learn source still converts.
+        server_repo, server_tag = converter_repo, converter_tag
+    sets = [
+        f"image.repository={operator_repo}",
+        f"image.tag={operator_tag}",
+        "image.pullPolicy=Never",
+        "replicaCount=1",
+        f"watch.namespaces={{{namespace}}}",
+        f"config.serverImage.repository={server_repo}",
+        f"config.serverImage.tag={server_tag}",
+        "config.imagePullPolicy=Never",
+        "config.jobBackoffLimit=0",
+        "resources.requests.cpu=50m",
+    ]
+    if converter:
+        sets += [
+            f"config.converterImage.repository={converter_repo}",
+            f"config.converterImage.tag={converter_tag}",
+        ]
+    helm = subprocess.run(
+        [
+            *(str(helm_path()), "install", "ondeck", str(REPO / "charts" / "ondeck")),
+            *("--kubeconfig", str(cluster.plane.admin_kubeconfig)),
+            *("--namespace", "ondeck-system", "--create-namespace", "--wait", "--timeout", "5m"),
+            *[arg for item in sets for arg in ("--set", item)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    try:
+        assert helm.returncode == 0, helm.stderr + cluster.node.logs()
+        timings["helm install --wait"] = time.monotonic() - started
+        (operator_pod,) = get(
+            cluster, "pods", "-n", "ondeck-system", "-l", "app.kubernetes.io/name=ondeck"
+        )["items"]
+        assert operator_pod["spec"]["containers"][0]["image"] == images.operator
+        assert operator_pod["status"]["phase"] == "Running"
+
+        # 2. the ModelDeployment.
+        manifest = {
+            "apiVersion": "ondeck.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": namespace},
+            "spec": {
+                "model": {"uri": f"{model_server}/iris.skops", "format": "sklearn"},
+                "optimize": {
+                    "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}},
+                },
+                "server": {
+                    "replicas": 1,
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                },
+            },
+        }
+        kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+
+        def ready() -> dict[str, Any] | None:
+            md = get(cluster, "modeldeployment", "iris", "-n", namespace)
+            status = md.get("status") or {}
+            conditions = {c["type"]: c for c in status.get("conditions", [])}
+            if conditions.get("Ready", {}).get("status") == "True":
+                return dict(md)
+            return None
+
+        md = wait_until("the ModelDeployment to be Ready", ready, timeout=600, node=cluster.node)
+        timings["apply → Ready"] = time.monotonic() - started - timings["helm install --wait"]
+        status = md["status"]
+        assert status["phase"] == "Ready"
+        assert status["artifact"]["digest"]
+
+        # The Job ran the converter image and ended with a termination message.
+        (job_pod,) = get(
+            cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=converter"
+        )["items"]
+        (job_container,) = job_pod["status"]["containerStatuses"]
+        assert job_pod["spec"]["containers"][0]["image"] == images.converter
+        terminated = job_container["state"]["terminated"]
+        assert terminated["exitCode"] == 0
+        assert status["artifact"]["digest"] in terminated.get("message", ""), terminated
+
+        # The server pods run the server image under the restricted profile, and are ready.
+        (server_pod,) = get(
+            cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=server"
+        )["items"]
+        assert server_pod["spec"]["containers"][0]["image"] == (
+            images.server if converter else images.converter
+        )
+        assert all(c["ready"] for c in server_pod["status"]["containerStatuses"])
+        assert server_pod["status"]["podIP"] in __import__("ipaddress").ip_network(
+            str(cluster.node.net.subnet)
+        )
+
+        # 3. a V2 request through the Service's ClusterIP (kube-proxy's rules).
+        service = get(cluster, "service", "iris", "-n", namespace)
+        cluster_ip = service["spec"]["clusterIP"]
+        (port,) = [p["port"] for p in service["spec"]["ports"]]
+        x, _ = models.iris()
+        rows = x[::7]
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "data": rows.reshape(-1).tolist(),
+                }
+            ]
+        }
+
+        def answer() -> dict[str, Any]:
+            request = urllib.request.Request(
+                f"http://{cluster_ip}:{port}/v2/models/iris/infer",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return dict(json.loads(response.read()))
+
+        result = wait_until("an answer through the ClusterIP", answer, timeout=60)
+        outputs = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in result["outputs"]}
+        estimator = models.sklearn_models()["iris_pipeline"]
+        assert (outputs["label"] == estimator.predict(rows)).all()
+        np.testing.assert_allclose(
+            outputs["probabilities"], estimator.predict_proba(rows), atol=1e-4
+        )
+
+        # 4. kubectl logs reaches the kubelet on the node's (non-loopback) address.
+        logs = kubectl(cluster, "logs", "-n", namespace, server_pod["metadata"]["name"])
+        assert logs.strip()
+
+        # 5. delete: everything the ModelDeployment owned is garbage collected.
+        kubectl(cluster, "delete", "modeldeployment", "iris", "-n", namespace, "--wait=true")
+
+        def collected() -> bool:
+            left = []
+            for kind in ("deployments", "jobs", "services", "persistentvolumeclaims", "pods"):
+                items = get(cluster, kind, "-n", namespace)["items"]
+                left += [f"{kind}/{i['metadata']['name']}" for i in items]
+            return not left
+
+        wait_until("garbage collection", collected, timeout=180, node=cluster.node)
+        timings["total"] = time.monotonic() - started
+        print("\nreal node timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    except BaseException:
+        print(kubectl(cluster, "get", "all,events", "-A", check=False)[-6000:])
+        print(kubectl(cluster, "logs", "-n", "ondeck-system", "deploy/ondeck", "--tail=80", check=False))
+        raise
+    finally:
+        subprocess.run(
+            [
+                *(str(helm_path()), "uninstall", "ondeck", "--namespace", "ondeck-system"),
+                *("--kubeconfig", str(cluster.plane.admin_kubeconfig), "--wait"),
+            ],
+            capture_output=True,
+            timeout=180,
+            check=False,
+        )
+        kubectl(cluster, "delete", "namespace", namespace, "--wait=false", check=False)
