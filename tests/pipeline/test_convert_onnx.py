@@ -13,6 +13,7 @@ from ondeck_server.convert import (
     ConversionFailed,
     ConvertRequest,
     Format,
+    UnsafeModel,
     UnsupportedFormat,
     convert,
 )
@@ -117,5 +118,24 @@ def test_string_inputs_are_refused(tmp_path: Path, store: Path) -> None:
     assert info.value.message == (
         "strings.onnx has inputs of types ondeck cannot validate: text (BYTES); supported "
         "input types: BOOL, FP16, FP32, FP64, INT32, INT64, INT8, UINT8"
+    )
+    assert_nothing_published(store)
+
+
+def test_symlinked_external_data_is_refused_as_unsafe(
+    sources: Sources, store: Path, tmp_path: Path
+) -> None:
+    """onnx refuses a linked data file; that was reported as InternalError ("a bug in
+    ondeck"). Now it is UnsafeModel, before onnx reads anything (issue 15, item 6)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "mlp.onnx").write_bytes(sources["external/mlp.onnx"].read_bytes())
+    (folder / "mlp.onnx.weights").symlink_to(sources["external/mlp.onnx.weights"])
+    with pytest.raises(UnsafeModel) as info:
+        convert(ConvertRequest(source=str(folder / "mlp.onnx"), store=store))
+    assert info.value.one_line() == (
+        "UnsafeModel: mlp.onnx keeps its external data in 'mlp.onnx.weights', a symbolic "
+        "link; links could make the conversion read files outside the model's folder: copy "
+        "the data file next to the model instead"
     )
     assert_nothing_published(store)

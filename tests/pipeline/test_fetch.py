@@ -53,6 +53,7 @@ def test_folder_is_not_a_model(tmp_path: Path) -> None:
 
 def test_pvc_uri_resolves_under_the_pvc_root(sources: Sources, tmp_path: Path) -> None:
     settings = FetchSettings(pvc_root=sources.root.parent)
+    sources["mlp.onnx"]  # built on first use
     got = fetch(f"pvc://{sources.root.name}/mlp.onnx", dest=tmp_path, settings=settings)
     assert got.path == sources["mlp.onnx"]
     assert got.sha256 == sha256_of(sources["mlp.onnx"])
@@ -62,9 +63,47 @@ def test_pvc_uri_cannot_leave_its_claim(sources: Sources, tmp_path: Path) -> Non
     settings = FetchSettings(pvc_root=sources.root)
     with pytest.raises(FetchFailed) as info:
         fetch("pvc://external/../mlp.onnx", dest=tmp_path, settings=settings)
-    assert info.value.message == (
-        "pvc://external/../mlp.onnx: the path leaves the claim 'external'; remove '..' from it"
+    assert info.value.one_line() == (
+        "FetchFailed: pvc://external/../mlp.onnx: the path leaves the claim 'external' (after "
+        "following '..' and symbolic links); name a file inside the claim"
     )
+
+
+def test_pvc_uri_cannot_name_a_claim_outside_the_root(sources: Sources, tmp_path: Path) -> None:
+    """`pvc://../x` read the file next to --pvc-root (issue 15, item 6)."""
+    root = tmp_path / "claims"
+    (root / "models").mkdir(parents=True)
+    (tmp_path / "outside.onnx").write_bytes(sources["mlp.onnx"].read_bytes())
+    settings = FetchSettings(pvc_root=root)
+    for uri in ("pvc://../outside.onnx", "pvc://./../outside.onnx", "pvc://%2E%2E/outside.onnx"):
+        with pytest.raises(FetchFailed) as info:
+            fetch(uri, dest=tmp_path, settings=settings)
+        assert info.value.one_line().startswith(f"FetchFailed: {uri}: "), info.value.one_line()
+    with pytest.raises(FetchFailed) as info:
+        fetch("pvc://../outside.onnx", dest=tmp_path, settings=settings)
+    assert info.value.one_line() == (
+        "FetchFailed: pvc://../outside.onnx: '..' is not a claim name (lower-case letters, "
+        "digits, '-' and '.', as Kubernetes names a PersistentVolumeClaim)"
+    )
+
+
+def test_pvc_uri_cannot_follow_a_symlink_out_of_its_claim(sources: Sources, tmp_path: Path) -> None:
+    root = tmp_path / "claims"
+    (root / "models").mkdir(parents=True)
+    (tmp_path / "outside.onnx").write_bytes(sources["mlp.onnx"].read_bytes())
+    (root / "models" / "link.onnx").symlink_to(tmp_path / "outside.onnx")
+    (root / "escape").symlink_to(tmp_path)  # a "claim" that is a link out of the root
+    settings = FetchSettings(pvc_root=root)
+    for uri, claim in (
+        ("pvc://models/link.onnx", "models"),
+        ("pvc://escape/outside.onnx", "escape"),
+    ):
+        with pytest.raises(FetchFailed) as info:
+            fetch(uri, dest=tmp_path, settings=settings)
+        assert info.value.one_line() == (
+            f"FetchFailed: {uri}: the path leaves the claim {claim!r} (after following '..' "
+            "and symbolic links); name a file inside the claim"
+        )
 
 
 def test_pvc_uri_needs_a_pvc_root(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ondeck_server.convert import onnx_tools
 from ondeck_server.convert.converted import Converted
-from ondeck_server.convert.errors import ConversionFailed, UnsupportedFormat
+from ondeck_server.convert.errors import ConversionFailed, UnsafeModel, UnsupportedFormat
 from ondeck_server.convert.inputs_spec import DType, InputSpec
 
 _DTYPE_OF_V2 = {d.v2: d for d in DType}
@@ -25,6 +25,11 @@ def convert_onnx(path: Path, *, out: Path) -> Converted:
     name = path.name
     try:
         model = onnx.load_model(str(path), load_external_data=True)
+    except onnx.checker.ValidationError as exc:  # e.g. external data that is a link
+        raise UnsafeModel(
+            f"{name}: onnx refuses to load its external data ({_first_line(exc)}); keep "
+            "plain data files next to the model"
+        ) from None
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ConversionFailed(
             f"{name} is not a valid ONNX model ({_first_line(exc)}); check that the upload "

@@ -33,6 +33,8 @@ from ondeck_server.convert.errors import (
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 64 << 30
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A PersistentVolumeClaim name (DNS-1123 subdomain): never '.', '..' or empty.
+_CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class Progress(Protocol):
@@ -153,10 +155,21 @@ def _pvc_path(uri: str, settings: FetchSettings) -> Path:
     claim, rel = parts.netloc, unquote(parts.path).lstrip("/")
     if not claim or not rel:
         raise FetchFailed(f"{uri}: write pvc://<claim>/<path inside the claim>")
-    base = (settings.pvc_root / claim).resolve()
+    if not _CLAIM_NAME.match(claim):
+        raise FetchFailed(
+            f"{uri}: {claim[:64]!r} is not a claim name (lower-case letters, digits, '-' and "
+            "'.', as Kubernetes names a PersistentVolumeClaim)"
+        )
+    # Resolve symbolic links before comparing: a link inside the claim that points out of
+    # it (or out of --pvc-root) is refused like a '..' in the path.
+    root = settings.pvc_root.resolve()
+    base = (root / claim).resolve()
     path = (base / rel).resolve()
-    if not path.is_relative_to(base):
-        raise FetchFailed(f"{uri}: the path leaves the claim {claim!r}; remove '..' from it")
+    if not base.is_relative_to(root) or base == root or not path.is_relative_to(base):
+        raise FetchFailed(
+            f"{uri}: the path leaves the claim {claim!r} (after following '..' and symbolic "
+            "links); name a file inside the claim"
+        )
     return path
 
 

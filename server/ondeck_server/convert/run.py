@@ -40,6 +40,7 @@ from ondeck_server.convert.errors import (
     PipelineError,
     QuantizationFailed,
     StoreFailed,
+    UnsafeModel,
     UnsupportedFormat,
     ValidationFailed,
 )
@@ -393,6 +394,12 @@ def _fetch_external_data(
                 "folder; keep the data files next to the model"
             )
         local = source.path.parent / location
+        if local.is_symlink():
+            raise UnsafeModel(
+                f"{source.path.name} keeps its external data in {location!r}, a symbolic "
+                "link; links could make the conversion read files outside the model's "
+                "folder: copy the data file next to the model instead"
+            )
         if source.downloaded and not local.exists():
             fetched = fetch(
                 sibling_uri(request.source, location),
