@@ -87,12 +87,29 @@ MLP_CASES = {
     "non-numeric data": (
         mlp_body(data=["a"] * 256),
         400,
-        "input 'input': FP32 data must be numbers",
+        "input 'input': element 0 is \"a\"; FP32 data must be numbers",
     ),
     "null in data": (
-        mlp_body(data=[None] * 256),
+        mlp_body(data=[0.5, None] * 128),
         400,
-        "input 'input': FP32 data must be numbers",
+        "input 'input': element 1 is null; FP32 data must be numbers",
+    ),
+    "true as a number": (
+        mlp_body(data=[*MLP_ROW[:255], True]),
+        400,
+        "input 'input': element 255 is true; FP32 data must be numbers, not true or false",
+    ),
+    "FP32 overflow": (
+        mlp_body(data=[*MLP_ROW[:7], 1e39, *MLP_ROW[8:]]),
+        400,
+        "input 'input': element 7 is 1e+39, out of range for FP32 (largest magnitude"
+        " 3.4028235e+38)",
+    ),
+    "FP32 overflow from an integer": (
+        mlp_body(data=[-(10**39), *MLP_ROW[1:]]),
+        400,
+        "input 'input': element 0 is -1e+39, out of range for FP32 (largest magnitude"
+        " 3.4028235e+38)",
     ),
     "ragged nested data": (
         mlp_body(shape=[2, 256], data=[MLP_ROW, MLP_ROW[:-1]]),
@@ -158,23 +175,32 @@ MULTI_CASES = {
         "unknown input 'extra'; the model's inputs are 'ids', 'mask', 'x16'",
     ),
     "fractions for INT64": (
-        {"inputs": [{**multi_inputs()[0], "data": [1.5, 2, 3, 4]}, *multi_inputs()[1:]]},
-        "input 'ids': INT64 data must be whole numbers (no fractions or exponents)",
+        {"inputs": [{**multi_inputs()[0], "data": [1, 2, 3.5, 4]}, *multi_inputs()[1:]]},
+        "input 'ids': element 2 is 3.5; INT64 data must be whole numbers (no fractions or"
+        " exponents)",
     ),
     "numbers for BOOL": (
         {
             "inputs": [
                 multi_inputs()[0],
-                {**multi_inputs()[1], "data": [1, 0, 1, 0]},
+                {**multi_inputs()[1], "data": [True, False, 1, 0]},
                 multi_inputs()[2],
             ]
         },
-        "input 'mask': BOOL data must be true or false",
+        "input 'mask': element 2 is 1; BOOL data must be true or false",
+    ),
+    "true for INT64": (
+        {"inputs": [{**multi_inputs()[0], "data": [[1, 2], [True, 4]]}, *multi_inputs()[1:]]},
+        "input 'ids': element 2 is true; INT64 data must be numbers, not true or false",
     ),
     "INT64 out of range": (
-        {"inputs": [{**multi_inputs()[0], "data": [2**63, 0, 0, 0]}, *multi_inputs()[1:]]},
-        "input 'ids': a value is out of range for INT64 (-9223372036854775808 to"
-        " 9223372036854775807)",
+        {"inputs": [{**multi_inputs()[0], "data": [0, 0, 0, 2**63]}, *multi_inputs()[1:]]},
+        "input 'ids': element 3 is 9223372036854775808, out of range for INT64"
+        " (-9223372036854775808 to 9223372036854775807)",
+    ),
+    "FP16 overflow": (
+        {"inputs": [*multi_inputs()[:2], {**multi_inputs()[2], "data": [1, 2, 65520, 4]}]},
+        "input 'x16': element 2 is 65520, out of range for FP16 (largest magnitude 65504)",
     ),
     "batch dims disagree": (
         {"inputs": [*multi_inputs(2)[:2], multi_inputs(1)[2]]},
@@ -198,15 +224,88 @@ def test_out_of_range_small_integers(types_url: str) -> None:
             tensor["data"] = [300, 0, 0]
     answer = httpx.post(f"{types_url}/v2/models/all_types/infer", json=doc)
     assert answer.json() == {
-        "error": "input 'in_INT8': a value is out of range for INT8 (-128 to 127)"
+        "error": "input 'in_INT8': element 0 is 300, out of range for INT8 (-128 to 127)"
     }
     for tensor in doc["inputs"]:
         if tensor["name"] == "in_INT8":
             tensor["data"] = [1, 2, 3]
         if tensor["name"] == "in_BYTES":
-            tensor["data"] = [1, 2, 3]
+            tensor["data"] = ["a", 1, "c"]
     answer = httpx.post(f"{types_url}/v2/models/all_types/infer", json=doc)
-    assert answer.json() == {"error": "input 'in_BYTES': BYTES data must be strings"}
+    assert answer.json() == {
+        "error": "input 'in_BYTES': element 1 is 1; BYTES data must be strings"
+    }
+
+
+def test_values_outside_their_datatype(types_url: str, multi_url: str) -> None:
+    """Item 8 of issue 15: each of these used to be accepted (and answered wrongly)."""
+    feeds = modelzoo.sample_inputs("all_types", 2)
+    url = f"{types_url}/v2/models/all_types/infer"
+
+    def with_data(name: str, data: list[object]) -> dict[str, object]:
+        doc = json.loads(json_request(feeds))
+        for tensor in doc["inputs"]:
+            if tensor["name"] == name:
+                tensor["data"] = data
+        return doc
+
+    cases = [
+        ("in_FP32", [0.0, 1.0, 2.0, 3.0, 1e39, 5.0], "input 'in_FP32': element 4 is 1e+39, out of range for FP32 (largest magnitude 3.4028235e+38)"),
+        ("in_FP16", [0, 0, 0, 0, 0, -1e5], "input 'in_FP16': element 5 is -100000.0, out of range for FP16 (largest magnitude 65504)"),
+        ("in_FP64", [0, 0, True, 0, 0, 0], "input 'in_FP64': element 2 is true; FP64 data must be numbers, not true or false"),
+        ("in_UINT8", [0, False, 0, 0, 0, 0], "input 'in_UINT8': element 1 is false; UINT8 data must be numbers, not true or false"),
+        ("in_BYTES", ["a", "b", "c", 1, "e", "f"], "input 'in_BYTES': element 3 is 1; BYTES data must be strings"),
+        ("in_BYTES", [["a", "b", "c"], ["d", True, "f"]], "input 'in_BYTES': element 4 is true; BYTES data must be strings"),
+        ("in_BOOL", [True, False, True, 0, True, False], "input 'in_BOOL': element 3 is 0; BOOL data must be true or false"),
+        ("in_UINT64", [0, -1, 0, 0, 0, 0], "input 'in_UINT64': element 1 is -1, out of range for UINT64 (0 to 18446744073709551615)"),
+    ]  # fmt: skip
+    for name, data, message in cases:
+        answer = httpx.post(url, json=with_data(name, data))
+        assert (answer.status_code, answer.json()) == (400, {"error": message}), name
+
+    # Binary BOOL: one byte per element, 0 or 1; 0x02 used to read as true.
+    mask = np.array([[True, False, True, False]])
+    body, headers = binary_request({"mask": mask})
+    length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:length])
+    head["inputs"] = [
+        *multi_inputs()[:1],
+        head["inputs"][0],
+        multi_inputs()[2],
+    ]
+    head_bytes = json.dumps(head).encode()
+    answer = httpx.post(
+        f"{multi_url}/v2/models/multi_input/infer",
+        content=head_bytes + b"\x01\x00\x02\x00",
+        headers={"Inference-Header-Content-Length": str(len(head_bytes))},
+    )
+    assert (answer.status_code, answer.json()) == (
+        400,
+        {
+            "error": "input 'mask': element 2 is byte 0x02; binary BOOL elements must be 0"
+            " (false) or 1 (true)"
+        },
+    )
+    # A BYTES element that ends in NUL characters keeps them (numpy's str arrays drop them).
+    doc = with_data("in_BYTES", ["a\u0000", "", "b", "c", "d", "e\u0000\u0000"])
+    answer = httpx.post(url, json=doc)
+    assert answer.status_code == 200
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    assert outputs["out_BYTES"] == ["a\u0000", "", "b", "c", "d", "e\u0000\u0000"]
+
+
+def test_a_long_string_among_numbers_costs_no_memory(mlp_url: str) -> None:
+    # numpy would make a (count x string length) unicode array of this: 1 GB for 2 MB.
+    data: list[object] = [0.5] * 256 * 1000
+    data[-1] = "x" * 1000
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1000, 256], "datatype": "FP32", "data": data}]}
+    )
+    answer = httpx.post(f"{mlp_url}/v2/models/mlp/infer", content=body, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": f"input 'input': element 255999 is \"{'x' * 36}...; FP32 data must be numbers"
+    }
 
 
 def test_fixed_batch_dimension(fixed_url: str) -> None:
@@ -346,7 +445,9 @@ def test_v1_bad_requests(mlp_url: str, multi_url: str) -> None:
         (mlp_url, "mlp", b'{"inputs": []}', 'request body must be {"instances": [...]} with at least one instance'),
         (mlp_url, "mlp", json.dumps({"instances": [[1.0, 2.0]]}).encode(), "each instance must have shape [256] for input 'input'; got [2]"),
         (mlp_url, "mlp", json.dumps({"instances": [MLP_ROW, MLP_ROW[:3]]}).encode(), "'instances' is ragged (rows of different lengths); every instance must have shape [256]"),
-        (mlp_url, "mlp", json.dumps({"instances": [["x"] * 256]}).encode(), "input 'input': FP32 data must be numbers"),
+        (mlp_url, "mlp", json.dumps({"instances": [["x"] * 256]}).encode(), "input 'input': element 0 is \"x\"; FP32 data must be numbers"),
+        (mlp_url, "mlp", json.dumps({"instances": [[0.5] * 255 + [True]]}).encode(), "input 'input': element 255 is true; FP32 data must be numbers, not true or false"),
+        (mlp_url, "mlp", json.dumps({"instances": [[0.5] * 256, [1e39] + [0.5] * 255]}).encode(), "input 'input': element 256 is 1e+39, out of range for FP32 (largest magnitude 3.4028235e+38)"),
         (multi_url, "multi_input", json.dumps({"instances": [[1, 2, 3, 4]]}).encode(), "V1 predict serves single-input models; this model has inputs 'ids', 'mask', 'x16': use the V2 endpoint /v2/models/{name}/infer"),
     ]  # fmt: skip
     for url, name, body, message in cases:

@@ -16,7 +16,7 @@ from ondeck_server.serve import limits
 from ondeck_server.serve.errors import InvalidInput
 from ondeck_server.serve.model import ModelInfo
 from ondeck_server.serve.runtime import Arrays
-from ondeck_server.serve.v2 import array_from_json, shape_text
+from ondeck_server.serve.v2 import json_array, shape_text
 
 
 def decode_request(body: bytes, *, model: ModelInfo) -> tuple[Arrays, int]:
@@ -34,13 +34,12 @@ def decode_request(body: bytes, *, model: ModelInfo) -> tuple[Arrays, int]:
     instances = doc.get("instances") if isinstance(doc, dict) else None
     if not isinstance(instances, list) or not instances:
         raise InvalidInput('request body must be {"instances": [...]} with at least one instance')
-    try:
-        raw = np.asarray(instances)
-    except ValueError:
-        raise InvalidInput(
-            "'instances' is ragged (rows of different lengths); every instance must have"
-            f" shape {shape_text(spec.shape[1:])}"
-        ) from None
+    raw = json_array(
+        instances,
+        spec=spec,
+        ragged="'instances' is ragged (rows of different lengths); every instance must have"
+        f" shape {shape_text(spec.shape[1:])}",
+    )
     shape = list(raw.shape)
     if len(shape) != len(spec.shape):
         raise InvalidInput(
@@ -59,9 +58,7 @@ def decode_request(body: bytes, *, model: ModelInfo) -> tuple[Arrays, int]:
         )
     limits.check_input_shape(spec.name, shape, model.max_elements)
     limits.check_output_sizes(model.inputs, model.outputs, {spec.name: shape}, model.max_elements)
-    count = int(np.prod(shape))
-    array = array_from_json(raw, spec=spec, shape=shape, count=count)
-    return {spec.name: array}, shape[0]
+    return {spec.name: raw}, shape[0]
 
 
 def encode_response(*, model: ModelInfo, results: Arrays) -> bytes:

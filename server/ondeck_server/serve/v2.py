@@ -211,6 +211,15 @@ def _from_binary(
             f"input {name!r}: binary_data_size is {len(chunk)} bytes but shape"
             f" {shape_text(shape)} of {spec.datatype.value} needs {need} bytes"
         )
+    if spec.datatype is Datatype.BOOL:
+        octets = np.frombuffer(chunk, dtype=np.uint8)
+        wrong = np.flatnonzero(octets > 1)
+        if wrong.size:
+            index = int(wrong[0])
+            raise _fail(
+                f"input {name!r}: element {index} is byte 0x{int(octets[index]):02x}; binary"
+                " BOOL elements must be 0 (false) or 1 (true)"
+            )
     return np.frombuffer(chunk, dtype=spec.dtype).reshape(shape)
 
 
@@ -235,66 +244,184 @@ def _split_bytes(chunk: memoryview, name: str) -> list[bytes]:
 def array_from_json(data: Any, *, spec: TensorSpec, shape: list[int], count: int) -> np.ndarray:
     """`data` (flat or nested, row-major) as an array of `spec`'s dtype and `shape`, with
     strict checks: no strings for numbers, no fractions for integers, no overflow."""
+    ragged = (
+        f"input {spec.name!r}: 'data' is ragged (nested lists of different lengths); give"
+        f" {count} values, flat or nested as {shape_text(shape)}"
+    )
+    array = json_array(data, spec=spec, ragged=ragged)
+    if array.size != count:
+        raise _fail(
+            f"input {spec.name!r}: shape {shape_text(shape)} needs {count} values but 'data'"
+            f" has {array.size}"
+        )
+    return array.reshape(shape)
+
+
+#: The JSON value types each kind of datatype takes (bool is not a number here).
+_NUMBERS: frozenset[type] = frozenset({int, float})
+_INTEGERS: frozenset[type] = frozenset({int})
+_BOOLS: frozenset[type] = frozenset({bool})
+_STRINGS: frozenset[type] = frozenset({str})
+
+
+def json_array(data: Any, *, spec: TensorSpec, ragged: str | None = None) -> np.ndarray:
+    """`data` as parsed from JSON (a value or nested lists) as an array of `spec`'s dtype,
+    shaped by the nesting. Every element must be of the datatype's JSON type (numbers,
+    whole numbers, true/false, strings) and fit the datatype; a refusal names the input
+    and the row-major index of the first offending element. `ragged` replaces the
+    message for nested lists of different lengths."""
     name, datatype = spec.name, spec.datatype
-    if not isinstance(data, list | np.ndarray):
+    if not isinstance(data, list):
         data = [data]
+    # The leaf types are checked before numpy sees the data: np.asarray on a list that
+    # mixes numbers and one long string allocates count x that string's length.
+    types, leaves = _leaf_types(data)
+    allowed: frozenset[type]
+    if datatype is Datatype.BYTES:
+        allowed = _STRINGS
+    elif datatype is Datatype.BOOL:
+        allowed = _BOOLS
+    elif spec.dtype.kind == "f":
+        allowed = _NUMBERS
+    else:
+        allowed = _INTEGERS
+    if not types <= allowed:
+        _refuse_element(data, spec, allowed)
+    if datatype is Datatype.BYTES:
+        try:
+            array = np.array(data, dtype=object)
+        except ValueError:  # nested deeper than numpy's dimensions
+            raise _ragged(name, spec, ragged) from None
+        if array.size != leaves:
+            raise _ragged(name, spec, ragged)
+        return array
     try:
         raw = np.asarray(data)
     except ValueError:
-        raise _fail(
-            f"input {name!r}: 'data' is ragged (nested lists of different lengths); give"
-            f" {count} values, flat or nested as {shape_text(shape)}"
-        ) from None
-    if raw.size != count:
-        raise _fail(
-            f"input {name!r}: shape {shape_text(shape)} needs {count} values but 'data'"
-            f" has {raw.size}"
-        )
-    kind = raw.dtype.kind
-    if count == 0:
-        return np.empty(shape, dtype=spec.dtype)
-    if datatype is Datatype.BYTES:
-        if kind != "U":
-            raise _fail(f"input {name!r}: BYTES data must be strings")
-        return raw.astype(object).reshape(shape)
+        raise _ragged(name, spec, ragged) from None
+    if raw.size == 0:
+        return raw.astype(spec.dtype)
     if datatype is Datatype.BOOL:
-        if kind != "b":
-            raise _fail(f"input {name!r}: BOOL data must be true or false")
-        return raw.reshape(shape)
+        return raw
     if spec.dtype.kind == "f":
-        if kind not in "fiu":
-            raise _fail(f"input {name!r}: {datatype.value} data must be numbers")
-        return raw.astype(spec.dtype, copy=False).reshape(shape)
+        if raw.dtype.kind == "O":  # integers past 64 bits mixed with others
+            raw = np.array(raw.tolist(), dtype=np.float64)
+        with np.errstate(over="ignore"):
+            array = raw.astype(spec.dtype, copy=False)
+        finite = np.isfinite(array)
+        if not finite.all():  # JSON has no infinities: this is overflow
+            index = int(np.flatnonzero(~finite.reshape(-1))[0])
+            largest = float(np.finfo(spec.dtype).max)
+            raise _fail(
+                f"input {name!r}: element {index} is {_show(raw.reshape(-1)[index].item())},"
+                f" out of range for {datatype.value} (largest magnitude {largest:.8g})"
+            )
+        return array
     # integer datatypes
-    if kind in "fO":
+    if raw.dtype.kind in "fO":
         # numpy turns a mix of int64-sized and larger integers into float64 (or object).
-        exact = _exact_integers(data, spec)
-        if exact is not None:
-            return exact.reshape(shape)
-    if kind not in "iu":
-        what = "whole numbers (no fractions or exponents)" if kind == "f" else "numbers"
-        raise _fail(f"input {name!r}: {datatype.value} data must be {what}")
+        return _exact_integers(data, spec).reshape(raw.shape)
     info = np.iinfo(spec.dtype)
     if raw.min() < info.min or raw.max() > info.max:
-        raise _fail(
-            f"input {name!r}: a value is out of range for {datatype.value}"
-            f" ({info.min} to {info.max})"
-        )
-    return raw.astype(spec.dtype, copy=False).reshape(shape)
+        flat = raw.reshape(-1)
+        index = int(np.flatnonzero((flat < info.min) | (flat > info.max))[0])
+        raise _out_of_range(spec, index, int(flat[index]))
+    return raw.astype(spec.dtype, copy=False)
 
 
-def _exact_integers(data: Any, spec: TensorSpec) -> np.ndarray | None:
-    """`data` as `spec`'s integer dtype when every value is a JSON integer, else None."""
-    values = np.asarray(data, dtype=object).reshape(-1)
-    if not all(type(v) is int for v in values):
-        return None
+def _ragged(name: str, spec: TensorSpec, message: str | None) -> InvalidInput:
+    if message is not None:
+        return _fail(message)
+    return _fail(
+        f"input {name!r}: 'data' is ragged (nested lists of different lengths); give the"
+        f" values flat or nested as {shape_text([1 if d < 0 else d for d in spec.shape])}"
+    )
+
+
+def _leaf_types(data: list[Any]) -> tuple[set[type], int]:
+    """The types of the non-list elements of nested lists, and how many there are."""
+    types: set[type] = set()
+    count = 0
+    stack = [data]
+    while stack:
+        items = stack.pop()
+        kinds = set(map(type, items))
+        if list in kinds:
+            for item in items:
+                if type(item) is list:
+                    stack.append(item)
+                else:
+                    types.add(type(item))
+                    count += 1
+            kinds.discard(list)
+        else:
+            types |= kinds
+            count += len(items)
+    return types, count
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """The non-list elements of nested lists in row-major order."""
+    flat: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _show(value: Any) -> str:
+    """A JSON element as the user wrote it, cut short."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse_element(data: list[Any], spec: TensorSpec, allowed: frozenset[type]) -> None:
+    name, datatype = spec.name, spec.datatype.value
+    for index, value in enumerate(_flatten(data)):
+        kind = type(value)
+        if kind in allowed:
+            continue
+        where = f"input {name!r}: element {index} is {_show(value)}"
+        if allowed is _STRINGS:
+            raise _fail(f"{where}; BYTES data must be strings")
+        if allowed is _BOOLS:
+            raise _fail(f"{where}; BOOL data must be true or false")
+        if kind is bool:
+            raise _fail(f"{where}; {datatype} data must be numbers, not true or false")
+        if allowed is _INTEGERS and kind is float:
+            raise _fail(
+                f"{where}; {datatype} data must be whole numbers (no fractions or exponents)"
+            )
+        raise _fail(f"{where}; {datatype} data must be numbers")
+    raise AssertionError("no element of a disallowed type found")  # pragma: no cover
+
+
+def _out_of_range(spec: TensorSpec, index: int, value: int) -> InvalidInput:
     info = np.iinfo(spec.dtype)
-    if any(v < info.min or v > info.max for v in values):
-        raise _fail(
-            f"input {spec.name!r}: a value is out of range for {spec.datatype.value}"
-            f" ({info.min} to {info.max})"
-        )
-    return np.array(values.tolist(), dtype=spec.dtype)
+    return _fail(
+        f"input {spec.name!r}: element {index} is {value}, out of range for"
+        f" {spec.datatype.value} ({info.min} to {info.max})"
+    )
+
+
+def _exact_integers(data: list[Any], spec: TensorSpec) -> np.ndarray:
+    """`data` (JSON integers only) as `spec`'s integer dtype, without a detour through
+    floating point."""
+    values = _flatten(data)
+    info = np.iinfo(spec.dtype)
+    for index, value in enumerate(values):
+        if value < info.min or value > info.max:
+            raise _out_of_range(spec, index, value)
+    return np.array(values, dtype=spec.dtype)
 
 
 def _rows(arrays: Arrays) -> int:
