@@ -14,6 +14,8 @@ this module is cheap. This module builds models; it does not serve or convert th
 | `build_all_types` | in_<DT> for every V2 datatype, [-1, 3] | out_<DT> = identity | dynamic |
 | `build_fixed_batch` | input FP32 [1, 4] | output FP32 [1, 4] = 2x + 1 | fixed |
 | `build_slow` | input FP32 [-1, 512] | output FP32 [-1, 512] | dynamic |
+| `build_sequence` | tok INT64 [-1, -1] | pooled FP32 [-1, 8] | dynamic (two dims) |
+| `build_scalar` | x FP32 [-1, 3] | total FP32 [] (scalar), scaled FP32 [-1, 3] | none |
 """
 
 from __future__ import annotations
@@ -231,6 +233,28 @@ def build_sequence(path: Path) -> Path:
     return _save(graph, path)
 
 
+def build_scalar(path: Path) -> Path:
+    """A model with a rank-0 output: `total` = the sum of every element of `x` (a scalar),
+    `scaled` = 2x. The scalar has no batch dimension, so the server runs it unbatched."""
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Mul", ["x", "two"], ["scaled"]),
+        ],
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        initializer=[two],
+    )
+    return _save(graph, path)
+
+
 def build_slow(path: Path, *, repeats: int = 64, seed: int = 0) -> Path:
     """`repeats` chained 512x512 MatMul+Tanh layers sharing one weight: slow per row but a
     small file. Used where tests need requests that stay in flight for a while."""
@@ -305,6 +329,8 @@ def sample_inputs(name: str, rows: int, *, seed: int = 0) -> dict[str, np.ndarra
         return {"tok": rng.integers(0, 100, (rows, 16), dtype=np.int64)}
     if name == "slow":
         return {"input": rng.standard_normal((rows, 512)).astype(np.float32)}
+    if name == "scalar":
+        return {"x": rng.standard_normal((rows, 3)).astype(np.float32)}
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -317,6 +343,7 @@ BUILDERS = {
     "fixed_batch": build_fixed_batch,
     "slow": build_slow,
     "sequence": build_sequence,
+    "scalar": build_scalar,
 }
 
 

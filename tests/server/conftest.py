@@ -159,3 +159,8 @@ def sklearn_url(start_server: object, zoo: dict[str, Path]) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def fixed_url(start_server: object, zoo: dict[str, Path]) -> Iterator[str]:
     yield from _serve(start_server, zoo["fixed_batch"])
+
+
+@pytest.fixture(scope="session")
+def scalar_url(start_server: object, zoo: dict[str, Path]) -> Iterator[str]:
+    yield from _serve(start_server, zoo["scalar"])

@@ -216,3 +216,23 @@ def test_v1_predict_several_outputs(sklearn_url: str, zoo: dict[str, Path]) -> N
     assert [p["label"] for p in predictions] == want["label"].tolist()
     got = np.array([p["probabilities"] for p in predictions], dtype=np.float32)
     assert_same({"probabilities": got}, {"probabilities": want["probabilities"]})
+
+
+def test_v1_and_v2_on_a_model_with_a_scalar_output(scalar_url: str, zoo: dict[str, Path]) -> None:
+    """Item 10 of issue 15: V1 answered 500 (IndexError) for a rank-0 output."""
+    feeds = modelzoo.sample_inputs("scalar", 2)
+    want = modelzoo.reference(zoo["scalar"], feeds)
+    answer = httpx.post(
+        f"{scalar_url}/v1/models/scalar:predict", json={"instances": feeds["x"].tolist()}
+    )
+    assert answer.status_code == 200, answer.text
+    # The scalar has no row per instance: one prediction holds every output whole.
+    (prediction,) = answer.json()["predictions"]
+    assert set(prediction) == {"total", "scaled"}
+    np.testing.assert_allclose(prediction["total"], want["total"], rtol=1e-6)
+    np.testing.assert_allclose(prediction["scaled"], want["scaled"], rtol=1e-6)
+    answer = httpx.post(f"{scalar_url}/v2/models/scalar/infer", content=json_request(feeds))
+    assert answer.status_code == 200
+    doc, got = decode_response(answer.content, answer.headers)
+    assert [o["shape"] for o in doc["outputs"]] == [[], [2, 3]]
+    assert_same(got, want)

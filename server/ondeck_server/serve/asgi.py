@@ -156,7 +156,9 @@ class OndeckApp:
                     feeds, rows = request.inputs, request.rows
             results = await batcher.submit(feeds, rows)
             if v1_protocol:
-                await _send(send, 200, v1.encode_response(model=model, results=results), [_JSON])
+                await _send(
+                    send, 200, v1.encode_response(model=model, results=results, rows=rows), [_JSON]
+                )
                 return
             payload, json_length = v2.encode_response(
                 model=model,

@@ -61,19 +61,44 @@ def decode_request(body: bytes, *, model: ModelInfo) -> tuple[Arrays, int]:
     return {spec.name: raw}, shape[0]
 
 
-def encode_response(*, model: ModelInfo, results: Arrays) -> bytes:
-    if len(model.outputs) == 1:
-        out = results[model.outputs[0].name]
-        return orjson.dumps({"predictions": _rows(out)}, option=orjson.OPT_SERIALIZE_NUMPY)
-    columns = {spec.name: _rows(results[spec.name]) for spec in model.outputs}
-    count = len(next(iter(columns.values())))
-    predictions = [{name: rows[i] for name, rows in columns.items()} for i in range(count)]
+def encode_response(*, model: ModelInfo, results: Arrays, rows: int) -> bytes:
+    """`{"predictions": [...]}`: one prediction per instance when every output has the
+    instances along its first dimension; otherwise (a scalar output, or one whose first
+    dimension is not the batch) one prediction holding every output whole."""
+    arrays = [results[spec.name] for spec in model.outputs]
+    per_row = all(a.ndim >= 1 and a.shape[0] == rows for a in arrays)
+    if len(arrays) == 1:
+        values = _rows(arrays[0]) if per_row else [_whole(arrays[0])]
+        return orjson.dumps({"predictions": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not per_row:
+        whole = {spec.name: _whole(a) for spec, a in zip(model.outputs, arrays, strict=True)}
+        return orjson.dumps({"predictions": [whole]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    columns = {spec.name: _rows(a) for spec, a in zip(model.outputs, arrays, strict=True)}
+    predictions = [{name: column[i] for name, column in columns.items()} for i in range(rows)]
     return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _text(value: Any) -> Any:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _whole(array: np.ndarray) -> Any:
+    """An output as one JSON value: a number or string for a scalar, else nested lists."""
+    if array.dtype == object:
+        flat = [_text(v) for v in array.reshape(-1).tolist()]
+        return (
+            flat[0]
+            if array.ndim == 0
+            else np.array(flat, dtype=object).reshape(array.shape).tolist()
+        )
+    return array.tolist()  # exact for 64-bit integers; NaN/inf come out as null below
 
 
 def _rows(array: np.ndarray) -> list[Any]:
     if array.dtype == object:
-        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array.tolist()]
+        return (
+            [_whole(row) for row in array] if array.ndim > 1 else [_text(v) for v in array.tolist()]
+        )
     if array.ndim == 1:
         values: list[Any] = array.tolist()  # orjson cannot write numpy longlong scalars
         return values
