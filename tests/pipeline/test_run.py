@@ -4,7 +4,10 @@ publish anything on failure (including a full disk)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 
 from ondeck_server import artifact
 from ondeck_server.convert import ConvertRequest, Quantize, StoreFailed, convert
-from ondeck_server.convert.store import LOCK_FILE, clean_stale, locked
+from ondeck_server.convert.store import LOCK_FILE, clean_stale, locked_temp_dir
 from pipeline.conftest import Sources, store_entries
 
 
@@ -108,18 +111,53 @@ def test_complete_looking_artifact_with_a_wrong_model_is_rebuilt(
 
 def test_stale_cleanup_spares_live_writers(store: Path) -> None:
     store.mkdir()
-    live, dead = store / ".tmp-live", store / ".tmp-dead"
-    for folder in (live, dead):
-        folder.mkdir()
-        os.utime(folder, (1, 1))
-    with locked(live / LOCK_FILE):
-        os.utime(live, (1, 1))
-        assert clean_stale(store) == [dead]
+    with locked_temp_dir(store, ".tmp-live-") as live:
+        dead, young = store / ".tmp-dead", store / ".tmp-young"
+        dead.mkdir()
+        os.utime(dead, (1, 1))
+        young.mkdir()
+        (young / LOCK_FILE).write_text("{}")
+        # Folders are created and locked under the store lock: an unlocked one belongs to
+        # a dead writer however young it is (issue 15, item 13).
+        assert clean_stale(store) == [dead, young]
         assert live.is_dir()
-    young = store / ".tmp-young"
-    young.mkdir()
     assert clean_stale(store) == [live]
-    assert young.is_dir(), "a folder seconds old may be between mkdir and flock"
+    assert store_entries(store) == []
+
+
+def test_killed_conversions_leave_nothing_after_the_next_run(
+    sources: Sources, tmp_path: Path
+) -> None:
+    """A crash-looping Job (kill -9 mid-write, again and again) filled the claim with
+    `.tmp-*` folders that only a run 30 s later removed; the next run now removes them
+    at once (issue 15, item 13)."""
+    store = tmp_path / "store"
+    argv = [
+        sys.executable, "-m", "ondeck_server", "convert", "--source",
+        str(sources["iris_pipeline.skops"]), "--store", str(store), "--quantize", "int8",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
+    killed = 0
+    for _ in range(4):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        # Kill it once it has written something into a temporary folder.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(
+                p.name != LOCK_FILE for d in store.glob(".tmp-*") if d.is_dir() for p in d.iterdir()
+            ):
+                break
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    assert killed >= 3
+    assert [e for e in store_entries(store) if e.startswith(".tmp-")], "nothing to clean up?"
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    leftovers = [e for e in store_entries(store) if e.startswith((".tmp-", ".trash-"))]
+    assert leftovers == []
 
 
 @pytest.fixture

@@ -164,14 +164,6 @@ def point_ref(store: Path, ref: str, digest: str) -> Path:
     return link
 
 
-def clean_stale_staging(store: Path) -> None:
-    """Remove temporary folders left by a crashed writer."""
-    if not store.is_dir():
-        return
-    for entry in store.glob(".tmp-*"):
-        shutil.rmtree(entry, ignore_errors=True)
-
-
 def summary(
     manifest: Manifest, *, path: Path | str, ref: str | None, cached: bool
 ) -> dict[str, Any]:

@@ -245,9 +245,9 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         optimized = work / "optimized.onnx"
         optimize(converted.onnx_path, level=request.level, out=optimized)
         detail.append(request.level.value)
-    staging = artifact.staging_dir(request.store, digest)
+    staging: Path | None = None
     try:
-        with store.locked(staging / store.LOCK_FILE):
+        with store.locked_temp_dir(request.store, f".tmp-{digest[:12]}-") as staging:
             model = staging / artifact.MODEL_FILE
             with clock.stage("quantize") as detail:
                 quantize(
@@ -274,14 +274,15 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                     timings=clock.timings,
                 )
                 (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
-                # The lock file is not part of the artifact; the lock itself stays held
-                # (on the open file) until the rename below.
-                (staging / store.LOCK_FILE).unlink()
                 _finish_files(staging)
                 with store.store_lock(request.store):
+                    # The lock file is not part of the artifact. It goes under the store
+                    # lock, so a cleaner never sees this live folder without it.
+                    (staging / store.LOCK_FILE).unlink()
                     path = artifact.publish(staging, request.store, digest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     _point_ref(request, digest)
     uploaded = _upload(request, path, digest=digest, clock=clock)

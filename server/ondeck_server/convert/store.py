@@ -2,12 +2,18 @@
 after crashed writers, telling a valid artifact from a leftover, and turning disk errors
 into StoreFailed.
 
-Every temporary folder (`.tmp-*`, see artifact.staging_dir) holds a `.lock` file that
-the process which made it keeps flock()ed for as long as it lives. A crashed process
-loses its locks, so a cleaner removes exactly the folders nobody holds, and never a
-concurrent writer's work in progress. Checking, removing and publishing an artifact
-happen under a store-wide `.lock`, so two writers of one digest cannot undo each other.
-Layout and publishing themselves stay in ondeck_server.artifact.
+Every temporary folder (`.tmp-*`) holds a `.lock` file that the process which made it
+keeps flock()ed for as long as it lives (the file also names the writer: host, boot id,
+pid). A folder is created and its lock taken under the store-wide `.lock`, and a cleaner
+looks at the folders under that same lock, so it never sees a folder between its
+creation and its lock: a `.tmp-*` folder whose lock nobody holds (or that has no lock
+file) provably belongs to a dead writer and is removed at once, with no grace period,
+and never a concurrent writer's work in progress. A crash-looping Job therefore leaves
+at most the folders of its last attempt, which the next attempt removes first.
+Checking, removing and publishing an artifact happen under the store-wide lock too, so
+two writers of one digest cannot undo each other. Where the filesystem has no locks,
+a folder whose writer ran on this machine in this boot and whose pid is gone is removed;
+any other one only after six hours. Layout and publishing stay in ondeck_server.artifact.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,10 +34,8 @@ from ondeck_server import artifact
 from ondeck_server.convert import onnx_tools
 from ondeck_server.convert.errors import StoreFailed
 
-# A folder this young may be between its creation and its lock: leave it alone.
-_GRACE_S = 30.0
-# Where file locks are not supported (some network filesystems), a temporary folder is
-# only taken for abandoned after this long.
+# Where file locks are not supported (some network filesystems), a temporary folder of
+# another machine (or boot) is only taken for abandoned after this long.
 _UNLOCKABLE_STALE_S = 6 * 3600.0
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -64,55 +70,109 @@ def store_lock(store: Path) -> contextlib.AbstractContextManager[Path]:
 
 
 @contextlib.contextmanager
-def work_dir(store: Path) -> Iterator[Path]:
-    """A locked scratch folder inside the store (same filesystem as the artifact),
-    removed afterwards."""
+def locked_temp_dir(store: Path, prefix: str) -> Iterator[Path]:
+    """A fresh `<store>/<prefix>*` folder (same filesystem as the artifact) whose `.lock`
+    this process holds until the block ends; created and locked under the store lock.
+    The folder is not removed here (the caller publishes or removes it)."""
     store.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=store))
+    with store_lock(store):
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=store))
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        with locked(folder / LOCK_FILE):
-            yield folder
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+        os.write(fd, _owner().encode())
+        yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
 
 
-def clean_stale(store: Path, *, grace_s: float = _GRACE_S) -> list[Path]:
+@contextlib.contextmanager
+def work_dir(store: Path) -> Iterator[Path]:
+    """A locked scratch folder inside the store, removed afterwards."""
+    with locked_temp_dir(store, ".tmp-work-") as folder:
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def clean_stale(store: Path) -> list[Path]:
     """Remove `.tmp-*` folders no live process holds; returns what was removed."""
     removed: list[Path] = []
     if not store.is_dir():
         return removed
-    now = time.time()
-    for entry in sorted(store.glob(".tmp-*")):
-        try:
-            age = now - entry.lstat().st_mtime
-        except OSError:
-            continue
-        if age < grace_s:
-            continue
-        if _abandoned(entry / LOCK_FILE, age=age):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+    with store_lock(store):
+        for entry in sorted(store.glob(".tmp-*")):
+            if entry.is_dir() and not entry.is_symlink() and _abandoned(entry):
+                # Out of the way under the lock, deleted after it: a big folder does not
+                # hold up other writers, and a cleaner killed halfway leaves only trash.
+                trash = entry.with_name(".trash-" + entry.name.removeprefix(".tmp-"))
+                try:
+                    os.rename(entry, trash)
+                except OSError:
+                    continue
+                removed.append(entry)
+    for trash in sorted(store.glob(".trash-*")):
+        shutil.rmtree(trash, ignore_errors=True)
     return removed
 
 
-def _abandoned(lock: Path, *, age: float) -> bool:
-    """True when no live process holds `lock` (a missing lock file: the writer died
-    before taking it, or is about to publish, which the grace period covers)."""
+def _owner() -> str:
+    """Who holds a temporary folder, written into its lock file."""
+    return json.dumps({"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid()})
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _abandoned(folder: Path) -> bool:
+    """True when the folder's writer is provably dead: its lock file is missing (it died
+    before publishing, after dropping the file) or nobody holds the lock."""
+    lock = folder / LOCK_FILE
     try:
         fd = os.open(lock, os.O_RDWR)
     except FileNotFoundError:
         return True
     except OSError:
-        return age > _UNLOCKABLE_STALE_S
+        return _dead_owner(lock)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False  # a live writer holds it
     except OSError as exc:
-        return exc.errno in _NO_LOCKS and age > _UNLOCKABLE_STALE_S
+        return exc.errno in _NO_LOCKS and _dead_owner(lock)
     finally:
         os.close(fd)
     return True
+
+
+def _dead_owner(lock: Path) -> bool:
+    """Without working locks: the writer ran here, in this boot, and its pid is gone; or
+    the folder is older than any conversion."""
+    try:
+        owner = json.loads(lock.read_text() or "{}")
+        age = time.time() - lock.stat().st_mtime
+    except (OSError, ValueError):
+        return False
+    if owner.get("host") == socket.gethostname() and owner.get("boot") == _boot_id():
+        pid = owner.get("pid")
+        if isinstance(pid, int) and pid > 0:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return False
+    return age > _UNLOCKABLE_STALE_S
 
 
 def valid_artifact(folder: Path, digest: str) -> artifact.Manifest | None:
