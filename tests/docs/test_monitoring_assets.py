@@ -110,7 +110,7 @@ def _samples(text: str) -> dict[str, set[str]]:
 def operator_exported() -> dict[str, set[str]]:
     """The operator's metrics after one of each event it records."""
     pytest.importorskip("aiohttp", reason="needs aiohttp: pip install -e '.[operator]'")
-    from ondeck_operator.metrics import Metrics
+    from ondeck_operator.runtime.metrics import Metrics
 
     metrics = Metrics()
     metrics.reconciles.labels(result="ok").inc()

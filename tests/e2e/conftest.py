@@ -177,8 +177,9 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A control plane on a bridge the test creates plus a real node (node.py) running the
     images built from the repo's Dockerfiles. Skips naming what is missing (root, docker,
     containerd, CNI plugins, go); in CI (CI=true) a missing piece fails instead."""
-    from images.tools import build_images, docker_problem, in_ci
     from node import RealCluster, bridge_network, node_binaries, node_problem, start_node
+
+    from images.tools import build_images, docker_problem, in_ci
 
     problem = node_problem() or docker_problem()
     if problem is None:

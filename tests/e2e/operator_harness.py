@@ -30,8 +30,8 @@ from controlplane import REPO, ControlPlane, free_port
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.render.args import artifact_key
 
 CRD_FILE = REPO / "crds" / "modeldeployments.ondeck.io.yaml"
 PEERING_CRDS = REPO / "charts" / "ondeck" / "files" / "kopf-peering-crds.yaml"

@@ -284,8 +284,8 @@ def test_operator_runs_on_exactly_what_the_chart_installed(
     from kubelet_sim import JobOutcome
     from operator_harness import Cluster, manifest, summary
 
-    from ondeck_operator.args import artifact_key
-    from ondeck_operator.types import ModelDeployment
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.render.args import artifact_key
 
     release = f"ondeck-{uuid.uuid4().hex[:6]}"
     done = helm(

@@ -18,10 +18,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import GROUP, PLURAL, VERSION, Cluster, manifest, summary, wait_for
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.render import render_job
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.render.args import artifact_key
+from ondeck_operator.render.manifests import render_job
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from kubelet_sim import JobOutcome
 from kubernetes import client
 from operator_harness import Cluster, manifest, summary, wait_for
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.render.args import artifact_key
 
 pytestmark = pytest.mark.e2e
 

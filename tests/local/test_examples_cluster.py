@@ -13,11 +13,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.crd import validation_schema
-from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.codegen.crd import validation_schema
+from ondeck_operator.render.args import artifact_key
+from ondeck_operator.render.manifests import RenderState, render
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(ROOT.glob("examples/*/modeldeployment.yaml"))
@@ -25,7 +25,8 @@ K8S_VERSION = kubernetes_validate.latest_version()
 
 
 def _load(path: Path) -> dict[str, Any]:
-    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    (doc,) = docs
     return doc
 
 

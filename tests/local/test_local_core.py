@@ -250,7 +250,7 @@ def _spec_fields() -> set[tuple[str, ...]]:
 
     from pydantic import BaseModel
 
-    from ondeck_operator.types import ModelDeploymentSpec
+    from ondeck_operator.api.spec import ModelDeploymentSpec
 
     out: set[tuple[str, ...]] = set()
     for top in ModelDeploymentSpec.model_fields.values():

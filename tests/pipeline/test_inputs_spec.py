@@ -43,7 +43,7 @@ def test_aliases_and_v2_names() -> None:
         (
             "x:complex64:[1]",
             "--inputs entry 'x' has dtype 'complex64'; use one of float32, "
-            "float16, float64, int64, int32, int8, uint8, bool",
+            "float16, float64, int64, int32, int16, int8, uint8, bool",
         ),
         (
             "x:float32:[a]",

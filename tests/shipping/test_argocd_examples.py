@@ -61,8 +61,8 @@ def test_operator_application_installs_this_chart_with_valid_values(
 
 
 def test_models_application_syncs_a_folder_of_valid_model_deployments() -> None:
-    from ondeck_operator.crd import validation_schema
-    from ondeck_operator.types import ModelDeployment
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.codegen.crd import validation_schema
 
     app = _load("application-models.yaml")
     source = app["spec"]["source"]

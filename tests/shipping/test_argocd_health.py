@@ -161,7 +161,7 @@ def test_any_status_gives_a_state_and_a_message(
 
 
 def test_failure_reasons_are_the_operators() -> None:
-    from ondeck_operator.status import FAILURE_REASONS
+    from ondeck_operator.reconcile.status import FAILURE_REASONS
 
     table = re.search(r"local failureReasons = \{(.*?)\n\}", HEALTH_LUA.read_text(), re.S)
     assert table
@@ -172,7 +172,7 @@ def test_failure_reasons_are_the_operators() -> None:
 
 def _scenarios() -> dict[str, tuple[Any, str]]:
     """Facts the reconciler can observe → the health Argo CD must show."""
-    from ondeck_operator.status import DeploymentFacts, Facts, JobState
+    from ondeck_operator.reconcile.status import DeploymentFacts, Facts, JobState
 
     def deployment(key: str, *, ready: int, rolled_out: bool, deadline: bool = False) -> Any:
         return DeploymentFacts(
@@ -267,8 +267,8 @@ SCENARIOS = _scenarios()
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_health_of_every_status_the_operator_writes(scenario: str) -> None:
     """The operator's own compute_status (pure) makes the status; health.lua reads it."""
-    from ondeck_operator.status import compute_status
-    from ondeck_operator.types import ModelDeployment
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.reconcile.status import compute_status
 
     facts, expected = SCENARIOS[scenario]
     manifest = _fixture(CASES[0])

@@ -359,7 +359,7 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_config_is_a_valid_operator_config(render: Render, name: str) -> None:
-    from ondeck_operator.config import OperatorConfig
+    from ondeck_operator.api.operator_config import OperatorConfig
 
     objects = render(VALUE_SETS[name])
     config = OperatorConfig.model_validate(_config(objects))
@@ -389,11 +389,11 @@ def test_config_change_rolls_the_operator(render: Render) -> None:
 
 def test_model_server_monitor_selects_what_the_operator_renders(render: Render) -> None:
     """Chart config → OperatorConfig → the real `render` → the PodMonitor's selector."""
-    from ondeck_operator.args import artifact_key
-    from ondeck_operator.config import OperatorConfig
-    from ondeck_operator.render import RenderState
-    from ondeck_operator.render import render as render_model
-    from ondeck_operator.types import ModelDeployment
+    from ondeck_operator.api.operator_config import OperatorConfig
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.render.args import artifact_key
+    from ondeck_operator.render.manifests import RenderState
+    from ondeck_operator.render.manifests import render as render_model
 
     objects = render(VALUE_SETS["all-features"], api_versions=[MONITORING_API])
     config = OperatorConfig.model_validate(_config(objects))

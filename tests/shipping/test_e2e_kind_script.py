@@ -125,8 +125,8 @@ def _applied(index: int) -> list[dict[str, Any]]:
 def test_model_deployment_passes_the_api_types_and_the_crd_schema() -> None:
     import jsonschema
 
-    from ondeck_operator.crd import validation_schema
-    from ondeck_operator.types import ModelDeployment
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.codegen.crd import validation_schema
 
     (manifest,) = _applied(1)
     jsonschema.validate(manifest, validation_schema())

@@ -156,7 +156,7 @@ def test_operator_image_runs_the_operator(sites: Path) -> None:
     done = _run_in_image(
         "operator",
         root=sites,
-        imports=["ondeck_operator.handlers", "ondeck_operator.cli_operator"],
+        imports=["ondeck_operator.runtime.handlers", "ondeck_operator.cli.operator_cmd"],
         main=("ondeck", "ondeck_operator", ["operator", "--help"]),
     )
     assert done.returncode == 0, done.stderr[-3000:]

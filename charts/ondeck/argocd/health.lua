@@ -14,7 +14,7 @@
 -- an older version of the model is still serving while the new one failed).
 
 -- Ready=False reasons that no amount of waiting fixes: the operator's FAILURE_REASONS
--- (ondeck_operator/status.py; a test keeps the two lists equal).
+-- (ondeck_operator/reconcile/status.py; a test keeps the two lists equal).
 local failureReasons = {
   ConversionFailed = true,
   ConversionTimedOut = true,
@@ -24,6 +24,13 @@ local failureReasons = {
   InvalidSpec = true,
   ApplyFailed = true,
   ProgressDeadlineExceeded = true,
+  InvalidSettings = true,
+  UnsupportedFormat = true,
+  UnsafeModel = true,
+  OptimizationFailed = true,
+  QuantizationFailed = true,
+  StoreFailed = true,
+  InternalError = true,
 }
 
 local function findCondition(conditions, conditionType)

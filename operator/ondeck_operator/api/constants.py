@@ -3,7 +3,7 @@ names, label keys, the field manager, ports, mount paths, the default image, con
 types, phases and condition reasons.
 
 Only names and values live here; nothing is computed and nothing is imported but the
-standard library. The API types (`ondeck_operator.types`) re-export the enums.
+standard library. The API types (`ondeck_operator.api.spec`) re-export the enums.
 """
 
 from __future__ import annotations
@@ -130,6 +130,14 @@ class Reason(StrEnum):
     CHECKSUM_MISMATCH = "ChecksumMismatch"
     VALIDATION_FAILED = "ValidationFailed"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
+    # The conversion's own failure reasons (`ondeck-server convert`), copied verbatim.
+    INVALID_SETTINGS = "InvalidSettings"
+    UNSUPPORTED_FORMAT = "UnsupportedFormat"
+    UNSAFE_MODEL = "UnsafeModel"
+    OPTIMIZATION_FAILED = "OptimizationFailed"
+    QUANTIZATION_FAILED = "QuantizationFailed"
+    STORE_FAILED = "StoreFailed"
+    INTERNAL_ERROR = "InternalError"
     INVALID_SPEC = "InvalidSpec"
     APPLY_FAILED = "ApplyFailed"
     DEPLOYING = "Deploying"

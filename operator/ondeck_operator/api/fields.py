@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ConfigDict, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-from ondeck_operator.rules import Rule, RuleChecked, add_rules_to_schema
+from ondeck_operator.api.rules import Rule, RuleChecked, add_rules_to_schema
 
 # ---------------------------------------------------------------------------- enums
 

@@ -15,13 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from ondeck_operator.constants import (
+from ondeck_operator.api.constants import (
     ARTIFACT_MOUNT_PATH,
     DEFAULT_IMAGE,
     SOURCES_MOUNT_PATH,
 )
-from ondeck_operator.fields import PullPolicy, Quantity
-from ondeck_operator.types import ResourceRequirements, format_errors
+from ondeck_operator.api.fields import PullPolicy, Quantity
+from ondeck_operator.api.spec import ResourceRequirements, format_errors
 
 
 class ConfigError(ValueError):

@@ -4,7 +4,7 @@ the CRD's `x-kubernetes-validations`), so `ondeck validate` and `kubectl apply` 
 same manifests with the same message.
 
 This module holds the rule type and the mixin that checks rules; the rules themselves sit
-on the models in `ondeck_operator.types`. It evaluates no CEL.
+on the models in `ondeck_operator.api.spec`. It evaluates no CEL.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ModelDeployment API (`ondeck.io/v1alpha1`) as pydantic v2 models: the spec with
 its defaults, bounds and cross-field rules, and the root object. The status models
 (`api_status`) and the reusable field types and enums (`fields`) are re-exported here, so
-`from ondeck_operator.types import ...` is the whole API. These models are the source of
+`from ondeck_operator.api.spec import ...` is the whole API. These models are the source of
 truth: the CRD (`ondeck crd`) and the reference page (`ondeck docs-reference`) are
 generated from them.
 
@@ -19,13 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from ondeck_operator.api_status import (
-    ArtifactReport,
-    Condition,
-    ModelDeploymentStatus,
-    TensorReport,
-)
-from ondeck_operator.constants import (
+from ondeck_operator.api.constants import (
     DNS_LABEL_MAX,
     RESERVED_LABEL_PREFIXES,
     ConditionStatus,
@@ -33,7 +27,7 @@ from ondeck_operator.constants import (
     Phase,
     Reason,
 )
-from ondeck_operator.fields import (
+from ondeck_operator.api.fields import (
     DNS_1035_RE,
     DNS_LABEL_RE,
     ENV_NAME_RE,
@@ -67,7 +61,13 @@ from ondeck_operator.fields import (
     pattern_hint,
     unique_names_rule,
 )
-from ondeck_operator.rules import RULE_ERROR, Rule
+from ondeck_operator.api.rules import RULE_ERROR, Rule
+from ondeck_operator.api.status import (
+    ArtifactReport,
+    Condition,
+    ModelDeploymentStatus,
+    TensorReport,
+)
 
 __all__ = [
     "AccessMode",

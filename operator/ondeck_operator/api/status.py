@@ -4,15 +4,15 @@ subresource's selector), as pydantic models the CRD's status schema is generated
 
 Status is written by the operator and read by users and tools (kubectl wait, Argo CD,
 Flux); unknown fields are ignored so an older reader accepts a newer writer's status.
-Computing status from observed objects is `ondeck_operator.status`, not this module.
+Computing status from observed objects is `ondeck_operator.reconcile.status`, not this module.
 """
 
 from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from ondeck_operator.constants import ConditionStatus, Phase
-from ondeck_operator.fields import REASON_RE, ApiModel, FreeForm
+from ondeck_operator.api.constants import ConditionStatus, Phase
+from ondeck_operator.api.fields import REASON_RE, ApiModel, FreeForm
 
 __all__ = ["ArtifactReport", "Condition", "ModelDeploymentStatus", "TensorReport"]
 

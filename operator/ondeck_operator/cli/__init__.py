@@ -18,7 +18,9 @@ app = typer.Typer(
 def _register() -> None:
     # The list is the whole CLI surface; each module keeps its heavy imports inside its
     # commands, so importing them here stays cheap.
-    from ondeck_operator import cli_operator, cli_render, cli_run
+    from ondeck_operator.cli import operator_cmd as cli_operator
+    from ondeck_operator.cli import render_cmd as cli_render
+    from ondeck_operator.cli import run_cmd as cli_run
 
     for module in (cli_render, cli_run, cli_operator):
         module.register(app)

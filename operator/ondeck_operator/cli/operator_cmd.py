@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from ondeck_operator.config import ConfigError, OperatorConfig
-from ondeck_operator.settings import LogFormat, LogLevel, OperatorSettings, env_var
+from ondeck_operator.api.operator_config import ConfigError, OperatorConfig
+from ondeck_operator.runtime.settings import LogFormat, LogLevel, OperatorSettings, env_var
 
 
 def _opt(flag: str, help: str, *, env: str | None = None, **kwargs: Any) -> Any:
@@ -177,7 +177,7 @@ def operator(
         raise typer.Exit(2) from None
 
     _setup_logging(settings.log_level, settings.log_format)
-    from ondeck_operator import handlers
+    from ondeck_operator.runtime import handlers
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(handlers.run(settings))

@@ -16,13 +16,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from ondeck_operator.config import ConfigError, OperatorConfig
-from ondeck_operator.constants import API_VERSION, GROUP, KIND
-from ondeck_operator.crd import CRD_PATHS, crd_yaml, validation_schema
-from ondeck_operator.fields import pattern_hint
-from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
-from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment, SpecError, prune_nulls
+from ondeck_operator.api.constants import API_VERSION, GROUP, KIND
+from ondeck_operator.api.fields import pattern_hint
+from ondeck_operator.api.operator_config import ConfigError, OperatorConfig
+from ondeck_operator.api.spec import ModelDeployment, SpecError, prune_nulls
+from ondeck_operator.codegen.crd import CRD_PATHS, crd_yaml, validation_schema
+from ondeck_operator.codegen.reference import REFERENCE_PATH, reference_markdown
+from ondeck_operator.render.manifests import RenderState, render
 
 
 class InputError(Exception):
@@ -154,7 +154,7 @@ def render_command(
         operator_config = OperatorConfig.from_file(config) if config else OperatorConfig()
         objects: list[dict[str, Any]] = []
         for md in _model_deployments(file):
-            from ondeck_operator.args import artifact_key
+            from ondeck_operator.render.args import artifact_key
 
             state = RenderState(serving_key=artifact_key(md.spec), wanted_built=False)
             objects += render(md, operator_config, state)

@@ -2,7 +2,7 @@
 machine with no cluster.
 
 It validates the manifest with the operator's own types, builds the very `convert` and
-`serve` command lines the conversion Job and the Deployment run (`ondeck_operator.args`),
+`serve` command lines the conversion Job and the Deployment run (`ondeck_operator.render.args`),
 and runs them as child processes: `python -m ondeck_server convert …` into a local
 artifact store, then `python -m ondeck_server serve …` on the artifact. Fields that only
 mean something in a cluster are reported, one line each, never silently dropped.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -36,373 +35,23 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar, TextIO
+from typing import Any, TextIO
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
-
-from ondeck_operator.args import artifact_key, convert_args, serve_args
-from ondeck_operator.types import ModelDeployment, ModelDeploymentSpec, SpecError
+from ondeck_operator.api.spec import ModelDeploymentSpec
+from ondeck_operator.local.banner import banner
+from ondeck_operator.local.errors import ConvertFailed, PortInUse, ServeFailed
+from ondeck_operator.local.manifest import ConvertSummary, Loaded, localize, notices
+from ondeck_operator.render.args import artifact_key, convert_args, serve_args
 
 DEFAULT_STORE = Path("~/.cache/ondeck")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 #: Bodies with more numbers than this go to a file (`curl -d @file`), not the command line.
-INLINE_BODY_LIMIT = 256
 #: A dynamic dimension other than the batch gets this size in example requests.
-EXAMPLE_DYNAMIC_DIM = 8
 READY_TIMEOUT_S = 120.0
 EXIT_INTERRUPTED = 130
-
-
-# ------------------------------------------------------------------------- errors
-
-
-class LocalError(Exception):
-    """Base class: local mode failed for a reason the user can act on."""
-
-    exit_code: ClassVar[int] = 1
-
-    def one_line(self) -> str:
-        text = " ".join(str(self).split())
-        return f"{type(self).__name__}: {text}"
-
-
-class ManifestError(LocalError):
-    """The manifest file is missing, is not YAML, or is not a valid ModelDeployment."""
-
-    exit_code = 2
-
-
-class PortInUse(LocalError):
-    """Something already listens on the host and port asked for."""
-
-    exit_code = 2
-
-
-class ConvertFailed(LocalError):
-    """`ondeck-server convert` exited non-zero. `shown` is True when it already printed
-    its own one-line error on stderr, so it is not printed twice."""
-
-    def __init__(self, message: str, *, shown: bool) -> None:
-        super().__init__(message)
-        self.shown = shown
-
-
-class ServeFailed(LocalError):
-    """`ondeck-server serve` exited, or did not become ready in time."""
-
-
-# ------------------------------------------------------------------ pure core
-
-#: Fields that only mean something in a cluster, with why; one notice line each when set.
-CLUSTER_ONLY: dict[tuple[str, ...], str] = {
-    ("server", "image"): "the local server runs from this Python environment",
-    ("server", "imagePullPolicy"): "no images locally",
-    ("server", "imagePullSecrets"): "no images locally",
-    ("server", "replicas"): "one local server process",
-    ("server", "resources"): "no resource limits locally",
-    ("server", "auth"): "the local server asks for no token (the Secret exists only in clusters)",
-    ("server", "env"): "the server process gets this shell's environment",
-    ("server", "nodeSelector"): "no nodes locally",
-    ("server", "tolerations"): "no nodes locally",
-    ("server", "affinity"): "no nodes locally",
-    ("server", "serviceAccountName"): "no service accounts locally",
-    ("server", "podAnnotations"): "no pods locally",
-    ("server", "podLabels"): "no pods locally",
-    ("optimize", "timeoutSeconds"): "the local conversion runs until it finishes",
-    ("optimize", "resources"): "no resource limits locally",
-    ("autoscaling",): "no HorizontalPodAutoscaler locally",
-    ("service",): "no Service locally; use --host and --port",
-    ("ingress",): "no Ingress locally; use --host and --port",
-    ("artifacts",): "the local store is --store",
-}
-
-
-#: Fields local mode uses as a cluster would: they go into the convert and serve command
-#: lines. With `CLUSTER_ONLY` (and the credentials note) they cover the whole spec; a test
-#: fails when a new spec field is in neither, so no field is ever dropped silently.
-USED_LOCALLY: frozenset[tuple[str, ...]] = frozenset(
-    {
-        ("model", "uri"),
-        ("model", "format"),
-        ("model", "sha256"),
-        ("model", "s3EndpointURL"),
-        ("model", "inputs"),
-        ("model", "allowUnsafePickle"),
-        ("optimize", "level"),
-        ("optimize", "quantize"),
-        ("optimize", "calibration"),
-        ("optimize", "validation"),
-        ("server", "batching"),
-        ("server", "threads"),
-        ("server", "maxBodyBytes"),
-        ("server", "maxQueue"),
-        ("server", "drainTimeoutSeconds"),
-    }
-)
-#: Read from elsewhere locally, with a note saying so.
-REPLACED_LOCALLY: frozenset[tuple[str, ...]] = frozenset({("model", "credentialsSecret")})
-
-
-class Notice(BaseModel):
-    """One line about a manifest field local mode does not use as a cluster would."""
-
-    model_config = ConfigDict(frozen=True)
-
-    field: str
-    text: str
-
-    def line(self) -> str:
-        return f"ondeck: {self.text}"
-
-
-class TensorSpec(BaseModel):
-    """One model input or output as the convert summary reports it."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: str
-    datatype: str
-    shape: list[int]
-
-    def describe(self) -> str:
-        return f"{self.name} {self.datatype} {self.shape}"
-
-
-class ConvertSummary(BaseModel):
-    """The fields of `ondeck-server convert`'s JSON summary that local mode reads."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    digest: str
-    path: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    size_bytes: int = Field(alias="sizeBytes")
-    original_size_bytes: int = Field(alias="originalSizeBytes")
-    quantize: str = "none"
-    cached: bool = False
-
-
-class Loaded(BaseModel):
-    """A validated manifest and what local mode needs to know about where it came from."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    md: ModelDeployment
-    raw: dict[str, Any]
-    base_dir: Path
-
-
-def default_manifest() -> Path:
-    """The embedded default: the iris example, shipped inside the package."""
-    return Path(
-        str(resources.files("ondeck_operator") / "_examples" / "iris" / "modeldeployment.yaml")
-    )
-
-
-def load_manifest(path: Path) -> Loaded:
-    """Read and validate a manifest file; every problem becomes one `ManifestError`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read it ({exc})") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ManifestError(f"{path}:{where}: {problem}") from None
-    found = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ModelDeployment"]
-    if len(found) != 1:
-        what = "no ModelDeployment" if not found else f"{len(found)} ModelDeployments"
-        raise ManifestError(f"{path}: holds {what}; local mode runs exactly one") from None
-    raw = found[0]
-    try:
-        md = ModelDeployment.from_manifest(raw)
-    except SpecError as exc:
-        raise ManifestError(f"{path}: {'; '.join(exc.problems)}") from None
-    return Loaded(md=md, raw=raw, base_dir=path.resolve().parent)
-
-
-def _local_uri(uri: str, base_dir: Path, field: str) -> str:
-    """A plain relative path made absolute against the manifest's folder; URIs with a
-    scheme (file:///abs, https://, s3://, ...) unchanged; pvc:// refused."""
-    if uri.startswith("pvc://"):
-        raise ManifestError(
-            f"{field}: {uri} names a PersistentVolumeClaim, which exists only in clusters; "
-            "use a file path, https://, s3:// or gs:// locally"
-        )
-    if "://" in uri:
-        return uri
-    path = Path(uri).expanduser()
-    return str(path if path.is_absolute() else base_dir / path)
-
-
-def localize(spec: ModelDeploymentSpec, base_dir: Path) -> ModelDeploymentSpec:
-    """The spec with the model and calibration URIs usable from this machine."""
-    model = spec.model.model_copy(
-        update={"uri": _local_uri(spec.model.uri, base_dir, "spec.model.uri")}
-    )
-    optimize = spec.optimize
-    if optimize.calibration is not None:
-        local = _local_uri(optimize.calibration, base_dir, "spec.optimize.calibration")
-        optimize = optimize.model_copy(update={"calibration": local})
-    return spec.model_copy(update={"model": model, "optimize": optimize})
-
-
-def notices(raw: dict[str, Any]) -> list[Notice]:
-    """One notice per cluster-only field the manifest sets (in `CLUSTER_ONLY` order),
-    after a note on where local mode takes credentials from when the manifest names a
-    Secret. Reads the manifest as written, so defaults are never reported."""
-    spec = raw.get("spec")
-    if not isinstance(spec, dict):
-        return []
-    out: list[Notice] = []
-    secret = (spec.get("model") or {}).get("credentialsSecret")
-    if secret:
-        out.append(
-            Notice(
-                field="spec.model.credentialsSecret",
-                text=f"spec.model.credentialsSecret ({secret}) is not read locally: "
-                "the AWS_* variables of this shell are used instead",
-            )
-        )
-    for path, why in CLUSTER_ONLY.items():
-        node: Any = spec
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            field = "spec." + ".".join(path)
-            out.append(Notice(field=field, text=f"ignored in local mode: {field} ({why})"))
-    return out
-
-
-_V2_FLOAT = {"FP16", "FP32", "FP64", "BF16"}
-
-
-def _example_value(datatype: str, index: int) -> float | int | bool | str:
-    if datatype in _V2_FLOAT:
-        return round(0.1 * (index % 10 + 1), 1)
-    if datatype == "BOOL":
-        return index % 2 == 0
-    if datatype == "BYTES":
-        return "hello"
-    return 1
-
-
-def example_shape(shape: list[int]) -> list[int]:
-    """A concrete shape: batch 1 for a leading dynamic dimension, a small size for others."""
-    return [(1 if i == 0 else EXAMPLE_DYNAMIC_DIM) if d < 0 else d for i, d in enumerate(shape)]
-
-
-def _count(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _nest(flat: list[Any], shape: list[int]) -> Any:
-    if not shape:
-        return flat[0]
-    if len(shape) == 1:
-        return flat
-    step = len(flat) // shape[0]
-    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
-
-
-def v2_body(inputs: list[TensorSpec]) -> dict[str, Any]:
-    """A valid V2 inference request for these inputs (one row)."""
-    tensors = []
-    for spec in inputs:
-        shape = example_shape(spec.shape)
-        data = [_example_value(spec.datatype, i) for i in range(_count(shape))]
-        tensors.append({"name": spec.name, "shape": shape, "datatype": spec.datatype, "data": data})
-    return {"inputs": tensors}
-
-
-def v1_body(inputs: list[TensorSpec]) -> dict[str, Any] | None:
-    """A valid KServe V1 request (`instances`, one instance), or None for models with
-    more than one input, which V1 cannot address."""
-    if len(inputs) != 1:
-        return None
-    spec = inputs[0]
-    shape = example_shape(spec.shape)
-    data = [_example_value(spec.datatype, i) for i in range(_count(shape))]
-    instances = _nest(data, shape) if shape else [data[0]]
-    if not isinstance(instances, list):
-        instances = [instances]
-    return {"instances": instances}
-
-
-def _json(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"))
-
-
-def curl_line(url: str, data: str) -> str:
-    """A ready-to-paste curl command; `data` is the JSON body or `@file`."""
-    return f"curl -s {shlex.quote(url)} -H 'Content-Type: application/json' -d {shlex.quote(data)}"
-
-
-class Banner(BaseModel):
-    """What `ondeck run` prints once the server is ready, and the request bodies too big
-    for a command line, to be written to the files the curl lines name (`-d @file`)."""
-
-    lines: list[str]
-    files: dict[Path, str] = Field(default_factory=dict)
-
-
-def banner(
-    *, name: str, base_url: str, summary: ConvertSummary, spill_dir: Path | None = None
-) -> Banner:
-    """The banner for a served model; bodies with more than `INLINE_BODY_LIMIT` numbers
-    go to `spill_dir` when one is given."""
-    bodies = {"V2": v2_body(summary.inputs), "V1": v1_body(summary.inputs)}
-    urls = {
-        "V2": f"{base_url}/v2/models/{name}/infer",
-        "V1": f"{base_url}/v1/models/{name}:predict",
-    }
-    numbers = sum(_count(example_shape(t.shape)) for t in summary.inputs)
-    spill = spill_dir is not None and numbers > INLINE_BODY_LIMIT
-    lines = [
-        f"ondeck: serving {name} at {base_url}/v2/models/{name}",
-        "  inputs:  " + ", ".join(t.describe() for t in summary.inputs),
-        "  outputs: " + ", ".join(t.describe() for t in summary.outputs),
-        f"  artifact: {summary.path} ({_size(summary.original_size_bytes)} → "
-        f"{_size(summary.size_bytes)}, quantize {summary.quantize})",
-    ]
-    files: dict[Path, str] = {}
-    for protocol, body in bodies.items():
-        if body is None:
-            lines.append(
-                f"  {protocol}: not available: the V1 protocol addresses single-input models only"
-            )
-            continue
-        data = _json(body)
-        if spill and spill_dir is not None:
-            path = spill_dir / f"{name}.{protocol.lower()}.json"
-            files[path] = data
-            data = f"@{path}"
-        lines.append(f"  {protocol}: " + curl_line(urls[protocol], data))
-    lines.append("Press Ctrl-C to stop.")
-    return Banner(lines=lines, files=files)
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def cached_summary(store: Path, key: str) -> ConvertSummary | None:
@@ -439,9 +88,6 @@ def url_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-# ------------------------------------------------------------------ the shell
 
 
 class LocalRunner:

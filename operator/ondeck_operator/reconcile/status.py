@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ondeck_operator.constants import ConditionStatus, ConditionType, Phase, Reason
-from ondeck_operator.types import (
+from ondeck_operator.api.constants import ConditionStatus, ConditionType, Phase, Reason
+from ondeck_operator.api.spec import (
     ArtifactReport,
     Condition,
     ModelDeployment,
@@ -31,6 +31,7 @@ from ondeck_operator.types import (
 )
 
 __all__ = [
+    "ERROR_REASONS",
     "FAILURE_REASONS",
     "DeploymentFacts",
     "EventSpec",
@@ -54,15 +55,34 @@ FAILURE_REASONS = frozenset(
         Reason.INVALID_SPEC,
         Reason.APPLY_FAILED,
         Reason.PROGRESS_DEADLINE_EXCEEDED,
+        Reason.INVALID_SETTINGS,
+        Reason.UNSUPPORTED_FORMAT,
+        Reason.UNSAFE_MODEL,
+        Reason.OPTIMIZATION_FAILED,
+        Reason.QUANTIZATION_FAILED,
+        Reason.STORE_FAILED,
+        Reason.INTERNAL_ERROR,
     }
 )
 
-# `ondeck-server convert` ends a failure's termination message with `ErrorType: message`;
-# these error types have a reason of their own, every other one is ConversionFailed.
-_ERROR_REASONS = {
-    "ChecksumMismatch": Reason.CHECKSUM_MISMATCH,
-    "ValidationFailed": Reason.VALIDATION_FAILED,
+# `ondeck-server convert` ends a failure's termination message with `ErrorType: message`.
+# Every error type it can write is mapped here, deliberately: verbatim, except FetchFailed,
+# which reads SourceUnavailable on the resource (the user fixes a URI or a Secret), and
+# UsageError (a value convert refuses), which is InvalidSettings. An unknown type (a newer
+# converter image) is ConversionFailed. tests/contract pins this table to convert's reasons.
+ERROR_REASONS: dict[str, Reason] = {
+    "InvalidSettings": Reason.INVALID_SETTINGS,
+    "UsageError": Reason.INVALID_SETTINGS,
     "FetchFailed": Reason.SOURCE_UNAVAILABLE,
+    "ChecksumMismatch": Reason.CHECKSUM_MISMATCH,
+    "UnsupportedFormat": Reason.UNSUPPORTED_FORMAT,
+    "UnsafeModel": Reason.UNSAFE_MODEL,
+    "ConversionFailed": Reason.CONVERSION_FAILED,
+    "OptimizationFailed": Reason.OPTIMIZATION_FAILED,
+    "QuantizationFailed": Reason.QUANTIZATION_FAILED,
+    "ValidationFailed": Reason.VALIDATION_FAILED,
+    "StoreFailed": Reason.STORE_FAILED,
+    "InternalError": Reason.INTERNAL_ERROR,
 }
 
 
@@ -124,7 +144,7 @@ def failure_reason(message: str | None, *, timed_out: bool = False) -> Reason:
         return Reason.CONVERSION_TIMED_OUT
     if message:
         error_type = message.strip().split(":", 1)[0].strip()
-        return _ERROR_REASONS.get(error_type, Reason.CONVERSION_FAILED)
+        return ERROR_REASONS.get(error_type, Reason.CONVERSION_FAILED)
     return Reason.CONVERSION_FAILED
 
 

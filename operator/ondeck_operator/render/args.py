@@ -13,8 +13,8 @@ import hashlib
 import json
 
 from ondeck_operator import __version__
-from ondeck_operator.constants import SERVER_PORT
-from ondeck_operator.types import InputSpec, ModelDeploymentSpec
+from ondeck_operator.api.constants import SERVER_PORT
+from ondeck_operator.api.spec import InputSpec, ModelDeploymentSpec
 
 #: Bump when the meaning of an artifact changes without any spec field changing.
 ARTIFACT_KEY_SCHEMA = 1

@@ -15,9 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ondeck_operator import __version__
-from ondeck_operator.args import artifact_key, convert_args, pvc_claims, serve_args
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.constants import (
+from ondeck_operator.api.constants import (
     API_VERSION,
     APP_NAME,
     AUTH_MOUNT_PATH,
@@ -53,13 +51,15 @@ from ondeck_operator.constants import (
     VOLUME_SOURCE_PREFIX,
     VOLUME_TMP,
 )
-from ondeck_operator.names import job_name, pvc_name, server_name
-from ondeck_operator.types import (
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.spec import (
     AccessMode,
     ArtifactPVC,
     ModelDeployment,
     ResourceRequirements,
 )
+from ondeck_operator.render.args import artifact_key, convert_args, pvc_claims, serve_args
+from ondeck_operator.render.names import job_name, pvc_name, server_name
 
 Manifest = dict[str, Any]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ondeck_operator.constants import DNS_LABEL_MAX
+from ondeck_operator.api.constants import DNS_LABEL_MAX
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 _DASHES = re.compile(r"-{2,}")

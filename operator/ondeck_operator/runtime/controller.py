@@ -1,4 +1,5 @@
-"""The operator's runtime state: watch caches, the reconcile queue, resync, probes.
+"""The operator's runtime state: watch caches (codec in cache.py), the reconcile queue,
+resync, probes, peering (rule in peering.py).
 
 `Controller` holds what one operator process knows: the kopf indices that cache the
 ModelDeployments and their children (as compact JSON), the `WorkQueue` of reconcile
@@ -8,14 +9,13 @@ the pods of finished conversion Jobs, the metrics, and the health and metrics se
 out through `reconcile.execute()` on the Kubernetes client.
 
 What this module does NOT do: register kopf handlers or start kopf (handlers.py), decide
-what to apply (reconcile.py) or what status to write (status.py).
+what to apply (reconcile/plan.py) or what status to write (reconcile/status.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import random
 import socket
@@ -26,131 +26,40 @@ from typing import Any
 
 from aiohttp import web
 
-from ondeck_operator.kube import (
+from ondeck_operator.api.spec import ModelDeployment, SpecError
+from ondeck_operator.reconcile.execute import execute
+from ondeck_operator.reconcile.facts import WATCHED_KINDS, Observed, pods_needed
+from ondeck_operator.reconcile.kinds import (
     CLUSTER_PEERING,
     JOB,
     MODEL_DEPLOYMENT,
     PEERING,
     POD,
     ForbiddenError,
-    HttpKube,
     InvalidError,
     Kind,
     KubeError,
     NotFoundError,
-    load_configuration,
 )
-from ondeck_operator.metrics import Metrics, serve_routes
-from ondeck_operator.reconcile import (
-    WATCHED_KINDS,
-    Observed,
-    Plan,
-    execute,
-    invalid_plan,
-    plan,
-    pods_needed,
-    rfc3339,
-)
-from ondeck_operator.settings import OperatorSettings
-from ondeck_operator.types import ModelDeployment, SpecError
-from ondeck_operator.workqueue import WorkQueue
+from ondeck_operator.reconcile.plan import Plan, invalid_plan, plan, rfc3339
+from ondeck_operator.runtime.cache import index_id, trim, unpack
+from ondeck_operator.runtime.kube_client import HttpKube, load_configuration
+from ondeck_operator.runtime.metrics import Metrics, serve_routes
+from ondeck_operator.runtime.peering import is_active_peer
+from ondeck_operator.runtime.settings import OperatorSettings
+from ondeck_operator.runtime.workqueue import WorkQueue
 
 __all__ = [
     "Controller",
     "Key",
     "default_identity",
-    "index_id",
-    "is_active_peer",
     "new_controller",
-    "pack",
-    "trim",
 ]
 
 log = logging.getLogger("ondeck.operator")
 Key = tuple[str, str]  # namespace, ModelDeployment name
 Obj = dict[str, Any]
 _EXPECT_SECONDS = 5.0
-
-
-def index_id(kind: Kind) -> str:
-    return f"ondeck-{kind.plural}"
-
-
-def trim(body: Mapping[str, Any], kind: Kind) -> Obj:
-    """What the reconciler reads of a child; managedFields and the rest stay out of memory."""
-    meta = body.get("metadata") or {}
-    keep_meta = {
-        k: meta[k]
-        for k in (
-            "name",
-            "namespace",
-            "uid",
-            "resourceVersion",
-            "generation",
-            "labels",
-            "ownerReferences",
-            "creationTimestamp",
-            "deletionTimestamp",
-        )
-        if k in meta
-    }
-    annotations = {
-        k: v
-        for k, v in (meta.get("annotations") or {}).items()
-        if k != "kubectl.kubernetes.io/last-applied-configuration"
-    }
-    if annotations:
-        keep_meta["annotations"] = annotations
-    out: Obj = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": keep_meta}
-    if kind == POD:
-        status = body.get("status") or {}
-        out["status"] = {
-            "phase": status.get("phase"),
-            "containerStatuses": [
-                {"name": c.get("name"), "state": {"terminated": c["state"]["terminated"]}}
-                for c in status.get("containerStatuses") or []
-                if (c.get("state") or {}).get("terminated")
-            ],
-        }
-        return out
-    for part in ("spec", "status"):
-        if part in body:
-            out[part] = dict(body[part])
-    return out
-
-
-def pack(obj: Mapping[str, Any]) -> bytes:
-    """Cached objects are kept as compact JSON: a fifth of the memory of nested dicts,
-    decoded only when a reconcile reads them."""
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _unpack(data: bytes) -> Obj:
-    obj: Obj = json.loads(data)
-    return obj
-
-
-def is_active_peer(
-    peering: Mapping[str, Any] | None, *, identity: str, priority: int, now: dt.datetime
-) -> bool:
-    """Whether this replica works, per kopf's peering rule: no live peer has a priority
-    higher than or equal to ours (kopf pauses on a tie; priorities are random here)."""
-    if peering is None:
-        return True
-    for peer, info in (peering.get("status") or {}).items():
-        if peer == identity or not isinstance(info, Mapping):
-            continue
-        try:
-            seen = dt.datetime.fromisoformat(str(info.get("lastseen")))
-            alive = seen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
-        except (TypeError, ValueError):
-            continue
-        if seen.tzinfo is None:
-            seen = seen.replace(tzinfo=dt.UTC)
-            alive = seen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
-        if alive and int(info.get("priority", 0)) >= priority:
-            return False
-    return True
 
 
 @dataclass
@@ -297,13 +206,13 @@ class Controller:
         children = {}
         for kind in WATCHED_KINDS:
             index = self.indices.get(index_id(kind))
-            children[kind] = tuple(_unpack(b) for b in index.get(key, ())) if index else ()
+            children[kind] = tuple(unpack(b) for b in index.get(key, ())) if index else ()
         return Observed(children)
 
     def _body(self, key: Key) -> Obj | None:
         index = self.indices.get(index_id(MODEL_DEPLOYMENT))
         store = list(index.get(key, ())) if index is not None else []
-        return _unpack(store[0]) if store else None
+        return unpack(store[0]) if store else None
 
     async def reconcile(self, key: Key) -> None:
         if self.queue is not None:
@@ -452,7 +361,7 @@ class _Recording:
         )
 
     async def apply(self, obj: Obj) -> Obj:
-        from ondeck_operator.kube import kind_of
+        from ondeck_operator.reconcile.kinds import kind_of
 
         self._controller.metrics.writes.labels(verb="apply").inc()
         reply = await self._kube.apply(obj)
@@ -460,7 +369,7 @@ class _Recording:
         return reply
 
     async def create(self, obj: Obj) -> Obj:
-        from ondeck_operator.kube import ConflictError
+        from ondeck_operator.reconcile.kinds import ConflictError
 
         self._controller.metrics.writes.labels(verb="create").inc()
         try:

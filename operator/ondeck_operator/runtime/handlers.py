@@ -26,23 +26,21 @@ from typing import Any
 
 import kopf
 
-from ondeck_operator.constants import (
+from ondeck_operator.api.constants import (
     LABEL_MANAGED_BY,
     LABEL_MODEL_DEPLOYMENT,
     MANAGED_BY,
     PLURAL,
 )
-from ondeck_operator.controller import Controller, Key, index_id, new_controller, pack, trim
-from ondeck_operator.kube import (
+from ondeck_operator.reconcile.facts import WATCHED_KINDS
+from ondeck_operator.reconcile.kinds import (
     MODEL_DEPLOYMENT,
     Kind,
-    connection_info,
-    load_configuration,
 )
-from ondeck_operator.reconcile import (
-    WATCHED_KINDS,
-)
-from ondeck_operator.settings import OperatorSettings
+from ondeck_operator.runtime.cache import index_id, pack, trim
+from ondeck_operator.runtime.controller import Controller, Key, new_controller
+from ondeck_operator.runtime.kube_client import connection_info, load_configuration
+from ondeck_operator.runtime.settings import OperatorSettings
 
 __all__ = ["build_registry", "kopf_settings", "run"]
 

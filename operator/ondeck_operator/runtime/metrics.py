@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ondeck_operator.constants import Phase
+from ondeck_operator.api.constants import Phase
 
 __all__ = ["Metrics", "serve_routes"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ondeck_operator.config import OperatorConfig
+from ondeck_operator.api.operator_config import OperatorConfig
 
 __all__ = ["ENV_PREFIX", "LogFormat", "LogLevel", "OperatorSettings", "env_var"]
 

@@ -25,6 +25,7 @@ class DType(StrEnum):
     FLOAT64 = "float64"
     INT64 = "int64"
     INT32 = "int32"
+    INT16 = "int16"
     INT8 = "int8"
     UINT8 = "uint8"
     BOOL = "bool"
@@ -44,6 +45,7 @@ _V2 = {
     DType.FLOAT64: "FP64",
     DType.INT64: "INT64",
     DType.INT32: "INT32",
+    DType.INT16: "INT16",
     DType.INT8: "INT8",
     DType.UINT8: "UINT8",
     DType.BOOL: "BOOL",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ondeck_operator.config import OperatorConfig
+from ondeck_operator.api.operator_config import OperatorConfig
 
 
 @pytest.fixture

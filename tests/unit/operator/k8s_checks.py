@@ -7,8 +7,8 @@ from typing import Any
 
 import kubernetes_validate
 
-from ondeck_operator.constants import LABEL_MODEL_DEPLOYMENT, RESERVED_LABEL_PREFIXES
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.constants import LABEL_MODEL_DEPLOYMENT, RESERVED_LABEL_PREFIXES
+from ondeck_operator.api.spec import ModelDeployment
 
 from .specs import K8S_VERSIONS
 

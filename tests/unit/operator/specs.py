@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.spec import ModelDeployment
 
 UID = "0b7e1c2a-1111-2222-3333-444455556666"
 

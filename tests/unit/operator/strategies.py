@@ -7,7 +7,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ondeck_operator.render import RenderState
+from ondeck_operator.api.fields import Format, OptimizationLevel, Quantize, TensorDType
+from ondeck_operator.render.manifests import RenderState
 
 Doc = dict[str, Any]
 
@@ -41,7 +42,7 @@ inputs = st.lists(
     st.fixed_dictionaries(
         {
             "name": st.from_regex(r"\A[a-zA-Z_][a-zA-Z0-9_.]{0,10}\Z"),
-            "dtype": st.sampled_from(["float32", "float16", "int64", "int32", "uint8", "bool"]),
+            "dtype": st.sampled_from([d.value for d in TensorDType]),
             "shape": st.lists(st.just(-1) | st.integers(1, 64), min_size=1, max_size=4),
         }
     ),
@@ -54,7 +55,7 @@ inputs = st.lists(
 @st.composite
 def model(draw: st.DrawFn) -> Doc:
     doc: Doc = {"uri": draw(uri())}
-    fmt = draw(st.sampled_from([None, "onnx", "pytorch", "sklearn"]))
+    fmt = draw(st.sampled_from([None, *(f.value for f in Format)]))
     if fmt:
         doc["format"] = fmt
     if fmt == "pytorch" or draw(st.booleans()):
@@ -73,13 +74,13 @@ def model(draw: st.DrawFn) -> Doc:
 @st.composite
 def optimize(draw: st.DrawFn) -> Doc:
     doc: Doc = {}
-    quantize = draw(st.sampled_from([None, "none", "int8", "int8-static", "fp16"]))
+    quantize = draw(st.sampled_from([None, *(q.value for q in Quantize)]))
     if quantize:
         doc["quantize"] = quantize
     if quantize == "int8-static" or draw(st.booleans()):
         doc["calibration"] = draw(uri())
     if draw(st.booleans()):
-        doc["level"] = draw(st.sampled_from(["disabled", "basic", "extended", "all"]))
+        doc["level"] = draw(st.sampled_from([level.value for level in OptimizationLevel]))
     if draw(st.booleans()):
         doc["validation"] = {
             "samples": draw(st.integers(1, 10000)),

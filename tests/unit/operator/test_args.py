@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ondeck_operator.args import artifact_key, convert_args, inputs_arg, serve_args
-from ondeck_operator.types import InputSpec
+from ondeck_operator.api.spec import InputSpec
+from ondeck_operator.render.args import artifact_key, convert_args, inputs_arg, serve_args
 
 from .specs import FULL_SPEC, make_md
 

@@ -10,8 +10,8 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from ondeck_operator import cli_render
-from ondeck_operator.types import ModelDeployment, SpecError
+from ondeck_operator.api.spec import ModelDeployment, SpecError
+from ondeck_operator.cli import render_cmd as cli_render
 
 BROKEN = sorted(Path(__file__).with_name("broken").glob("*.yaml"))
 

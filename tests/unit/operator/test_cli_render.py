@@ -14,9 +14,9 @@ import yaml
 from click.testing import Result
 from typer.testing import CliRunner
 
-from ondeck_operator import cli_render
-from ondeck_operator.crd import CRD_PATHS, crd_yaml
-from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
+from ondeck_operator.cli import render_cmd as cli_render
+from ondeck_operator.codegen.crd import CRD_PATHS, crd_yaml
+from ondeck_operator.codegen.reference import REFERENCE_PATH, reference_markdown
 
 from .bad_manifests import BAD, Bad
 from .k8s_checks import all_problems

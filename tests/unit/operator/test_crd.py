@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ondeck_operator.crd import CRD_PATHS, crd, crd_yaml
-from ondeck_operator.reference import REFERENCE_PATH, reference_markdown
+from ondeck_operator.codegen.crd import CRD_PATHS, crd, crd_yaml
+from ondeck_operator.codegen.reference import REFERENCE_PATH, reference_markdown
 
 from .k8s_checks import schema_errors
 
@@ -37,8 +37,8 @@ def test_crd_file_parses_to_the_generated_object() -> None:
 
 
 def test_reference_example_is_a_valid_manifest() -> None:
-    from ondeck_operator.reference import EXAMPLE
-    from ondeck_operator.types import ModelDeployment
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.codegen.reference import EXAMPLE
 
     md = ModelDeployment.from_manifest(yaml.safe_load(EXAMPLE))
     assert md.spec.autoscaling is not None

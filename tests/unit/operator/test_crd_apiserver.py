@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ondeck_operator.cli_render import check_manifest
-from ondeck_operator.crd import crd
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.cli.render_cmd import check_manifest
+from ondeck_operator.codegen.crd import crd
 
 from .bad_manifests import BAD, Bad
 from .specs import FULL_SPEC, manifest

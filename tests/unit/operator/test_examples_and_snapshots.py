@@ -16,11 +16,11 @@ import jsonschema
 import pytest
 import yaml
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.crd import validation_schema
-from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.codegen.crd import validation_schema
+from ondeck_operator.render.args import artifact_key
+from ondeck_operator.render.manifests import RenderState, render
 
 from .k8s_checks import all_problems
 from .specs import FULL_SPEC, manifest

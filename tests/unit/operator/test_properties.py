@@ -13,11 +13,11 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.crd import validation_schema
-from ondeck_operator.names import child_name
-from ondeck_operator.render import RenderState, render
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.codegen.crd import validation_schema
+from ondeck_operator.render.manifests import RenderState, render
+from ondeck_operator.render.names import child_name
 
 from .k8s_checks import all_problems
 from .strategies import Doc, manifests, render_states

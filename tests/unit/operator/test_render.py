@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.constants import LABEL_ARTIFACT_KEY
-from ondeck_operator.render import RenderState, model_url, render, render_job, selector_string
+from ondeck_operator.api.constants import LABEL_ARTIFACT_KEY
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.render.args import artifact_key
+from ondeck_operator.render.manifests import (
+    RenderState,
+    model_url,
+    render,
+    render_job,
+    selector_string,
+)
 
 from .k8s_checks import all_problems
 from .specs import FULL_SPEC, make_md

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from ondeck_operator.args import convert_args, serve_args
-from ondeck_operator.types import ModelDeployment, ModelDeploymentSpec
+from ondeck_operator.api.spec import ModelDeployment, ModelDeploymentSpec
+from ondeck_operator.render.args import convert_args, serve_args
 
 from .specs import FULL_SPEC, make_md
 from .strategies import hex_key, manifests

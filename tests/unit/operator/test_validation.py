@@ -7,8 +7,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from ondeck_operator.crd import validation_schema
-from ondeck_operator.types import ModelDeployment, SpecError
+from ondeck_operator.api.spec import ModelDeployment, SpecError
+from ondeck_operator.codegen.crd import validation_schema
 
 from .bad_manifests import BAD, Bad
 from .specs import FULL_SPEC, manifest
@@ -60,7 +60,7 @@ def test_not_a_mapping() -> None:
 
 
 def test_null_fields_mean_the_default_as_in_the_api_server() -> None:
-    from ondeck_operator.cli_render import check_manifest
+    from ondeck_operator.cli.render_cmd import check_manifest
 
     doc = manifest(
         {"model": {"uri": "s3://b/m.onnx", "format": None}, "server": {"replicas": None}}

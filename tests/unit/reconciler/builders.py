@@ -7,9 +7,10 @@ import copy
 import json
 from typing import Any
 
-from ondeck_operator.kube import POD, Kind, kind_of
-from ondeck_operator.reconcile import CHILD_KINDS, Observed, Plan
-from ondeck_operator.types import ModelDeployment
+from ondeck_operator.api.spec import ModelDeployment
+from ondeck_operator.reconcile.facts import CHILD_KINDS, Observed
+from ondeck_operator.reconcile.kinds import POD, Kind, kind_of
+from ondeck_operator.reconcile.plan import Plan
 
 UID = "6f1c2a8e-3b1d-4c55-9a43-1f2e3d4c5b6a"
 NOW = "2026-11-22T10:00:00Z"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ondeck_operator.drift import needs_apply, quantity
+from ondeck_operator.reconcile.drift import needs_apply, quantity
 
 
 def deployment(**container: Any) -> dict[str, Any]:

@@ -10,11 +10,11 @@ import yaml
 from typer.testing import CliRunner
 
 from ondeck_operator.cli import _register, app
-from ondeck_operator.controller import is_active_peer
-from ondeck_operator.handlers import kopf_settings
-from ondeck_operator.kube import KINDS
-from ondeck_operator.reconcile import CHILD_KINDS, WATCHED_KINDS
-from ondeck_operator.settings import OperatorSettings, env_var
+from ondeck_operator.reconcile.facts import CHILD_KINDS, WATCHED_KINDS
+from ondeck_operator.reconcile.kinds import KINDS
+from ondeck_operator.runtime.handlers import kopf_settings
+from ondeck_operator.runtime.peering import is_active_peer
+from ondeck_operator.runtime.settings import OperatorSettings, env_var
 
 RULES = Path(__file__).resolve().parents[3] / "charts/ondeck/files/operator-rules.yaml"
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 
-from ondeck_operator.args import artifact_key
-from ondeck_operator.config import OperatorConfig
-from ondeck_operator.kube import DEPLOYMENT, INGRESS, JOB, POD, PVC, SERVICE, kind_of
-from ondeck_operator.names import job_name, pvc_name
-from ondeck_operator.reconcile import Observed, Plan, plan
-from ondeck_operator.types import ModelDeployment, ModelDeploymentStatus
+from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.spec import ModelDeployment, ModelDeploymentStatus
+from ondeck_operator.reconcile.facts import Observed
+from ondeck_operator.reconcile.kinds import DEPLOYMENT, INGRESS, JOB, POD, PVC, SERVICE, kind_of
+from ondeck_operator.reconcile.plan import Plan, plan
+from ondeck_operator.render.args import artifact_key
+from ondeck_operator.render.names import job_name, pvc_name
 
 from .builders import LATER, NOW, finished_job, held, md, observed_after, replace, summary
 
@@ -191,8 +192,8 @@ def test_an_apply_error_is_reported_and_nothing_is_written() -> None:
 
 
 def test_a_spec_the_operator_cannot_render_is_failed_with_every_problem() -> None:
-    from ondeck_operator.reconcile import invalid_plan
-    from ondeck_operator.types import SpecError
+    from ondeck_operator.api.spec import SpecError
+    from ondeck_operator.reconcile.plan import invalid_plan
 
     body = {
         "metadata": {"name": "iris", "namespace": "ml", "uid": "u", "generation": 3},
@@ -222,7 +223,7 @@ def test_a_spec_the_operator_cannot_render_is_failed_with_every_problem() -> Non
 
 
 def test_pods_are_needed_only_until_the_status_holds_the_result() -> None:
-    from ondeck_operator.reconcile import pods_needed
+    from ondeck_operator.reconcile.facts import pods_needed
 
     m = md()
     first = plan(m, Observed(), CONFIG, now=NOW)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ondeck_operator.constants import Reason
-from ondeck_operator.status import (
+from ondeck_operator.api.constants import Reason
+from ondeck_operator.reconcile.status import (
     DeploymentFacts,
     Facts,
     JobState,

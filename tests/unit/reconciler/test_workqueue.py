@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from ondeck_operator.workqueue import WorkQueue
+from ondeck_operator.runtime.workqueue import WorkQueue
 
 
 def test_bursts_collapse_and_a_key_never_runs_twice_at_once() -> None:

@@ -1,0 +1,1 @@
+"""Generated artifacts from the API types: the CRD and the reference docs."""

@@ -1,0 +1,238 @@
+"""`HttpKube`: the `KubeApi` of reconcile/kinds.py over aiohttp, with the credentials of a
+kubeconfig or of the pod's ServiceAccount (loaded by the official `kubernetes` package, so
+exec plugins and token rotation work as in kubectl). `connection_info()` hands the same
+credentials to kopf, so both always agree. No watch (kopf does), no cache, no retry."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from ondeck_operator.api.constants import FIELD_MANAGER
+from ondeck_operator.reconcile.kinds import (
+    Kind,
+    NotFoundError,
+    TransientError,
+    error_for,
+    kind_of,
+)
+
+Obj = dict[str, Any]
+
+
+# ------------------------------------------------------------------- credentials
+
+
+def load_configuration(kubeconfig: Path | None = None, context: str | None = None) -> Any:
+    """A `kubernetes.client.Configuration`: the pod's ServiceAccount when running in a
+    cluster (and no kubeconfig is given), else the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig) if kubeconfig else None,
+            context=context,
+            client_configuration=configuration,
+        )
+    return configuration
+
+
+def _authorization(configuration: Any) -> str | None:
+    # The kubernetes client keeps the bearer token under one of two names depending on
+    # its version; calling the getter also runs its refresh hook (token rotation, exec).
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    return str(header) if header else None
+
+
+def connection_info(configuration: Any) -> Any:
+    """The same credentials as a `kopf.ConnectionInfo` for kopf's login handler."""
+    import kopf
+
+    header = _authorization(configuration)
+    scheme, token = None, None
+    if header:
+        first, _, rest = header.partition(" ")
+        scheme, token = (first, rest) if rest else (None, first)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+# ------------------------------------------------------------------- aiohttp client
+
+RequestHook = Callable[[str, int], None]
+AUTH_REFRESH_SECONDS = 60.0
+
+
+class HttpKube:
+    """`KubeApi` over aiohttp. `on_request(verb, status)` is called after every call
+    (status 0 when no reply came), which is how the operator counts API requests."""
+
+    def __init__(
+        self,
+        configuration: Any,
+        *,
+        timeout: float = 30.0,
+        on_request: RequestHook | None = None,
+    ) -> None:
+        self._configuration = configuration
+        self._server = str(configuration.host).rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._on_request = on_request or (lambda verb, status: None)
+        self._session: aiohttp.ClientSession | None = None
+        self._auth_header: str | None = None
+        self._auth_until = 0.0
+
+    def _auth(self) -> str | None:
+        # Asking the kubernetes client re-reads the kubeconfig (or token file) each time;
+        # once a minute is plenty for rotated tokens, which stay valid for an hour or more.
+        now = time.monotonic()
+        if self._auth_until <= now:
+            self._auth_header = _authorization(self._configuration)
+            self._auth_until = now + AUTH_REFRESH_SECONDS
+        return self._auth_header
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        cfg = self._configuration
+        if not cfg.verify_ssl:
+            return False
+        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+        if cfg.cert_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return context
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=32)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Obj | None = None,
+        content_type: str = "application/json",
+        verb: str,
+    ) -> Obj | None:
+        """One request; None for a 404 on GET, the decoded reply otherwise."""
+        url = self._server + path + (f"?{urlencode(params)}" if params else "")
+        headers = {"Accept": "application/json"}
+        auth = self._auth()
+        if auth:
+            headers["Authorization"] = auth
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body, separators=(",", ":"))
+        try:
+            async with self._client().request(method, url, data=data, headers=headers) as rsp:
+                text = await rsp.text()
+                status = rsp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._on_request(verb, 0)
+            raise TransientError(0, type(exc).__name__, f"{method} {path}: {exc}") from exc
+        self._on_request(verb, status)
+        if status == 404 and method == "GET":
+            return None
+        if status >= 400:
+            raise error_for(status, text)
+        decoded: Obj = json.loads(text) if text else {}
+        return decoded
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        return await self._call("GET", kind.path(namespace, name), verb="get")
+
+    async def list(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        not_older_than: str | None = None,
+    ) -> list[Obj]:
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if not_older_than:
+            # Served from the API server's watch cache once it is at least this new, instead
+            # of a consistent read of every object of the kind in the namespace from etcd.
+            params["resourceVersion"] = not_older_than
+            params["resourceVersionMatch"] = "NotOlderThan"
+        reply = await self._call("GET", kind.path(namespace), params=params, verb="list")
+        items: list[Obj] = (reply or {}).get("items") or []
+        for item in items:  # list items carry no apiVersion/kind
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items
+
+    async def apply(self, obj: Obj) -> Obj:
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        reply = await self._call(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            verb="apply",
+        )
+        return reply or {}
+
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, uid: str | None = None
+    ) -> bool:
+        body: Obj = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            await self._call("DELETE", kind.path(namespace, name), body=body, verb="delete")
+        except NotFoundError:
+            return False
+        return True
+
+    async def patch_status(self, kind: Kind, namespace: str | None, name: str, patch: Obj) -> Obj:
+        reply = await self._call(
+            "PATCH",
+            kind.path(namespace, name, "status"),
+            body=patch,
+            content_type="application/merge-patch+json",
+            verb="patch",
+        )
+        return reply or {}
+
+    async def create(self, obj: Obj) -> Obj:
+        kind = kind_of(obj)
+        reply = await self._call(
+            "POST",
+            kind.path(obj["metadata"].get("namespace")),
+            body=obj,
+            verb="create",
+        )
+        return reply or {}

@@ -1,0 +1,179 @@
+"""Every fact the operator and the server both hold, pinned in one place.
+
+The two halves never import each other (docs/architecture.md): the operator renders a
+command line and reads a termination message; the server parses the one and writes the
+other. So each mirrored fact lives twice, and this module — the one place allowed to
+import both halves — fails when the copies drift: the enums a spec field and a flag share,
+the defaults and bounds of every setting the spec passes to a flag (the spec may be
+stricter than the server, never looser), the probe paths and port, the artifact layout,
+and the condition reason the resource shows for every way a conversion can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import annotated_types
+import pytest
+from pydantic import BaseModel
+
+from ondeck_operator.api import constants, fields
+from ondeck_operator.api import spec as api
+from ondeck_operator.reconcile import status
+from ondeck_server import artifact
+from ondeck_server.convert import errors as convert_errors
+from ondeck_server.convert.formats import Format
+from ondeck_server.convert.inputs_spec import DType
+from ondeck_server.convert.optimize import OptimizationLevel
+from ondeck_server.convert.quantize import Quantize
+from ondeck_server.convert.validate import Thresholds
+from ondeck_server.serve import asgi
+from ondeck_server.serve.settings import ServeSettings
+
+ENUMS: list[tuple[type[StrEnum], type[StrEnum]]] = [
+    (fields.TensorDType, DType),
+    (fields.Format, Format),
+    (fields.OptimizationLevel, OptimizationLevel),
+    (fields.Quantize, Quantize),
+]
+
+
+@pytest.mark.parametrize(("operator_enum", "server_enum"), ENUMS, ids=lambda e: e.__name__)
+def test_enums_match(operator_enum: type[StrEnum], server_enum: type[StrEnum]) -> None:
+    assert {m.value for m in operator_enum} == {m.value for m in server_enum}
+
+
+def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:
+    """(default, lowest allowed, highest allowed) of a pydantic field; None: unbounded."""
+    info = model.model_fields[name]
+    low: Any = None
+    high: Any = None
+    for item in info.metadata:
+        if isinstance(item, annotated_types.Ge):
+            low = item.ge
+        elif isinstance(item, annotated_types.Gt):
+            low = item.gt
+        elif isinstance(item, annotated_types.Le):
+            high = item.le
+        elif isinstance(item, annotated_types.Lt):
+            high = item.lt
+    return info.default, low, high
+
+
+def _within(inner: tuple[Any, Any], outer: tuple[Any, Any]) -> bool:
+    (ilo, ihi), (olo, ohi) = inner, outer
+    low_ok = olo is None or (ilo is not None and ilo >= olo)
+    high_ok = ohi is None or (ihi is not None and ihi <= ohi)
+    return low_ok and high_ok
+
+
+#: (spec model, spec field, server model, server field, the spec's default is the server's)
+SETTINGS: list[tuple[type[BaseModel], str, type[BaseModel], str, bool]] = [
+    (api.BatchingSpec, "max_batch_size", ServeSettings, "max_batch_size", True),
+    (api.BatchingSpec, "max_delay_ms", ServeSettings, "max_delay_ms", True),
+    (api.ServerSpec, "threads", ServeSettings, "threads", True),
+    # None in the spec: the flag is left out and the server's default applies.
+    (api.ServerSpec, "max_body_bytes", ServeSettings, "max_body_bytes", False),
+    (api.ServerSpec, "max_queue", ServeSettings, "max_queue", False),
+    (api.ServerSpec, "drain_timeout_seconds", ServeSettings, "drain_timeout", True),
+    (api.ValidationSpec, "samples", Thresholds, "samples", True),
+    (api.ValidationSpec, "min_cosine", Thresholds, "min_cosine", True),
+    (api.ValidationSpec, "max_top1_disagreement", Thresholds, "max_top1_disagreement", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec_model", "spec_field", "server_model", "server_field", "same_default"),
+    SETTINGS,
+    ids=[f"{s[0].__name__}.{s[1]}" for s in SETTINGS],
+)
+def test_setting_defaults_and_bounds(
+    spec_model: type[BaseModel],
+    spec_field: str,
+    server_model: type[BaseModel],
+    server_field: str,
+    same_default: bool,
+) -> None:
+    spec_default, *spec_range = _bounds(spec_model, spec_field)
+    server_default, *server_range = _bounds(server_model, server_field)
+    if same_default:
+        assert spec_default == server_default
+    else:
+        assert spec_default is None
+    assert _within((spec_range[0], spec_range[1]), (server_range[0], server_range[1])), (
+        f"spec allows {spec_range}, the server only {server_range}"
+    )
+
+
+def test_every_conversion_failure_has_a_deliberate_condition_reason() -> None:
+    written = {r.value for r in convert_errors.Reason} | {"UsageError"}
+    assert set(status.ERROR_REASONS) == written
+    for error_type, reason in status.ERROR_REASONS.items():
+        assert reason in status.FAILURE_REASONS, error_type
+        assert status.failure_reason(f"{error_type}: boom") is reason
+    # Verbatim where the names agree; the two deliberate renames are the only others.
+    renamed = {k for k, v in status.ERROR_REASONS.items() if k != v.value}
+    assert renamed == {"FetchFailed", "UsageError"}
+
+
+def test_probe_paths_and_port() -> None:
+    assert {
+        constants.HEALTH_LIVE_PATH,
+        constants.HEALTH_READY_PATH,
+        constants.METRICS_PATH,
+    } == asgi.OPEN_PATHS
+    assert _bounds(ServeSettings, "port")[0] == constants.SERVER_PORT
+
+
+def test_artifact_layout() -> None:
+    from ondeck_operator.render.manifests import render  # noqa: F401  (the renderer's paths)
+
+    assert artifact.REFS_DIR == "refs"
+    assert artifact.MODEL_FILE == "model.onnx"
+    assert artifact.MANIFEST_FILE == "manifest.json"
+
+
+def test_every_spec_dtype_converts(tmp_path: Path) -> None:
+    """Each `spec.model.inputs[].dtype` the CRD accepts is one convert accepts, end to end:
+    the rendered argv converts a model with an input of that type."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ondeck_operator.render.args import convert_args
+
+    names = {"float32": "FLOAT", "float16": "FLOAT16", "float64": "DOUBLE", "bool": "BOOL"}
+    for dtype in fields.TensorDType:
+        elem = getattr(TensorProto, names.get(dtype.value, dtype.value.upper()))
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "identity",
+            [helper.make_tensor_value_info("x", elem, ["batch", 4])],
+            [helper.make_tensor_value_info("y", elem, ["batch", 4])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        path = tmp_path / f"{dtype.value}.onnx"
+        onnx.save(model, str(path))
+        md = api.ModelDeploymentSpec.model_validate(
+            {
+                "model": {
+                    "uri": f"file://{path}",
+                    "inputs": [{"name": "x", "dtype": dtype.value, "shape": [-1, 4]}],
+                }
+            }
+        )
+        argv = convert_args(md, store=str(tmp_path / "store"), ref=None)
+        done = subprocess.run(
+            [sys.executable, "-m", "ondeck_server", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (dtype, done.stderr[-500:])
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["inputs"][0]["name"] == "x"
