@@ -294,8 +294,43 @@ def test_stop_refuses_queued_requests_with_503() -> None:
         return list(await asyncio.gather(running, queued, return_exceptions=True))
 
     running, queued = asyncio.run(go())
-    assert isinstance(queued, errors.ModelNotReady)
+    assert isinstance(queued, errors.ShuttingDown)
     assert queued.status == 503
+    assert dict(queued.headers)[b"retry-after"] == b"1"
     assert str(queued) == "the server is shutting down; retry, another replica will answer"
-    assert isinstance(running, errors.ModelNotReady)  # its run was aborted
+    assert isinstance(running, errors.ShuttingDown)  # its run was aborted
     assert runtime.aborted
+
+
+def test_close_refuses_waiting_and_later_requests_and_lets_the_running_one_finish() -> None:
+    gate = threading.Event()
+    batcher, runtime = make(gate)
+
+    async def go() -> list[object]:
+        batcher.start()
+        running = batcher.submit({"x": rows(0, 1)}, 1)
+        await asyncio.sleep(0.05)
+        queued = batcher.submit({"x": rows(10, 1)}, 1)
+        batcher.close()
+        outcomes: list[object] = []
+
+        def receive() -> None:
+            with batcher.receiving():
+                pass
+
+        for attempt in (lambda: batcher.submit({"x": rows(20, 1)}, 1), receive):
+            try:
+                attempt()
+            except errors.ShuttingDown as exc:
+                outcomes.append(exc)
+        gate.set()
+        outcomes += await asyncio.gather(running, queued, return_exceptions=True)
+        await batcher.stop()
+        return outcomes
+
+    later, receiving, running, queued = asyncio.run(go())
+    assert isinstance(later, errors.ShuttingDown)
+    assert isinstance(receiving, errors.ShuttingDown)
+    assert isinstance(queued, errors.ShuttingDown)
+    assert isinstance(running, dict)  # answered
+    assert runtime.batches == [1]

@@ -191,6 +191,63 @@ def test_drain_timeout_bounds_the_shutdown(start_server: object, zoo: dict[str, 
     assert stopped < 5.0, server.output()
 
 
+SHUTTING_DOWN = {"error": "the server is shutting down; retry, another replica will answer"}
+
+
+def test_requests_left_at_the_drain_deadline_get_503_not_500(
+    start_server: object, zoo: dict[str, Path]
+) -> None:
+    """Item 9 of issue 15: requests still queued when the drain ended, and requests sent
+    after SIGTERM, got uvicorn's `500 text/plain` with a traceback each."""
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "1")  # type: ignore[operator]
+    url = server.wait_ready()
+    feeds = [modelzoo.sample_inputs("slow", 200, seed=i) for i in range(16)]
+    requests = [binary_request(f) for f in feeds]
+
+    async def post(client: httpx.AsyncClient, i: int) -> httpx.Response | Exception:
+        body, headers = requests[i]
+        try:
+            return await client.post("/v2/models/slow_heavy/infer", content=body, headers=headers)
+        except httpx.TransportError as exc:
+            return exc
+
+    async def go() -> tuple[list[httpx.Response | Exception], list[httpx.Response | Exception]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            before = [asyncio.create_task(post(client, i)) for i in range(12)]
+            deadline = time.monotonic() + 30
+            while (_metric(url, "ondeck_inflight_requests") or 0) < 12:
+                assert time.monotonic() < deadline, "requests never got in flight"
+                await asyncio.sleep(0.01)
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            # Sent during the drain, on new connections: answered or 503, never 500.
+            async with httpx.AsyncClient(base_url=url, timeout=60) as late:
+                after = await asyncio.gather(*(post(late, i) for i in range(12, 16)))
+            return list(await asyncio.gather(*before)), list(after)
+
+    before, after = asyncio.run(go())
+    assert server.proc.wait(30) == 0
+    refused = 0
+    for i, answer in enumerate([*before, *after]):
+        assert isinstance(answer, httpx.Response), (i, answer)
+        if answer.status_code == 200:
+            assert_same(
+                decode_response(answer.content, answer.headers)[1],
+                modelzoo.reference(zoo["slow_heavy"], feeds[i]),
+            )
+            continue
+        assert answer.status_code == 503, (i, answer.status_code, answer.text[:200])
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json() == SHUTTING_DOWN
+        refused += 1
+    assert refused >= 8, "the drain was long enough for most requests: make them slower"
+    output = server.output()
+    assert "Exception in ASGI application" not in output
+    assert "Traceback" not in output
+
+
 def test_model_that_cannot_load_exits_1(start_server: object, tmp_path: Path) -> None:
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf")

@@ -69,6 +69,7 @@ def test_each_error_has_one_status() -> None:
         errors.PayloadTooLarge: 413,
         errors.ModelNotReady: 503,
         errors.Overloaded: 503,
+        errors.ShuttingDown: 503,
         errors.InferenceFailed: 500,
         errors.StartupError: 500,
     }
@@ -77,6 +78,7 @@ def test_each_error_has_one_status() -> None:
         assert cls.status == status
     assert set(errors.ServeError.__subclasses__()) == set(statuses)
     assert dict(errors.Overloaded.headers)[b"retry-after"] == b"1"
+    assert dict(errors.ShuttingDown.headers)[b"retry-after"] == b"1"
 
 
 def test_settings_defaults_and_names(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ app of routes.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -15,14 +16,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from ondeck_server.serve import v1, v2
+from ondeck_server.serve.batching import Batcher
 from ondeck_server.serve.errors import (
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
     PayloadTooLarge,
     ServeError,
+    ShuttingDown,
     Unauthorized,
 )
+from ondeck_server.serve.model import ModelInfo
 from ondeck_server.serve.state import ServerState
 
 log = logging.getLogger("ondeck.server")
@@ -36,6 +40,8 @@ Send = Callable[[Message], Awaitable[None]]
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
+_HEADER_LENGTH = b"inference-header-content-length"
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -44,8 +50,12 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+def _error_response(exc: ServeError) -> Response:
+    return exc.status, v2.encode_error(exc.message), [_JSON, *exc.headers]
+
+
 async def _send_error(send: Send, exc: ServeError) -> None:
-    await _send(send, exc.status, v2.encode_error(exc.message), [_JSON, *exc.headers])
+    await _send(send, *_error_response(exc))
 
 
 def _headers(scope: Scope) -> tuple[int | None, int | None]:
@@ -136,53 +146,57 @@ class OndeckApp:
         start = time.perf_counter()
         state = self.state
         state.inflight += 1
-        label, code = "", 200
+        label, status = "", 500
         try:
-            path: str = scope["path"]
-            if v1_protocol:
-                name, version = path[len("/v1/models/") : -len(":predict")], None
-            else:
-                name, version = _v2_target(path)
-            model, batcher = state.target(name, version)
-            label = model.name
-            length, header_length = _headers(scope)
-            limit = state.settings.max_body_bytes
-            with batcher.receiving():
-                body = await _read_body(receive, length=length, limit=limit)
+            try:
+                path: str = scope["path"]
                 if v1_protocol:
-                    feeds, rows = v1.decode_request(body, model=model)
+                    name, version = path[len("/v1/models/") : -len(":predict")], None
                 else:
-                    request = v2.decode_request(body, header_length=header_length, model=model)
-                    feeds, rows = request.inputs, request.rows
-            results = await batcher.submit(feeds, rows)
-            if v1_protocol:
-                await _send(
-                    send, 200, v1.encode_response(model=model, results=results, rows=rows), [_JSON]
-                )
-                return
-            payload, json_length = v2.encode_response(
-                model=model,
-                request_id=request.id,
-                outputs=request.outputs,
-                binary=request.binary,
-                results=results,
-            )
-            if json_length is None:
-                await _send(send, 200, payload, [_JSON])
-            else:
-                await _send(
-                    send, 200, payload,
-                    [_BINARY, (b"inference-header-content-length", str(json_length).encode())],
-                )  # fmt: skip
-        except ServeError as exc:
-            code = exc.status
-            await _send_error(send, exc)
-        except Exception as exc:  # a bug of ours: still answer in the protocol's shape
-            log.exception("unexpected error while serving %s", scope["path"])
-            code = 500
-            await _send_error(send, InferenceFailed(f"internal error: {type(exc).__name__}: {exc}"))
+                    name, version = _v2_target(path)
+                model, batcher = state.target(name, version)
+                label = model.name
+                status, body, headers = await self._run(model, batcher, scope, receive, v1_protocol)
+            except ServeError as exc:
+                status, body, headers = _error_response(exc)
+            except asyncio.CancelledError:
+                # uvicorn cancels the requests still running when a SIGTERM drain ends:
+                # they get the protocol's 503 (retryable), not uvicorn's text/plain 500.
+                status, body, headers = _error_response(ShuttingDown())
+            except Exception as exc:  # a bug of ours: still answer in the protocol's shape
+                log.exception("unexpected error while serving %s", scope["path"])
+                error = InferenceFailed(f"internal error: {type(exc).__name__}: {exc}")
+                status, body, headers = 500, v2.encode_error(error.message), [_JSON]
+            await _send(send, status, body, headers)
         finally:
             state.inflight -= 1
             state.metrics.observe_request(
-                label, "v1" if v1_protocol else "v2", code, time.perf_counter() - start
+                label, "v1" if v1_protocol else "v2", status, time.perf_counter() - start
             )
+
+    async def _run(
+        self, model: ModelInfo, batcher: Batcher, scope: Scope, receive: Receive, v1_protocol: bool
+    ) -> Response:
+        """Read, decode, infer and encode one request: (status, body, headers)."""
+        length, header_length = _headers(scope)
+        limit = self.state.settings.max_body_bytes
+        with batcher.receiving():
+            body = await _read_body(receive, length=length, limit=limit)
+            if v1_protocol:
+                feeds, rows = v1.decode_request(body, model=model)
+            else:
+                request = v2.decode_request(body, header_length=header_length, model=model)
+                feeds, rows = request.inputs, request.rows
+        results = await batcher.submit(feeds, rows)
+        if v1_protocol:
+            return 200, v1.encode_response(model=model, results=results, rows=rows), [_JSON]
+        payload, json_length = v2.encode_response(
+            model=model,
+            request_id=request.id,
+            outputs=request.outputs,
+            binary=request.binary,
+            results=results,
+        )
+        if json_length is None:
+            return 200, payload, [_JSON]
+        return 200, payload, [_BINARY, (_HEADER_LENGTH, str(json_length).encode())]

@@ -16,7 +16,9 @@ When stacking is off (`stack=False`: the model has no dynamic batch dimension, o
 `--max-batch-size 1`) every request runs on its own, through the same bounded queue.
 A failed stacked batch is retried one request at a time, so one caller's bad input
 fails only that caller. Past `max_queue` waiting requests, `submit` raises
-`Overloaded` at once. This module does no HTTP and no decoding.
+`Overloaded` at once. After `close()` (the end of a SIGTERM drain) `receiving()` and
+`submit()` raise `ShuttingDown`, and so do the requests still waiting. This module does
+no HTTP and no decoding.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ondeck_server.serve.errors import InferenceFailed, ModelNotReady, Overloaded, ServeError
+from ondeck_server.serve.errors import InferenceFailed, Overloaded, ServeError, ShuttingDown
 from ondeck_server.serve.runtime import Arrays, Runtime
 
 log = logging.getLogger("ondeck.batching")
@@ -75,6 +77,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._current: list[_Item] = []  # the batch in the worker thread
+        self._closed = False
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -88,11 +91,10 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._closed = True
         for item in [*self._current, *self._queue]:
             if not item.future.done():
-                item.future.set_exception(
-                    ModelNotReady("the server is shutting down; retry, another replica will answer")
-                )
+                item.future.set_exception(ShuttingDown())
         self._queue.clear()
         self._current = []
         # A run still in progress would hold the process past its drain timeout.
@@ -100,6 +102,15 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def close(self) -> None:
+        """Stop taking requests: later ones and those waiting get `ShuttingDown` (503 +
+        Retry-After); the batch already running still finishes."""
+        self._closed = True
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown())
 
     # ----------------------------------------------------------------- callers
     @property
@@ -110,6 +121,8 @@ class Batcher:
     @contextlib.contextmanager
     def receiving(self) -> Iterator[None]:
         """Mark a request as being read and decoded: a partly filled batch may wait for it."""
+        if self._closed:
+            raise ShuttingDown()
         self._receiving += 1
         try:
             yield
@@ -120,11 +133,10 @@ class Batcher:
 
     def submit(self, feeds: Arrays, rows: int) -> asyncio.Future[Arrays]:
         """Queue one request; the future resolves to its own rows of every output."""
+        if self._closed:
+            raise ShuttingDown()
         if len(self._queue) >= self.max_queue:
-            raise Overloaded(
-                f"the server is at capacity ({self.max_queue} requests queued); retry after"
-                f" {Overloaded.retry_after} s"
-            )
+            raise self._overloaded()
         loop = asyncio.get_running_loop()
         key = tuple((a.shape[1:], a.dtype) for a in feeds.values()) if self.stack else ()
         item = _Item(feeds, rows, key, loop.create_future())
@@ -132,6 +144,12 @@ class Batcher:
         assert self._wake is not None, "Batcher.start() was not called"
         self._wake.set()
         return item.future
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"the server is at capacity ({self.max_queue} requests queued); retry after"
+            f" {Overloaded.retry_after} s"
+        )
 
     # ----------------------------------------------------------------- runner
     async def _loop(self) -> None:

@@ -9,6 +9,8 @@ message is what the user reads in the V2 error body `{"error": "<message>"}`:
     ├── PayloadTooLarge (413)     body over --max-body-bytes
     ├── ModelNotReady (503)       still loading or warming up
     ├── Overloaded (503)          the queue is full; the answer carries Retry-After
+    ├── ShuttingDown (503)        SIGTERM: the drain ended before this request was run;
+    │                             the answer carries Retry-After
     ├── InferenceFailed (500)     onnxruntime failed on input that passed validation
     └── StartupError (500)        the server cannot start: bad settings, unreadable model;
                                   the CLI prints it as one line and exits 1
@@ -58,6 +60,17 @@ class Overloaded(ServeError):
     #: Seconds a client should wait before retrying; sent as `Retry-After`.
     retry_after: ClassVar[int] = 1
     headers = ((b"retry-after", b"1"),)
+
+
+class ShuttingDown(ServeError):
+    status = 503
+    retry_after: ClassVar[int] = 1
+    headers = ((b"retry-after", b"1"),)
+
+    def __init__(
+        self, message: str = "the server is shutting down; retry, another replica will answer"
+    ) -> None:
+        super().__init__(message)
 
 
 class InferenceFailed(ServeError):

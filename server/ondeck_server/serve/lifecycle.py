@@ -98,6 +98,10 @@ class OndeckServer(uvicorn.Server):
         if self.drain_deadline is None:
             return False
         remaining = self.drain_deadline - time.monotonic()
+        if remaining <= 0 and state.batcher is not None:
+            # Requests still waiting will not run: answer them 503 + Retry-After now
+            # (and any that still arrive); the batch running gets uvicorn's last second.
+            state.batcher.close()
         if state.inflight == 0 or remaining <= 0:
             # uvicorn takes whole seconds: the last answers get up to 1 s more.
             self.config.timeout_graceful_shutdown = max(1, math.ceil(remaining))
