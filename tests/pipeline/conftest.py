@@ -42,6 +42,7 @@ def _builders() -> dict[str, Callable[[Path], object]]:
             "eager.pt": models.save_torch_pickle,
             "mlp.onnx": models.save_onnx_mlp,
             "outlier.onnx": models.save_outlier_model,
+            "center/model.onnx": models.save_batch_mean_model,
             "external/mlp.onnx": lambda p: models.save_onnx_mlp(p, external_data=True),
             "external/mlp.onnx.weights": lambda p: models.save_onnx_mlp(
                 p.with_name("mlp.onnx"), external_data=True

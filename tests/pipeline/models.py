@@ -306,3 +306,24 @@ def save_outlier_model(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path
+
+
+def save_batch_mean_model(path: Path) -> Path:
+    """`y = x - mean(x, axis=0)`: every row's answer depends on the other rows of its
+    batch, so requests of different callers must never share a run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "mean"], ["y"]),
+        ],
+        "center",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path

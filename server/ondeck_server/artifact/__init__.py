@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ondeck_server.artifact.batching import Batching
+
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 REFS_DIR = "refs"
@@ -70,6 +72,11 @@ class Manifest(_Model):
     versions: dict[str, str] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     created_at: str | None = Field(default=None, alias="createdAt")
+    batching: Batching | None = Field(
+        default=None,
+        description="whether requests of different callers may share a model run; absent "
+        "in artifacts made before ondeck recorded it (the server then checks at load)",
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)

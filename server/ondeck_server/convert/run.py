@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ondeck_server import artifact
 from ondeck_server.artifact import remote as remote_store
-from ondeck_server.convert import onnx_tools, store
+from ondeck_server.artifact.batching import Batching
+from ondeck_server.convert import batch_check, onnx_tools, store
 from ondeck_server.convert.converted import Converted
 from ondeck_server.convert.digest import compute_digest, converter_versions
 from ondeck_server.convert.errors import (
@@ -255,10 +256,14 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                 )
                 detail.append(request.quantize.value)
             with clock.stage("validate") as detail:
-                report = _validate(converted, model=model, request=request, calibration=calibration)
+                report, samples = _validate(
+                    converted, model=model, request=request, calibration=calibration
+                )
+                batching = batch_check.check(model, samples)
                 detail.append(
                     f"{report.samples} samples, cosine {report.cosine}, "
-                    f"top-1 disagreement {report.top1_disagreement}"
+                    f"top-1 disagreement {report.top1_disagreement}; batch independent: "
+                    f"{'yes' if batching.independent else 'no (' + batching.explain() + ')'}"
                 )
             with clock.stage("write"):
                 manifest = _manifest(
@@ -272,6 +277,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                     report=report.model_dump(mode="json", by_alias=True),
                     versions=versions,
                     timings=clock.timings,
+                    batching=batching,
                 )
                 (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
                 _finish_files(staging)
@@ -341,6 +347,7 @@ def _manifest(
     report: dict[str, Any],
     versions: dict[str, str],
     timings: dict[str, float],
+    batching: Batching,
 ) -> artifact.Manifest:
     inputs, outputs = onnx_tools.io_info(model)
     return artifact.Manifest(
@@ -361,6 +368,7 @@ def _manifest(
         versions=versions,
         timings=timings,
         createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
+        batching=batching,
     )
 
 
@@ -460,7 +468,8 @@ def _run_converter(
 
 def _validate(
     converted: Converted, *, model: Path, request: ConvertRequest, calibration: Feeds | None
-) -> Any:
+) -> tuple[Any, Feeds]:
+    """The validation report, and the samples it used."""
     samples, sample_source = make_samples(
         converted.inputs, count=request.thresholds.samples, calibration=calibration
     )
@@ -478,7 +487,7 @@ def _validate(
     batch = fixed.pop() if fixed_batch else MAX_BATCH
     _, outputs = onnx_tools.io_info(model)
     try:
-        return validate(
+        report = validate(
             reference=reference,
             reference_name=converted.reference_name,
             candidate=candidate,
@@ -489,6 +498,7 @@ def _validate(
             batch=batch,
             fixed_batch=fixed_batch,
         )
+        return report, samples
     except PipelineError:
         raise
     except Exception as exc:

@@ -15,6 +15,7 @@ from enum import StrEnum
 import numpy as np
 
 from ondeck_server import artifact
+from ondeck_server.serve import batch_policy
 from ondeck_server.serve.auth import BearerAuth, load_token
 from ondeck_server.serve.batching import Batcher
 from ondeck_server.serve.datatypes import Datatype
@@ -122,14 +123,17 @@ class ServerState:
                 runtime.outputs,
                 max_elements=self.settings.max_tensor_elements,
             )
-            rows = self.settings.max_batch_size if info.batchable else 1
+            # Across callers only for batch-independent models (batch_policy.py).
+            policy = await asyncio.to_thread(batch_policy.decide, self.settings, runtime, info)
+            policy.publish(self.metrics.registry, name)
+            rows = self.settings.max_batch_size if policy.enabled else 1
             await asyncio.to_thread(warm_up, runtime, info, rows)
             batcher = Batcher(
                 runtime,
                 max_batch_size=self.settings.max_batch_size,
                 max_delay_ms=self.settings.max_delay_ms,
                 max_queue=self.settings.max_queue,
-                stack=info.batchable,
+                stack=policy.enabled,
                 observer=self.metrics.batch_observer(name),
             )
             batcher.start()
