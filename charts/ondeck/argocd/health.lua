@@ -27,6 +27,7 @@ local failureReasons = {
   InvalidSettings = true,
   UnsupportedFormat = true,
   UnsafeModel = true,
+  ConverterMissing = true,
   OptimizationFailed = true,
   QuantizationFailed = true,
   StoreFailed = true,

@@ -134,6 +134,7 @@ class Reason(StrEnum):
     INVALID_SETTINGS = "InvalidSettings"
     UNSUPPORTED_FORMAT = "UnsupportedFormat"
     UNSAFE_MODEL = "UnsafeModel"
+    CONVERTER_MISSING = "ConverterMissing"
     OPTIMIZATION_FAILED = "OptimizationFailed"
     QUANTIZATION_FAILED = "QuantizationFailed"
     STORE_FAILED = "StoreFailed"

@@ -10,6 +10,7 @@ them, so importing this package is cheap.
 from ondeck_server.convert.errors import (
     ChecksumMismatch,
     ConversionFailed,
+    ConverterMissing,
     FetchFailed,
     InternalError,
     InvalidSettings,
@@ -34,6 +35,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConversionFailed",
     "ConvertRequest",
+    "ConverterMissing",
     "DType",
     "Events",
     "FetchFailed",

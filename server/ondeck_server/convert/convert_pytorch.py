@@ -22,7 +22,8 @@ import numpy as np
 
 from ondeck_server.convert.converted import Converted
 from ondeck_server.convert.errors import ConversionFailed, InvalidSettings
-from ondeck_server.convert.formats import SourceKind
+from ondeck_server.convert.extras import require_converter
+from ondeck_server.convert.formats import Format, SourceKind
 from ondeck_server.convert.inputs_spec import DType, InputSpec
 from ondeck_server.convert.onnx_tools import Feeds
 
@@ -37,6 +38,7 @@ _TRACE_DIM = 2
 def convert_pytorch(
     path: Path, *, kind: SourceKind, inputs: list[InputSpec] | None, out: Path
 ) -> Converted:
+    require_converter(Format.PYTORCH)
     import torch
 
     program: Any = None

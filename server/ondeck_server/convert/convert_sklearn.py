@@ -26,7 +26,8 @@ import numpy as np
 
 from ondeck_server.convert.converted import Converted
 from ondeck_server.convert.errors import ConversionFailed, InvalidSettings, UnsafeModel
-from ondeck_server.convert.formats import SourceKind
+from ondeck_server.convert.extras import require_converter
+from ondeck_server.convert.formats import Format, SourceKind
 from ondeck_server.convert.inputs_spec import DType, InputSpec
 from ondeck_server.convert.onnx_tools import Feeds
 
@@ -172,6 +173,7 @@ def convert_sklearn(
     allow_unsafe_pickle: bool,
     out: Path,
 ) -> Converted:
+    require_converter(Format.SKLEARN)
     from sklearn.base import is_classifier
 
     model = load_sklearn(path, kind=kind, allow_unsafe_pickle=allow_unsafe_pickle)

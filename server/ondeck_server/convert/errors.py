@@ -39,6 +39,7 @@ class Reason(StrEnum):
     CHECKSUM_MISMATCH = "ChecksumMismatch"
     UNSUPPORTED_FORMAT = "UnsupportedFormat"
     UNSAFE_MODEL = "UnsafeModel"
+    CONVERTER_MISSING = "ConverterMissing"
     CONVERSION_FAILED = "ConversionFailed"
     OPTIMIZATION_FAILED = "OptimizationFailed"
     QUANTIZATION_FAILED = "QuantizationFailed"
@@ -82,6 +83,12 @@ class UnsupportedFormat(PipelineError):
 
 class UnsafeModel(PipelineError):
     reason = Reason.UNSAFE_MODEL
+
+
+class ConverterMissing(PipelineError):
+    """The model's framework needs a converter this image or environment lacks."""
+
+    reason = Reason.CONVERTER_MISSING
 
 
 class ConversionFailed(PipelineError):
