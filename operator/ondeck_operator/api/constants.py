@@ -56,6 +56,9 @@ COMPONENT_CONVERTER: Final = "converter"
 COMPONENT_ARTIFACTS: Final = "artifacts"
 
 DEFAULT_IMAGE: Final = f"ghcr.io/ondeck/ondeck-server:{__version__}"
+#: The conversion Job's image: the server image plus the scikit-learn and PyTorch
+#: converters (Dockerfile.converter); the slim server image converts ONNX models only.
+DEFAULT_CONVERTER_IMAGE: Final = f"ghcr.io/ondeck/ondeck-converter:{__version__}"
 SERVER_PROGRAM: Final = "ondeck-server"
 SERVER_PORT: Final = 8080
 SERVER_PORT_NAME: Final = "http"

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from ondeck_operator.api.constants import (
     ARTIFACT_MOUNT_PATH,
+    DEFAULT_CONVERTER_IMAGE,
     DEFAULT_IMAGE,
     SOURCES_MOUNT_PATH,
 )
@@ -37,6 +38,12 @@ class OperatorConfig(BaseModel):
 
     server_image: str = Field(
         default=DEFAULT_IMAGE, min_length=1, description="Image when spec.server.image is unset."
+    )
+    converter_image: str = Field(
+        default=DEFAULT_CONVERTER_IMAGE,
+        min_length=1,
+        description="Image of the conversion Job (has the scikit-learn and PyTorch converters)"
+        " when spec.server.image is unset.",
     )
     image_pull_policy: PullPolicy = Field(
         default=PullPolicy.IF_NOT_PRESENT, description="Pull policy when the spec has none."

@@ -291,6 +291,9 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
         pvc_root=pvc_root,
     )
     image, pull_policy = _image(md, config)
+    if md.spec.server.image is None:
+        # A custom image is the user's whole toolchain; otherwise the converter image.
+        image = config.converter_image
     mounts: list[dict[str, Any]] = [
         {"name": VOLUME_ARTIFACTS, "mountPath": config.artifact_mount_path},
         {"name": VOLUME_TMP, "mountPath": TMP_MOUNT_PATH},
