@@ -199,7 +199,7 @@ def test_requests_left_at_the_drain_deadline_get_503_not_500(
 ) -> None:
     """Item 9 of issue 15: requests still queued when the drain ended, and requests sent
     after SIGTERM, got uvicorn's `500 text/plain` with a traceback each."""
-    server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "1")  # type: ignore[operator]
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "2")  # type: ignore[operator]
     url = server.wait_ready()
     feeds = [modelzoo.sample_inputs("slow", 200, seed=i) for i in range(16)]
     requests = [binary_request(f) for f in feeds]
@@ -230,6 +230,8 @@ def test_requests_left_at_the_drain_deadline_get_503_not_500(
     assert server.proc.wait(30) == 0
     refused = 0
     for i, answer in enumerate([*before, *after]):
+        if i >= len(before) and isinstance(answer, httpx.ConnectError):
+            continue  # sent after the listener closed (a loaded machine): never reached it
         assert isinstance(answer, httpx.Response), (i, answer)
         if answer.status_code == 200:
             assert_same(
