@@ -66,6 +66,7 @@ def test_each_error_has_one_status() -> None:
         errors.InvalidInput: 400,
         errors.Unauthorized: 401,
         errors.ModelNotFound: 404,
+        errors.RequestTimeout: 408,
         errors.PayloadTooLarge: 413,
         errors.ModelNotReady: 503,
         errors.Overloaded: 503,

@@ -8,10 +8,12 @@ app of routes.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
@@ -22,6 +24,7 @@ from ondeck_server.serve.errors import (
     InvalidInput,
     ModelNotFound,
     PayloadTooLarge,
+    RequestTimeout,
     ServeError,
     ShuttingDown,
     Unauthorized,
@@ -42,6 +45,12 @@ _JSON = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
 _HEADER_LENGTH = b"inference-header-content-length"
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+T = TypeVar("T")
+
+#: Bodies (and results) larger than this are decoded (encoded) in a worker thread, one
+#: at a time, so that the event loop, and with it the health probes, keeps answering.
+#: Below it the thread hand-off costs more than the work.
+OFFLOAD_BYTES = 1 << 20
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -77,13 +86,23 @@ def _int_header(value: bytes, name: str) -> int:
     return int(value)
 
 
-async def _read_body(receive: Receive, *, length: int | None, limit: int) -> bytes:
+async def _receive(receive: Receive, idle: float) -> Message:
+    try:
+        async with asyncio.timeout(idle):
+            return await receive()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body stalled: no bytes arrived for {idle:g} s (--header-timeout)"
+        ) from None
+
+
+async def _read_body(receive: Receive, *, length: int | None, limit: int, idle: float) -> bytes:
     if length is not None and length > limit:
         raise PayloadTooLarge(
             f"request body is {length} bytes; this server accepts at most {limit}"
             " (--max-body-bytes)"
         )
-    message = await receive()
+    message = await _receive(receive, idle)
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
@@ -91,7 +110,7 @@ async def _read_body(receive: Receive, *, length: int | None, limit: int) -> byt
         return body
     chunks, size = [body], len(body)
     while message.get("more_body", False):
-        message = await receive()
+        message = await _receive(receive, idle)
         if message["type"] == "http.disconnect":
             raise InvalidInput("the client closed the connection before sending the whole body")
         chunk = message.get("body", b"")
@@ -118,6 +137,8 @@ class OndeckApp:
     def __init__(self, state: ServerState, api: FastAPI) -> None:
         self.state = state
         self.api = api
+        # One thread: at most one large body is expanded into Python objects at a time.
+        self._codec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ondeck-codec")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -174,29 +195,52 @@ class OndeckApp:
                 label, "v1" if v1_protocol else "v2", status, time.perf_counter() - start
             )
 
+    async def _codec_work(self, work: Callable[[], T], size: int) -> T:
+        """`work()`, in the codec thread when `size` bytes are over OFFLOAD_BYTES."""
+        if size <= OFFLOAD_BYTES:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._codec, work)
+
     async def _run(
         self, model: ModelInfo, batcher: Batcher, scope: Scope, receive: Receive, v1_protocol: bool
     ) -> Response:
         """Read, decode, infer and encode one request: (status, body, headers)."""
         length, header_length = _headers(scope)
-        limit = self.state.settings.max_body_bytes
+        settings = self.state.settings
+        # Admission comes first: a full server answers 503 before reading the body.
         with batcher.receiving():
-            body = await _read_body(receive, length=length, limit=limit)
+            body = await _read_body(
+                receive, length=length, limit=settings.max_body_bytes, idle=settings.header_timeout
+            )
             if v1_protocol:
-                feeds, rows = v1.decode_request(body, model=model)
+                feeds, rows = await self._codec_work(
+                    functools.partial(v1.decode_request, body, model=model), len(body)
+                )
             else:
-                request = v2.decode_request(body, header_length=header_length, model=model)
+                request = await self._codec_work(
+                    functools.partial(
+                        v2.decode_request, body, header_length=header_length, model=model
+                    ),
+                    len(body),
+                )
                 feeds, rows = request.inputs, request.rows
+            del body
         results = await batcher.submit(feeds, rows)
+        size = sum(a.nbytes for a in results.values())
         if v1_protocol:
-            return 200, v1.encode_response(model=model, results=results, rows=rows), [_JSON]
-        payload, json_length = v2.encode_response(
+            encode_v1 = functools.partial(
+                v1.encode_response, model=model, results=results, rows=rows
+            )
+            return 200, await self._codec_work(encode_v1, size), [_JSON]
+        encode_v2 = functools.partial(
+            v2.encode_response,
             model=model,
             request_id=request.id,
             outputs=request.outputs,
             binary=request.binary,
             results=results,
         )
+        payload, json_length = await self._codec_work(encode_v2, size)
         if json_length is None:
             return 200, payload, [_JSON]
         return 200, payload, [_BINARY, (_HEADER_LENGTH, str(json_length).encode())]

@@ -15,8 +15,13 @@ Batch formation (when the runner is free):
 When stacking is off (`stack=False`: the model has no dynamic batch dimension, or
 `--max-batch-size 1`) every request runs on its own, through the same bounded queue.
 A failed stacked batch is retried one request at a time, so one caller's bad input
-fails only that caller. Past `max_queue` waiting requests, `submit` raises
-`Overloaded` at once. After `close()` (the end of a SIGTERM drain) `receiving()` and
+fails only that caller.
+
+Admission: `receiving()` is entered before a request's body is read. When the requests
+being received plus those waiting already number `max_queue`, it raises `Overloaded`
+at once, so a full server refuses before reading (and holding) another body: at most
+`max_queue` requests are being read, decoded or waiting at any time, plus the batch
+running. After `close()` (the end of a SIGTERM drain) `receiving()` and
 `submit()` raise `ShuttingDown`, and so do the requests still waiting. This module does
 no HTTP and no decoding.
 """
@@ -120,9 +125,13 @@ class Batcher:
 
     @contextlib.contextmanager
     def receiving(self) -> Iterator[None]:
-        """Mark a request as being read and decoded: a partly filled batch may wait for it."""
+        """Admit a request before its body is read, and mark it as being read and decoded
+        (a partly filled batch may wait for it). Raises `Overloaded` when the requests
+        being received plus those waiting already number `max_queue`."""
         if self._closed:
             raise ShuttingDown()
+        if self._receiving + len(self._queue) >= self.max_queue:
+            raise self._overloaded()
         self._receiving += 1
         try:
             yield

@@ -6,6 +6,7 @@ message is what the user reads in the V2 error body `{"error": "<message>"}`:
     │                             missing inputs, wrong datatype or shape, bad binary lengths
     ├── Unauthorized (401)        missing or wrong bearer token
     ├── ModelNotFound (404)       no model or model version by that name
+    ├── RequestTimeout (408)      the body stopped arriving for --header-timeout seconds
     ├── PayloadTooLarge (413)     body over --max-body-bytes
     ├── ModelNotReady (503)       still loading or warming up
     ├── Overloaded (503)          the queue is full; the answer carries Retry-After
@@ -45,6 +46,12 @@ class Unauthorized(ServeError):
 
 class ModelNotFound(ServeError):
     status = 404
+
+
+class RequestTimeout(ServeError):
+    status = 408
+    #: the rest of the body is not awaited: the connection closes after the answer
+    headers = ((b"connection", b"close"),)
 
 
 class PayloadTooLarge(ServeError):

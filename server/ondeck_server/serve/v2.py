@@ -296,7 +296,10 @@ def json_array(data: Any, *, spec: TensorSpec, ragged: str | None = None) -> np.
             raise _ragged(name, spec, ragged)
         return array
     try:
-        raw = np.asarray(data)
+        if spec.dtype.kind == "f" and leaves > _CHUNK:
+            raw = _float64_in_chunks(data, leaves)
+        else:
+            raw = np.asarray(data)
     except ValueError:
         raise _ragged(name, spec, ragged) from None
     if raw.size == 0:
@@ -338,6 +341,28 @@ def _ragged(name: str, spec: TensorSpec, message: str | None) -> InvalidInput:
     )
 
 
+#: Large lists are converted this many elements at a time: each numpy or set call holds
+#: the GIL, and a request decoded in the codec thread must not hold it for long at once
+#: (the event loop, and the health probes, wait for it).
+_CHUNK = 1 << 16
+
+
+def _types(items: list[Any]) -> set[type]:
+    if len(items) <= _CHUNK:
+        return set(map(type, items))
+    found: set[type] = set()
+    for start in range(0, len(items), _CHUNK):
+        found.update(map(type, items[start : start + _CHUNK]))
+    return found
+
+
+def _float64_in_chunks(data: list[Any], leaves: int) -> np.ndarray:
+    """np.asarray(data, float64) a few top-level entries at a time (ValueError if ragged)."""
+    step = max(1, _CHUNK * len(data) // leaves)
+    parts = [np.asarray(data[i : i + step], dtype=np.float64) for i in range(0, len(data), step)]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
 def _leaf_types(data: list[Any]) -> tuple[set[type], int]:
     """The types of the non-list elements of nested lists, and how many there are."""
     types: set[type] = set()
@@ -345,7 +370,7 @@ def _leaf_types(data: list[Any]) -> tuple[set[type], int]:
     stack = [data]
     while stack:
         items = stack.pop()
-        kinds = set(map(type, items))
+        kinds = _types(items)
         if list in kinds:
             for item in items:
                 if type(item) is list:
