@@ -15,9 +15,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ondeck_server.serve.settings import DEFAULT_MAX_TENSOR_ELEMENTS, FLAGS, ServeSettings
+from ondeck_server.serve.settings import FLAGS, ServeSettings
 
 _HELP = {name: field.description or "" for name, field in ServeSettings.model_fields.items()}
+#: Every flag's default is the setting's: one place (settings.py) for defaults and bounds.
+_DEFAULT: dict[str, Any] = {n: f.default for n, f in ServeSettings.model_fields.items()}
 
 
 def _option(field: str, **kwargs: Any) -> Any:
@@ -37,21 +39,21 @@ def serve(
         ),
     ],
     name: Annotated[str | None, _option("name")] = None,
-    host: Annotated[str, _option("host")] = "0.0.0.0",
-    port: Annotated[int, _option("port")] = 8080,
-    max_batch_size: Annotated[int, _option("max_batch_size")] = 32,
-    max_delay_ms: Annotated[float, _option("max_delay_ms")] = 2.0,
+    host: Annotated[str, _option("host")] = _DEFAULT["host"],
+    port: Annotated[int, _option("port")] = _DEFAULT["port"],
+    max_batch_size: Annotated[int, _option("max_batch_size")] = _DEFAULT["max_batch_size"],
+    max_delay_ms: Annotated[float, _option("max_delay_ms")] = _DEFAULT["max_delay_ms"],
     threads: Annotated[int | None, _option("threads")] = None,
     auth_token_file: Annotated[Path | None, _option("auth_token_file")] = None,
     auth_token: Annotated[str | None, _option("auth_token", show_default=False)] = None,
-    max_body_bytes: Annotated[int, _option("max_body_bytes")] = 64 * 1024 * 1024,
-    max_queue: Annotated[int, _option("max_queue")] = 256,
-    drain_timeout: Annotated[float, _option("drain_timeout")] = 30.0,
-    max_tensor_elements: Annotated[
-        int, _option("max_tensor_elements")
-    ] = DEFAULT_MAX_TENSOR_ELEMENTS,
-    header_timeout: Annotated[float, _option("header_timeout")] = 10.0,
-    max_connections: Annotated[int, _option("max_connections")] = 1024,
+    max_body_bytes: Annotated[int, _option("max_body_bytes")] = _DEFAULT["max_body_bytes"],
+    max_queue: Annotated[int, _option("max_queue")] = _DEFAULT["max_queue"],
+    drain_timeout: Annotated[float, _option("drain_timeout")] = _DEFAULT["drain_timeout"],
+    max_tensor_elements: Annotated[int, _option("max_tensor_elements")] = _DEFAULT[
+        "max_tensor_elements"
+    ],
+    header_timeout: Annotated[float, _option("header_timeout")] = _DEFAULT["header_timeout"],
+    max_connections: Annotated[int, _option("max_connections")] = _DEFAULT["max_connections"],
     model_cache: Annotated[
         Path | None,
         typer.Option(
