@@ -8,13 +8,11 @@ non-zero with one readable line per problem. It never talks to a cluster.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from ondeck_operator.api.constants import API_VERSION, GROUP, KIND
 from ondeck_operator.api.fields import pattern_hint
@@ -22,11 +20,14 @@ from ondeck_operator.api.operator_config import ConfigError, OperatorConfig
 from ondeck_operator.api.spec import ModelDeployment, SpecError, prune_nulls
 from ondeck_operator.codegen.crd import CRD_PATHS, crd_yaml, validation_schema
 from ondeck_operator.codegen.reference import REFERENCE_PATH, reference_markdown
+from ondeck_operator.local.errors import ManifestError
+from ondeck_operator.local.manifest import clip, read_documents, shown
+from ondeck_operator.render import yaml_out
 from ondeck_operator.render.manifests import RenderState, render
 
 
 class InputError(Exception):
-    """A file could not be read or parsed."""
+    """A file holds nothing this command works on."""
 
 
 class DriftError(Exception):
@@ -49,20 +50,10 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _read_documents(path: Path) -> list[tuple[int, Any]]:
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text)]
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise InputError(
-            f"{path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}"
-        ) from None
-    return [(index, doc) for index, doc in enumerate(docs) if doc is not None]
+def _fail_input(exc: ManifestError) -> typer.Exit:
+    """A manifest that cannot be read: one line, exit 2 (as `ondeck run`)."""
+    typer.echo(exc.one_line(), err=True)
+    return typer.Exit(exc.exit_code)
 
 
 def _ours(doc: Any) -> bool:
@@ -95,10 +86,12 @@ def _schema_error_lines(error: Any) -> list[str]:
         ]
     message = error.message
     if kind == "pattern":
-        message = f"{instance!r} is not {pattern_hint(error.validator_value)}"
+        message = f"{shown(instance)} is not {pattern_hint(error.validator_value)}"
     elif kind == "maxLength":
-        message = f"{instance!r} is longer than {error.validator_value} characters"
-    return [f"{where or 'manifest'}: {message}"]
+        message = f"{shown(instance)} is longer than {error.validator_value} characters"
+    elif len(repr(instance)) > 80:  # jsonschema's messages echo the value whole
+        message = message.replace(repr(instance), shown(instance))
+    return [f"{where or 'manifest'}: {clip(message)}"]
 
 
 def schema_problems(doc: Any) -> list[str]:
@@ -124,20 +117,20 @@ def check_manifest(doc: Any) -> list[str]:
         ModelDeployment.from_manifest(doc)
     except SpecError as exc:
         reported = {p.split(": ", 1)[0] for p in problems}
-        problems += [p for p in exc.problems if p.split(": ", 1)[0] not in reported]
+        problems += [clip(p) for p in exc.problems if p.split(": ", 1)[0] not in reported]
     return problems
 
 
 def _model_deployments(path: Path) -> Iterator[ModelDeployment]:
     found = False
-    for _, doc in _read_documents(path):
+    for _, doc in read_documents(path):
         if not _ours(doc):
             continue
         found = True
         try:
             md = ModelDeployment.from_manifest(doc)
         except SpecError as exc:
-            raise SpecError([f"{path}: {problem}" for problem in exc.problems]) from None
+            raise SpecError([f"{path}: {clip(problem)}" for problem in exc.problems]) from None
         yield md
     if not found:
         raise InputError(f"{path} holds no {API_VERSION} {KIND}")
@@ -158,17 +151,19 @@ def render_command(
 
             state = RenderState(serving_key=artifact_key(md.spec), wanted_built=False)
             objects += render(md, operator_config, state)
+    except ManifestError as exc:
+        raise _fail_input(exc) from None
     except (InputError, SpecError, ConfigError) as exc:
         raise _fail(exc) from None
-    typer.echo(yaml.safe_dump_all(objects, sort_keys=False, width=100), nl=False)
+    typer.echo(yaml_out.dump_all(objects), nl=False)
 
 
 def validate_command(file: FileOption) -> None:
     """Check ModelDeployment manifests against the CRD schema and the API rules."""
     try:
-        docs = [(i, d) for i, d in _read_documents(file) if _ours(d)]
-    except InputError as exc:
-        raise _fail(exc) from None
+        docs = [(i, d) for i, d in read_documents(file) if _ours(d)]
+    except ManifestError as exc:
+        raise _fail_input(exc) from None
     if not docs:
         raise _fail(InputError(f"{file} holds no {API_VERSION} {KIND}"))
     failed = False

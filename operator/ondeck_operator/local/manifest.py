@@ -4,9 +4,10 @@ notices for fields that only mean something in a cluster (never silently dropped
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -121,21 +122,165 @@ def default_manifest() -> Path:
     )
 
 
+#: Limits of the one manifest reader (`ondeck validate`, `ondeck render`, `ondeck run`).
+#: The API server takes at most 3 MiB per request and etcd 1.5 MiB per object; a
+#: ModelDeployment is a few KiB, nests ~10 levels and uses no aliases.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+#: Values (scalars, lists, maps) in one file, with every alias counted as what it expands to.
+MAX_NODES = 20_000
+#: Values that aliases add, all aliases of the file together ("billion laughs" stops here).
+MAX_ALIAS_NODES = 10_000
+#: Echoed values in error lines are cut to this many characters.
+MAX_SHOWN = 80
+
+_BOMS = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """`repr(value)`, cut to `limit` characters with the full length said when longer."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str | bytes) else ""
+    return f"{text[:limit]}...{size}"
+
+
+def clip(line: str, limit: int = 500) -> str:
+    """One error line, never longer than `limit` characters (an echoed value may be huge)."""
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line)} characters)"
+
+
+class _LimitError(yaml.MarkedYAMLError):
+    """A reader limit was passed at a place in the file."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a depth limit and a budget of values, aliases expanded.
+
+    PyYAML shares an aliased node instead of copying it, so a 1 KB "billion laughs" file
+    loads quickly; what walks the result afterwards (validation, rendering, printing)
+    visits every expansion. The composer counts each alias as the size of the node it
+    names and stops at the budget; an alias inside its own anchor is refused."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._alias_nodes = 0
+        self._sizes: dict[int, int] = {}
+
+    def _refuse(self, problem: str, mark: Any) -> NoReturn:
+        raise _LimitError(problem=problem, problem_mark=mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor or "")
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:
+                    self._refuse(
+                        "a YAML alias refers to a value that contains it", event.start_mark
+                    )
+                self._alias_nodes += size
+                self._nodes += size
+                if self._alias_nodes > MAX_ALIAS_NODES:
+                    self._refuse(
+                        f"YAML aliases expand to more than {MAX_ALIAS_NODES} values",
+                        event.start_mark,
+                    )
+                if self._nodes > MAX_NODES:
+                    self._refuse(f"more than {MAX_NODES} values", event.start_mark)
+            return super().compose_node(parent, index)
+        collection = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        if collection:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                self._refuse(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        before = self._nodes
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            self._refuse(f"more than {MAX_NODES} values", event.start_mark)
+        node = super().compose_node(parent, index)
+        if collection:
+            self._depth -= 1
+        self._sizes[id(node)] = self._nodes - before
+        return node
+
+
+def _read_bytes(path: Path) -> bytes:
+    if str(path) == "-":
+        data: bytes = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+    else:
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_MANIFEST_BYTES + 1)
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ManifestError(f"{path}: is a folder, not a file") from None
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot read it ({exc.strerror})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"{path}: larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB, the limit for a "
+            "manifest file"
+        )
+    return data
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 (a BOM allowed), or UTF-16/UTF-32 with a BOM, as YAML allows; else one line."""
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and b"\x00" in data:
+        raise ManifestError(
+            f"{path}: holds NUL bytes (UTF-16 or UTF-32 without a byte order mark?); "
+            "save the file as UTF-8"
+        )
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        byte = data[exc.start : exc.start + 1].hex()
+        raise ManifestError(
+            f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte 0x{byte} at "
+            f"offset {exc.start}); save the file as UTF-8"
+        ) from None
+
+
+def read_documents(path: Path) -> list[tuple[int, Any]]:
+    """The YAML documents of a manifest file ('-': stdin) as (index, document), empty
+    documents left out. The one reader of `ondeck validate`, `render` and `run`: size,
+    depth and alias limits, UTF-8/16/32 only, and every problem one `ManifestError` line."""
+    text = _decode(path, _read_bytes(path))
+    loader = _BoundedLoader(text)
+    docs: list[Any] = []
+    try:
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            docs.append(loader.get_data())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        if isinstance(exc, _LimitError):
+            raise ManifestError(f"{path}: refused{where}: {problem}") from None
+        raise ManifestError(f"{path}: not valid YAML{where}: {clip(str(problem))}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. `2001-02-30`, a 5 000-digit int
+        raise ManifestError(f"{path}: a value cannot be read: {clip(str(exc))}") from None
+    finally:
+        loader.dispose()
+    return [(index, doc) for index, doc in enumerate(docs) if doc is not None]
+
+
 def load_manifest(path: Path) -> Loaded:
     """Read and validate a manifest file; every problem becomes one `ManifestError`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read it ({exc})") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ManifestError(f"{path}:{where}: {problem}") from None
+    docs = [doc for _, doc in read_documents(path)]
     found = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ModelDeployment"]
     if len(found) != 1:
         what = "no ModelDeployment" if not found else f"{len(found)} ModelDeployments"
@@ -144,7 +289,8 @@ def load_manifest(path: Path) -> Loaded:
     try:
         md = ModelDeployment.from_manifest(raw)
     except SpecError as exc:
-        raise ManifestError(f"{path}: {'; '.join(exc.problems)}") from None
+        problems = "; ".join(clip(problem) for problem in exc.problems)
+        raise ManifestError(f"{path}: {problems}") from None
     return Loaded(md=md, raw=raw, base_dir=path.resolve().parent)
 
 

@@ -74,26 +74,28 @@ def test_render_with_config_file(app: typer.Typer, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
+    ("content", "code", "expected"),
     [
-        (None, "InputError: cannot read {path}: No such file or directory"),
-        ("a: [1, 2", "InputError: {path} is not valid YAML at line 1: "
-                     "expected ',' or ']', but got '<stream end>'"),
-        ("apiVersion: v1\nkind: Secret\n",
+        (None, 2, "ManifestError: {path}: no such file"),
+        ("a: [1, 2", 2, "ManifestError: {path}: not valid YAML at line 1: "
+                        "expected ',' or ']', but got '<stream end>'"),
+        ("apiVersion: v1\nkind: Secret\n", 1,
          "InputError: {path} holds no ondeck.io/v1alpha1 ModelDeployment"),
-        ("apiVersion: ondeck.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\n",
+        ("apiVersion: ondeck.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\n", 1,
          "SpecError: {path}: spec: required field is missing"),
     ],
     ids=["missing-file", "bad-yaml", "no-model-deployment", "invalid-spec"],
 )  # fmt: skip
 def test_render_bad_input_one_line(
-    app: typer.Typer, tmp_path: Path, content: str | None, expected: str
+    app: typer.Typer, tmp_path: Path, content: str | None, code: int, expected: str
 ) -> None:
+    """A file that cannot be read as YAML exits 2 (as `ondeck run`); one that reads but
+    is not a valid ModelDeployment exits 1."""
     path = tmp_path / "md.yaml"
     if content is not None:
         path.write_text(content)
     result = run(app, "render", "-f", str(path))
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert result.stderr.strip().splitlines() == [expected.format(path=path)]
     assert "Traceback" not in result.output
 

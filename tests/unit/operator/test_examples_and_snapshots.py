@@ -19,6 +19,7 @@ import yaml
 from ondeck_operator.api.operator_config import OperatorConfig
 from ondeck_operator.api.spec import ModelDeployment
 from ondeck_operator.codegen.crd import validation_schema
+from ondeck_operator.render import yaml_out
 from ondeck_operator.render.args import artifact_key
 from ondeck_operator.render.manifests import RenderState, render
 
@@ -65,7 +66,7 @@ def _rendered_yaml(doc: dict[str, Any], origin: str) -> str:
         "# Regenerate: ONDECK_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest "
         "tests/unit/operator -k snapshot\n"
     )
-    return header + yaml.safe_dump_all(objects, sort_keys=False, width=100)
+    return header + yaml_out.dump_all(objects)
 
 
 SNAPSHOT_CASES = [
