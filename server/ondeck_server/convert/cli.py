@@ -51,7 +51,8 @@ from ondeck_server.convert import (
     convert,
     parse_inputs,
 )
-from ondeck_server.convert.fetch import DEFAULT_MAX_BYTES, normalize_sha256
+from ondeck_server.convert.bounds import default_bound
+from ondeck_server.convert.fetch import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES, normalize_sha256
 
 TERMINATION_LOG_LIMIT = 4096
 _TERMINATION_FLAG = "--termination-log"
@@ -313,6 +314,29 @@ def convert_command(
         min=1,
         help="Refuse downloads larger than this.",
     ),
+    fetch_timeout: float = typer.Option(
+        DEFAULT_DEADLINE_S,
+        "--fetch-timeout",
+        envvar="ONDECK_FETCH_TIMEOUT",
+        min=1.0,
+        help="Seconds the whole download may take, however steadily bytes arrive.",
+    ),
+    max_tensor_bytes: int | None = typer.Option(
+        None,
+        "--max-tensor-bytes",
+        envvar="ONDECK_MAX_TENSOR_BYTES",
+        min=1,
+        help="Refuse an ONNX graph that declares a larger tensor (default: 4 GiB, or a "
+        "quarter of the memory limit).",
+    ),
+    max_unpacked_bytes: int | None = typer.Option(
+        None,
+        "--max-unpacked-bytes",
+        envvar="ONDECK_MAX_UNPACKED_BYTES",
+        min=1,
+        help="Refuse a zip-based model or calibration file that unpacks to more (default: "
+        "4 GiB, or a quarter of the memory limit).",
+    ),
 ) -> None:
     """Fetch a model, convert it to ONNX, optimize, quantize, validate, and write the artifact."""
     console = Console(stderr=True)
@@ -332,9 +356,14 @@ def convert_command(
         ),
         allow_unsafe_pickle=allow_unsafe_pickle,
         fetch=FetchSettings(
-            s3_endpoint_url=s3_endpoint_url, pvc_root=pvc_root, max_bytes=max_download_bytes
+            s3_endpoint_url=s3_endpoint_url,
+            pvc_root=pvc_root,
+            max_bytes=max_download_bytes,
+            deadline_s=fetch_timeout,
         ),
         ref=ref,
+        max_tensor_bytes=max_tensor_bytes or default_bound(),
+        max_unpacked_bytes=max_unpacked_bytes or default_bound(),
     )
     log = str(termination_log) if termination_log else None
     if not remote_store.is_remote(store):

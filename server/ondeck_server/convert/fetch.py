@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
@@ -32,6 +33,7 @@ from ondeck_server.convert.errors import (
 
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 64 << 30
+DEFAULT_DEADLINE_S = 3600.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A PersistentVolumeClaim name (DNS-1123 subdomain): never '.', '..' or empty.
 _CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -66,6 +68,9 @@ class FetchSettings(BaseModel):
     max_bytes: int = DEFAULT_MAX_BYTES
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    deadline_s: float = DEFAULT_DEADLINE_S
+    """The whole download, however steadily bytes trickle in (checked per chunk, so it
+    can be overrun by at most one read timeout)."""
 
 
 class Fetched(BaseModel):
@@ -206,14 +211,26 @@ def _hash_stream(handle: BinaryIO, *, total: int | None, label: str, progress: P
 class _Sink:
     """Writes downloaded chunks to a file, hashing and counting them on the way."""
 
-    def __init__(self, uri: str, path: Path, *, max_bytes: int, progress: Progress) -> None:
-        self.uri, self.path, self.max_bytes, self.progress = uri, path, max_bytes, progress
+    def __init__(
+        self, uri: str, path: Path, *, settings: FetchSettings, progress: Progress
+    ) -> None:
+        self.uri, self.path, self.max_bytes = uri, path, settings.max_bytes
+        self.progress = progress
+        self.deadline_s = settings.deadline_s
+        self.deadline = time.monotonic() + settings.deadline_s
         self.hasher = hashlib.sha256()
         self.size = 0
 
     def write_all(self, chunks: Iterator[bytes]) -> None:
         with self.path.open("wb") as out:
             for chunk in chunks:
+                if time.monotonic() > self.deadline:
+                    raise FetchFailed(
+                        f"{self.uri}: the download did not finish within {self.deadline_s:g} s "
+                        f"({self.size} bytes so far); the limit is --fetch-timeout "
+                        "(ONDECK_FETCH_TIMEOUT): fix the slow source or raise it for a very "
+                        "large model"
+                    )
                 self.size += len(chunk)
                 if self.size > self.max_bytes:
                     raise FetchFailed(
@@ -267,20 +284,31 @@ def _fetch_http(uri: str, *, dest: Path, settings: FetchSettings, progress: Prog
 
     target = _target(dest, urlsplit(uri).path, uri)
     timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
-    sink = _Sink(uri, target, max_bytes=settings.max_bytes, progress=progress)
+    sink = _Sink(uri, target, settings=settings, progress=progress)
+    # The bytes as stored, never a compressed encoding: the sha256 is over the file, and
+    # a 1 MB gzip body could otherwise inflate to gigabytes.
+    headers = {"Accept-Encoding": "identity"}
     try:
         with (
             _cleanup_on_error(target),
-            httpx.stream("GET", uri, timeout=timeout, follow_redirects=True) as response,
+            httpx.stream(
+                "GET", uri, timeout=timeout, follow_redirects=True, headers=headers
+            ) as response,
         ):
             if response.status_code >= 400:
                 raise FetchFailed(_http_status_message(uri, response.status_code))
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise FetchFailed(
+                    f"{uri} was sent with Content-Encoding {encoding[:40]!r} although ondeck "
+                    "asked for the plain file (identity): serve the model file uncompressed"
+                )
             length = response.headers.get("content-length")
             total = int(length) if length and length.isdigit() else None
             _check_size(uri, total, settings)
             progress.start(target.name, total)
             try:
-                sink.write_all(response.iter_bytes(CHUNK))
+                sink.write_all(response.iter_raw())
             finally:
                 progress.finish()
     except httpx.ConnectError as exc:
@@ -339,7 +367,7 @@ def _fetch_s3(uri: str, *, dest: Path, settings: FetchSettings, progress: Progre
         read_timeout=settings.read_timeout_s,
         retries={"max_attempts": 2, "mode": "standard"},
     )
-    sink = _Sink(uri, target, max_bytes=settings.max_bytes, progress=progress)
+    sink = _Sink(uri, target, settings=settings, progress=progress)
     try:
         client = boto3.session.Session().client(
             "s3", endpoint_url=settings.s3_endpoint_url, config=config

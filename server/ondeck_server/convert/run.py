@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ondeck_server import artifact
 from ondeck_server.artifact import remote as remote_store
 from ondeck_server.artifact.batching import Batching
-from ondeck_server.convert import batch_check, onnx_tools, store
+from ondeck_server.convert import batch_check, bounds, onnx_tools, store
 from ondeck_server.convert.converted import Converted
 from ondeck_server.convert.digest import compute_digest, converter_versions
 from ondeck_server.convert.errors import (
@@ -60,6 +60,7 @@ from ondeck_server.convert.onnx_tools import Feeds
 from ondeck_server.convert.optimize import OptimizationLevel, optimize
 from ondeck_server.convert.quantize import Quantize, quantize
 from ondeck_server.convert.validate import (
+    DYNAMIC_DIM,
     MAX_BATCH,
     Thresholds,
     check_calibration,
@@ -93,6 +94,14 @@ class ConvertRequest(BaseModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     allow_unsafe_pickle: bool = False
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    max_tensor_bytes: int = Field(
+        default_factory=bounds.default_bound,
+        description="Largest tensor the ONNX graph may declare (ondeck_server.convert.bounds).",
+    )
+    max_unpacked_bytes: int = Field(
+        default_factory=bounds.default_bound,
+        description="Largest total uncompressed size of a zip-based source or calibration file.",
+    )
     ref: str | None = None
     remote: RemoteStore | None = Field(
         default=None,
@@ -165,6 +174,13 @@ def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome
                 "(spec.artifacts.pvc.size) or remove unused artifacts"
             ) from None
         raise
+    except MemoryError:
+        limit = bounds.memory_limit()
+        raise ConversionFailed(
+            "the conversion ran out of memory (memory limit "
+            f"{bounds.human(limit) if limit else 'none'}); give the Job more "
+            "(spec.optimize.resources.limits.memory)"
+        ) from None
     except Exception as exc:  # anything unmapped is our bug: still one readable line
         raise InternalError(
             f"{type(exc).__name__}: {_first_line(exc)}; this is a bug in ondeck, please report "
@@ -237,7 +253,17 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         return Outcome(manifest=cached, path=final, cached=uploaded is None, uri=uploaded)
 
     with clock.stage("convert") as detail:
+        if kind is not SourceKind.ONNX and kind is not SourceKind.PICKLE:
+            bounds.check_zip(source.path, limit=request.max_unpacked_bytes, what=name)
         converted = _run_converter(source, kind=kind, request=request, out=work / "fp32.onnx")
+        # Before onnxruntime sees the graph: it would allocate what the graph declares.
+        bounds.check_tensor_sizes(
+            converted.onnx_path,
+            limit=request.max_tensor_bytes,
+            batch=MAX_BATCH,
+            other_dims=DYNAMIC_DIM,
+            what=name,
+        )
         _check_loads(converted.onnx_path)
         if calibration is not None:
             check_calibration(converted.inputs, calibration)
@@ -426,6 +452,9 @@ def _fetch_calibration(request: ConvertRequest, *, dest: Path) -> tuple[Feeds | 
     if request.calibration is None:
         return None, None
     fetched = fetch(request.calibration, dest=dest, settings=request.fetch)
+    bounds.check_zip(
+        fetched.path, limit=request.max_unpacked_bytes, what=f"--calibration {request.calibration}"
+    )
     try:
         with np.load(fetched.path, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key]) for key in data.files}
