@@ -177,3 +177,29 @@ def test_every_spec_dtype_converts(tmp_path: Path) -> None:
         assert done.returncode == 0, (dtype, done.stderr[-500:])
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         assert summary["inputs"][0]["name"] == "x"
+
+
+@pytest.mark.parametrize("program", ["ondeck_operator", "ondeck_server"])
+@pytest.mark.parametrize(
+    ("argv", "code", "first_line"),
+    [
+        (["--no-such-flag"], 2, "NoSuchOption: No such option: --no-such-flag"),
+        (["no-such-command"], 2, "UsageError: No such command 'no-such-command'."),
+        ([], 2, "Usage:"),
+    ],
+)
+def test_both_command_lines_report_usage_errors_alike(
+    program: str, argv: list[str], code: int, first_line: str
+) -> None:
+    """`ondeck` and `ondeck-server` share one convention for usage errors, written twice
+    (cli/__init__.py and cli.py: the halves never import each other): one line
+    `ErrorType: message` on stderr and exit 2; the help and exit 2 without arguments."""
+    done = subprocess.run(
+        [sys.executable, "-m", program, *argv],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == code
+    lines = (done.stderr if argv else done.stdout + done.stderr).strip().splitlines()
+    assert lines
+    assert lines[0].strip().startswith(first_line), done.stderr
+    assert "Traceback" not in done.stderr
