@@ -23,17 +23,17 @@
 {{- end }}
 
 {{- define "ondeck.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "ondeck.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "ondeck.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: operator
 {{- end }}
 
 {{- define "ondeck.labels" -}}
-helm.sh/chart: {{ include "ondeck.chart" . }}
+helm.sh/chart: {{ include "ondeck.chart" . | quote }}
 {{ include "ondeck.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: ondeck
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{- end }}
 
 {{- define "ondeck.serviceAccountName" -}}
