@@ -186,7 +186,7 @@ def test_ondeck_render_output_is_applied_unchanged(
 def test_helm_template_with_hostile_names_and_values_applies(
     control_plane: ControlPlane, crds: None, namespace: str, tmp_path: Path
 ) -> None:
-    values = {
+    values: dict[str, Any] = {
         "fullnameOverride": "0462088682918e86",
         "replicaCount": 2,
         "operator": {"peering": {"enabled": True, "name": "1e3"}},
