@@ -117,7 +117,7 @@ def test_string_inputs_are_refused(tmp_path: Path, store: Path) -> None:
         convert(ConvertRequest(source=str(path), store=store))
     assert info.value.message == (
         "strings.onnx has inputs of types ondeck cannot validate: text (BYTES); supported "
-        "input types: BOOL, FP16, FP32, FP64, INT32, INT64, INT8, UINT8"
+        "input types: BOOL, FP16, FP32, FP64, INT16, INT32, INT64, INT8, UINT8"
     )
     assert_nothing_published(store)
 
