@@ -191,7 +191,9 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         if in_ci():
             pytest.fail(f"CI=true but a real node needs {problem}", pytrace=False)
         pytest.skip(f"a real node needs {problem}")
+    started = time.monotonic()
     images = build_images()
+    built = time.monotonic()
     binaries = node_binaries()
     workdir = tmp_path_factory.mktemp("real-node")
     with bridge_network() as net:
@@ -206,6 +208,10 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 images=[images.server, images.converter, images.operator],
                 sandbox_image=images.pause,
                 binaries=binaries,
+            )
+            print(
+                f"\nreal node: images built in {built - started:.0f}s ({images.report()}); "
+                f"control plane + node up, images loaded in {time.monotonic() - built:.0f}s"
             )
             try:
                 yield RealCluster(plane=plane, node=node, images=images)

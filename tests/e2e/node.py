@@ -119,7 +119,7 @@ def bridge_network() -> Iterator[BridgeNetwork]:
     used = _used_networks()
     rng = random.Random()
     for _ in range(50):
-        subnet = ipaddress.ip_network(f"10.214.{rng.randrange(1, 255)}.0/24")
+        subnet = ipaddress.IPv4Network(f"10.214.{rng.randrange(1, 255)}.0/24")
         if not any(subnet.overlaps(n) for n in used):
             break
     else:
@@ -250,7 +250,11 @@ def _kubelet_config(workdir: Path, net: BridgeNetwork, socket: Path) -> Path:
         "serializeImagePulls": False,
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "evictionHard": {
+            "memory.available": "50Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },
         "nodeStatusUpdateFrequency": "2s",
         "syncFrequency": "5s",
         "fileCheckFrequency": "5s",
@@ -281,7 +285,12 @@ def _proxy_config(workdir: Path, net: BridgeNetwork, kubeconfig: Path) -> Path:
         # Hairpin (a pod reaching its own Service) needs SNAT on a bridge.
         "iptables": {"masqueradeAll": True, "syncPeriod": "5s", "minSyncPeriod": "0s"},
         # Leave the machine's conntrack sysctls alone.
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
     }
     path = workdir / "kube-proxy-config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -363,9 +372,11 @@ class RealNode:
                 continue
             with contextlib.suppress(OSError):
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
-                if argv and argv[0].endswith(b"containerd-shim-runc-v2") and str(
-                    self.socket
-                ).encode() in argv:
+                if (
+                    argv
+                    and argv[0].endswith(b"containerd-shim-runc-v2")
+                    and str(self.socket).encode() in argv
+                ):
                     shims.append(int(proc.name))
         for pid in shims:
             with contextlib.suppress(ProcessLookupError):
@@ -423,11 +434,18 @@ def start_node(
     )
     try:
         node.processes.append(
-            _spawn("containerd", ["containerd", "--config", str(config), "--log-level", "warn"], workdir)
+            _spawn(
+                "containerd",
+                ["containerd", "--config", str(config), "--log-level", "warn"],
+                workdir,
+            )
         )
         _wait(
             "the containerd socket",
-            lambda: socket.exists() and _run("ctr", "--address", str(socket), "version", check=False).returncode == 0,
+            lambda: (
+                socket.exists()
+                and _run("ctr", "--address", str(socket), "version", check=False).returncode == 0
+            ),
             processes=node.processes,
             timeout=timeout,
         )
@@ -473,7 +491,12 @@ def start_node(
                 workdir,
             )
         )
-        _wait("the node to be Ready", lambda: _node_ready(plane), processes=node.processes, timeout=timeout)
+        _wait(
+            "the node to be Ready",
+            lambda: _node_ready(plane),
+            processes=node.processes,
+            timeout=timeout,
+        )
     except BaseException:
         node.stop()
         raise
@@ -497,7 +520,9 @@ def _node_ready(plane: ControlPlane) -> bool:
             return False
         # The node lifecycle controller (left out: see controlplane.CONTROLLERS) would
         # lift the taints a kubelet registers with once it is Ready.
-        taints = [t for t in (node.spec.taints or []) if not t.key.startswith("node.kubernetes.io/")]
+        taints = [
+            t for t in (node.spec.taints or []) if not t.key.startswith("node.kubernetes.io/")
+        ]
         if len(taints) != len(node.spec.taints or []):
             core.patch_node(NODE_NAME, {"spec": {"taints": taints or None}})
             return False

@@ -12,6 +12,7 @@ ModelDeployment garbage-collects everything it owned.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from node import RealCluster, wait_until
 
 from k8s_tools import helm_path, kubectl_path
-from node import RealCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -255,9 +256,7 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
             images.server if converter else images.converter
         )
         assert all(c["ready"] for c in server_pod["status"]["containerStatuses"])
-        assert server_pod["status"]["podIP"] in __import__("ipaddress").ip_network(
-            str(cluster.node.net.subnet)
-        )
+        assert ipaddress.ip_address(server_pod["status"]["podIP"]) in cluster.node.net.subnet
 
         # 3. a V2 request through the Service's ClusterIP (kube-proxy's rules).
         service = get(cluster, "service", "iris", "-n", namespace)
@@ -312,7 +311,11 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
         print("\nreal node timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     except BaseException:
         print(kubectl(cluster, "get", "all,events", "-A", check=False)[-6000:])
-        print(kubectl(cluster, "logs", "-n", "ondeck-system", "deploy/ondeck", "--tail=80", check=False))
+        print(
+            kubectl(
+                cluster, "logs", "-n", "ondeck-system", "deploy/ondeck", "--tail=80", check=False
+            )
+        )
         raise
     finally:
         subprocess.run(

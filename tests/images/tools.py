@@ -104,7 +104,9 @@ def build_images(tag: str = TAG, *, timeout: float = 2400) -> Images:
     return Images(refs=refs, sizes=sizes)
 
 
-def restricted_flags(pod_security: Mapping[str, Any], container_security: Mapping[str, Any]) -> list[str]:
+def restricted_flags(
+    pod_security: Mapping[str, Any], container_security: Mapping[str, Any]
+) -> list[str]:
     """`docker run` flags enforcing a pod's and its container's securityContext.
 
     Only what the restricted Pod Security Standard asks for is accepted; anything else in
@@ -146,7 +148,9 @@ def restricted_flags(pod_security: Mapping[str, Any], container_security: Mappin
     return flags
 
 
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+def docker(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -62,6 +62,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{- include "ondeck.imageRef" (dict "root" . "image" .Values.config.serverImage) }}
 {{- end }}
 
+{{/* The conversion Job's image; empty when config.converterImage.repository is unset. */}}
+{{- define "ondeck.converterImage" -}}
+{{- if .Values.config.converterImage.repository }}
+{{- include "ondeck.imageRef" (dict "root" . "image" .Values.config.converterImage) }}
+{{- end }}
+{{- end }}
+
 {{/* The watched namespaces, de-duplicated, sorted and comma-separated (how the
      operator's ONDECK_NAMESPACES reads them); empty means cluster-wide mode. */}}
 {{- define "ondeck.watchNamespaces" -}}
@@ -81,6 +88,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
   "clusterDomain" $c.clusterDomain }}
 {{- if $c.artifactStorageClass }}
 {{- $_ := set $config "artifactStorageClass" $c.artifactStorageClass }}
+{{- end }}
+{{- with (include "ondeck.converterImage" .) }}
+{{- $_ := set $config "converterImage" . }}
 {{- end }}
 {{- toYaml (mergeOverwrite $config (deepCopy $c.extra)) }}
 {{- end }}
