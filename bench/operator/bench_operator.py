@@ -1,32 +1,47 @@
 """Operator benchmark against the real loopback control plane (not a test).
 
 Starts etcd + kube-apiserver (with an audit log of ServiceAccount requests) +
-kube-controller-manager, the kubelet simulator (every conversion pod succeeds at once), and
-`ondeck operator` as a subprocess under the chart's RBAC, then measures:
+kube-controller-manager (its `--kube-api-qps/--kube-api-burst` as given: the fixture's
+raised 200/400, or Kubernetes' defaults 20/30), the kubelet simulator (every conversion pod
+succeeds at once), and `ondeck operator` as a subprocess under the chart's RBAC, then:
 
-1. apply → children: time from creating one ModelDeployment to its Job, claim and
-   Service existing (p50/p99 over `--latency-count` sequential creates);
-2. apply → Ready with simulated pods, for the same ModelDeployments;
-3. `--count` ModelDeployments created at once (8 client threads) → time until all Ready;
-4. the operator's peak RSS, and API requests per ModelDeployment (audit log: every request
-   of the operator's ServiceAccount, watches and peering included; and the reconciler's
-   own client by verb, from its metrics);
+1. the API server's own create rate in the same run, 8 client threads as below: ConfigMaps
+   (the cheapest object) and Services (a ClusterIP allocation each), `--floor-count` each;
+2. `--count` ModelDeployments created at once (8 client threads) → time until every one has
+   its children (Job, claim, Service) and until all are Ready; the operator's peak RSS; a
+   timeline of queue depth and phases;
+3. API requests per ModelDeployment (audit log: every request of the operator's
+   ServiceAccount, by verb, with the API server's latency for each), and the operator's own
+   view (reconciles, queue wait, request latency, from its metrics);
+4. apply → children and apply → Ready for `--latency-count` sequential creates with the
+   `--count` others present;
 5. writes during idle resyncs: with everything Ready, requests of three resync passes.
 
+`--rss-steps 100,1000,3000` instead creates ModelDeployments in steps (each step at once),
+waits until all are Ready, and records the operator's RSS at each: bytes per object.
+`--operator-src DIR` runs the operator from another source tree (e.g. a `git archive` of an
+older commit), for before/after runs under the same load; `--summarize A.json B.json ...`
+prints the medians of repeated runs.
+
 Usage: .venv/bin/python bench/operator/bench_operator.py [--count 1000] [--out FILE.json]
-The summary is printed as JSON; bench/operator/RESULTS.md records a run.
+The summary is printed as JSON; bench/operator/RESULTS.md records runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import datetime as dt
+import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,39 +105,61 @@ class Watcher:
             "Service": core.list_namespaced_service,
         }
 
-        def loop_children(kind: str, lister: Any) -> None:
-            while not self._stop.is_set():
-                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    lister, NAMESPACE, timeout_seconds=5
-                )
-                for event in stream:
-                    obj = event["object"]
-                    md = (obj.metadata.labels or {}).get("ondeck.io/model-deployment")
-                    if md:
-                        self.first_seen.setdefault((kind, md), time.monotonic())
+        class RawWatch(watch.Watch):
+            """Events as plain dicts: no model objects (their decoding would cost this
+            process, which shares the machine's CPUs with the operator, more than the
+            operator's own watches)."""
 
-        def loop_mds() -> None:
+            def get_return_type(self, func: Any) -> None:
+                return None
+
+        def follow(lister: Any, *args: Any, seen: Callable[[dict[str, Any]], None]) -> None:
+            # One list, then watches resumed from the last resourceVersion (a fresh list
+            # every few seconds would load the API server with thousands of objects).
+            version: str | None = None
             while not self._stop.is_set():
-                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    NAMESPACE,
-                    PLURAL,
-                    timeout_seconds=5,
-                )
-                for event in stream:
-                    obj = event["object"]
-                    status = obj.get("status") or {}
-                    for cond in status.get("conditions") or []:
-                        if cond["type"] == "Ready" and cond["status"] == "True":
-                            self.ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
+                w = RawWatch()  # type: ignore[no-untyped-call]
+                extra = {"resource_version": version} if version else {}
+                try:
+                    for event in w.stream(lister, *args, timeout_seconds=5, **extra):  # type: ignore[no-untyped-call]
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            seen(event["object"])
+                    version = w.resource_version
+                except client.ApiException as exc:
+                    if exc.status != 410:
+                        raise
+                    version = None
+
+        def child_seen(kind: str) -> Callable[[dict[str, Any]], None]:
+            def seen(obj: dict[str, Any]) -> None:
+                md = (obj["metadata"].get("labels") or {}).get("ondeck.io/model-deployment")
+                if md:
+                    self.first_seen.setdefault((kind, md), time.monotonic())
+
+            return seen
+
+        def md_seen(obj: dict[str, Any]) -> None:
+            for cond in (obj.get("status") or {}).get("conditions") or []:
+                if cond["type"] == "Ready" and cond["status"] == "True":
+                    self.ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
 
         for kind, lister in sources.items():
             self._threads.append(
-                threading.Thread(target=loop_children, args=(kind, lister), daemon=True)
+                threading.Thread(
+                    target=follow,
+                    args=(lister, NAMESPACE),
+                    kwargs={"seen": child_seen(kind)},
+                    daemon=True,
+                )
             )
-        self._threads.append(threading.Thread(target=loop_mds, daemon=True))
+        self._threads.append(
+            threading.Thread(
+                target=follow,
+                args=(custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL),
+                kwargs={"seen": md_seen},
+                daemon=True,
+            )
+        )
         for thread in self._threads:
             thread.start()
 
@@ -145,9 +182,11 @@ def wait(what: str, probe: Any, timeout: float) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def audit_counts(audit_log: Path, since_line: int) -> tuple[collections.Counter[str], int]:
+def audit_events(audit_log: Path, since_line: int) -> tuple[list[dict[str, Any]], int]:
+    """The operator's requests in the audit log from `since_line` on: verb, resource, the
+    API server's latency (received → response complete)."""
     user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
-    counts: collections.Counter[str] = collections.Counter()
+    out = []
     lines = audit_log.read_text().splitlines()
     for line in lines[since_line:]:
         event = json.loads(line)
@@ -160,8 +199,36 @@ def audit_counts(audit_log: Path, since_line: int) -> tuple[collections.Counter[
         resource = ref.get("resource", "")
         if ref.get("subresource"):
             resource += "/" + ref["subresource"]
-        counts[f"{event['verb']} {resource}"] += 1
-    return counts, len(lines)
+        received = dt.datetime.fromisoformat(event["requestReceivedTimestamp"])
+        done = dt.datetime.fromisoformat(event["stageTimestamp"])
+        out.append(
+            {
+                "what": f"{event['verb']} {resource}",
+                "seconds": (done - received).total_seconds(),
+                "code": (event.get("responseStatus") or {}).get("code"),
+            }
+        )
+    return out, len(lines)
+
+
+def audit_summary(events: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    by: dict[str, list[float]] = collections.defaultdict(list)
+    for e in events:
+        by[e["what"]].append(e["seconds"])
+    non_watch = sum(len(v) for k, v in by.items() if not k.startswith("watch"))
+    return {
+        "total": round(len(events) / count, 2),
+        "exceptWatches": round(non_watch / count, 2),
+        "byVerb": {
+            k: {
+                "perModelDeployment": round(len(v) / count, 2),
+                "apiLatencyP50": round(percentile(v, 50), 4),
+                "apiLatencyP90": round(percentile(v, 90), 4),
+            }
+            for k, v in sorted(by.items(), key=lambda kv: -len(kv[1]))
+            if not k.startswith("watch")
+        },
+    }
 
 
 def metric_sum(samples: dict[str, float], prefix: str, **labels: str) -> float:
@@ -172,182 +239,432 @@ def metric_sum(samples: dict[str, float], prefix: str, **labels: str) -> float:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--latency-count", type=int, default=50)
-    parser.add_argument("--resync-seconds", type=float, default=20.0)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ondeck-opbench-"))
-    results: dict[str, Any] = {"count": args.count, "latencyCount": args.latency_count}
+def histogram_quantile(
+    before: dict[str, float], after: dict[str, float], name: str, q: float, **labels: str
+) -> float | None:
+    """A quantile of a Prometheus histogram's increase between two scrapes (bucket bound)."""
+    buckets = []
+    for k, v in after.items():
+        if not k.startswith(name + "_bucket") or not all(
+            f'{a}="{b}"' in k for a, b in labels.items()
+        ):
+            continue
+        le = k.split('le="')[1].split('"')[0]
+        buckets.append((float(le), v - before.get(k, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= q * total)
 
-    plane = start_control_plane(work / "plane", audit=True)
-    api = plane.api_client()
-    kubelet = KubeletSimulator(plane.api_client())
-    operator: OperatorProcess | None = None
-    watcher = Watcher(plane.api_client())
-    try:
-        kubelet.start()
+
+def create_rate(
+    what: str, create: Callable[[int], None], count: int, threads: int = 8
+) -> dict[str, Any]:
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(create, range(count)))
+    seconds = time.monotonic() - started
+    return {
+        "what": what,
+        "count": count,
+        "seconds": round(seconds, 2),
+        "perSecond": round(count / seconds, 1),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def restart_controller_manager(plane: Any, qps: int, burst: int) -> None:
+    """The fixture runs kube-controller-manager with --kube-api-qps=200 --kube-api-burst=400;
+    run it again with the given values (20/30 are Kubernetes' defaults)."""
+    from controlplane import _spawn
+
+    for index, process in enumerate(plane.processes):
+        if process.name != "kube-controller-manager":
+            continue
+        argv = [
+            a
+            for a in process.popen.args
+            if not a.startswith(("--kube-api-qps=", "--kube-api-burst="))
+        ]
+        argv += [f"--kube-api-qps={qps}", f"--kube-api-burst={burst}"]
+        process.stop()
+        plane.processes[index] = _spawn("kube-controller-manager", argv, plane.workdir)
+        return
+    raise SystemExit("no kube-controller-manager in the control plane")
+
+
+class Bench:
+    """One control plane, the kubelet simulator, the watcher and one operator."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.plane = start_control_plane(work / "plane", audit=True)
+        if (args.kcm_qps, args.kcm_burst) != (200, 400):
+            restart_controller_manager(self.plane, args.kcm_qps, args.kcm_burst)
+        self.api = self.plane.api_client()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.kubelet = KubeletSimulator(self.plane.api_client())
+        self.watcher = Watcher(self.plane.api_client())
+        self.operator: OperatorProcess | None = None
+
+    def start(self) -> None:
+        self.kubelet.start()
 
         def succeed(pod: dict[str, Any]) -> JobOutcome:
             key = pod["metadata"]["labels"]["ondeck.io/artifact-key"]
             return JobOutcome.success(summary(key))
 
-        kubelet.set_job_rule(succeed)
-        install_crds(api)
-        kubeconfig = install_operator_rbac(plane, api, work)
-        core = client.CoreV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-        wait("default ServiceAccount", lambda: _exists(core, NAMESPACE), 30)
-        custom = client.CustomObjectsApi(api)
-        operator = OperatorProcess(
+        self.kubelet.set_job_rule(succeed)
+        install_crds(self.api)
+        kubeconfig = install_operator_rbac(self.plane, self.api, self.work)
+        for namespace in (NAMESPACE, "floor"):
+            self.core.create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+            )
+            wait(f"{namespace} ServiceAccount", lambda n=namespace: _exists(self.core, n), 60)
+        if self.args.operator_src:
+            os.environ["PYTHONPATH"] = str(self.args.operator_src)
+        extra = ["--resync-seconds", str(self.args.resync_seconds), *self.args.operator_arg]
+        self.operator = OperatorProcess(
             kubeconfig=kubeconfig,
             namespaces=[NAMESPACE],
-            workdir=work,
+            workdir=self.work,
             name="bench-operator",
-            extra=["--resync-seconds", str(args.resync_seconds)],
+            extra=extra,
             config={"jobBackoffLimit": 0},
             log_level="info",
         )
-        operator.start()
-        assert operator.popen is not None
-        pid = operator.popen.pid
-        watcher.start()
+        self.operator.start()
+        self.watcher.start()
         time.sleep(1)
 
-        # 1 + 2: sequential creates, latency to children and to Ready.
-        created: dict[str, float] = {}
-        for i in range(args.latency_count):
-            name = f"lat-{i:04d}"
-            created[name] = time.monotonic()
-            custom.create_namespaced_custom_object(
-                GROUP, VERSION, NAMESPACE, PLURAL, manifest(name)
-            )
-            wait(f"{name} Ready", lambda name=name: name in watcher.ready_at, 60)
-        children = [watcher.children_at(n) - t for n, t in created.items()]  # type: ignore[operator]
-        ready = [watcher.ready_at[n] - t for n, t in created.items()]
-        results["applyToChildren"] = {
-            "p50": percentile(children, 50),
-            "p99": percentile(children, 99),
-            "mean": statistics.mean(children),
-        }
-        results["applyToReady"] = {
-            "p50": percentile(ready, 50),
-            "p99": percentile(ready, 99),
-            "mean": statistics.mean(ready),
-        }
-        print(json.dumps(results), flush=True)
+    @property
+    def pid(self) -> int:
+        assert self.operator is not None
+        assert self.operator.popen is not None
+        return int(self.operator.popen.pid)
 
-        # 3 + 4: many at once.
-        assert plane.audit_log is not None
-        time.sleep(2)  # let the audit batch flush
-        _, mark = audit_counts(plane.audit_log, 0)
-        before = operator.metrics()
-        names = [f"md-{i:05d}" for i in range(args.count)]
-        start = time.monotonic()
-
+    def create_mds(self, names: list[str]) -> float:
         def create(name: str) -> None:
-            custom.create_namespaced_custom_object(
+            self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, NAMESPACE, PLURAL, manifest(name, server={"replicas": 1})
             )
 
+        started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(create, names))
-        applied = time.monotonic() - start
-        peak = 0
-        deadline = start + 900
-        timeline = []
-        last_sample = 0.0
-        while time.monotonic() < deadline and not all(n in watcher.ready_at for n in names):
-            peak = max(peak, rss_kib(pid)["VmRSS"])
+        return time.monotonic() - started
+
+    def floor(self, count: int) -> list[dict[str, Any]]:
+        """The API server's own create rate, now, from 8 threads like the bulk creates."""
+
+        def config_map(i: int) -> None:
+            self.core.create_namespaced_config_map(
+                "floor",
+                {"metadata": {"name": f"cm-{i:05d}-{self.rounds}"}, "data": {"k": "v"}},  # type: ignore[arg-type]
+            )
+
+        def service(i: int) -> None:
+            self.core.create_namespaced_service(
+                "floor",
+                {  # type: ignore[arg-type]
+                    "metadata": {"name": f"svc-{i:05d}-{self.rounds}"},
+                    "spec": {"ports": [{"port": 80, "targetPort": 8080}], "selector": {"a": "b"}},
+                },
+            )
+
+        self.rounds += 1
+        return [
+            create_rate("ConfigMap", config_map, count),
+            create_rate("Service", service, count),
+        ]
+
+    rounds = 0
+
+    def wait_all(self, names: list[str], start: float, timeout: float) -> dict[str, Any]:
+        """Until every name is Ready: peak RSS, timeline, children/Ready times."""
+        assert self.operator is not None
+        peak, timeline, last = 0, [], 0.0
+        deadline = start + timeout
+        children_done: float | None = None
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_kib(self.pid)["VmRSS"])
+            ready = sum(1 for n in names if n in self.watcher.ready_at)
+            with_children = sum(1 for n in names if self.watcher.children_at(n))
             now = time.monotonic()
-            if now - last_sample >= 5:
-                last_sample = now
-                samples = operator.metrics()
+            if children_done is None and with_children == len(names):
+                children_done = max(self.watcher.children_at(n) or 0.0 for n in names) - start
+            if now - last >= 5 or ready == len(names):
+                last = now
+                samples = self.operator.metrics()
                 timeline.append(
                     {
                         "t": round(now - start, 1),
-                        "children": sum(1 for n in names if watcher.children_at(n)),
-                        "ready": sum(1 for n in names if n in watcher.ready_at),
+                        "children": with_children,
+                        "ready": ready,
                         "queue": metric_sum(samples, "ondeck_operator_queue_depth"),
-                        "converting": metric_sum(
-                            samples, "ondeck_operator_modeldeployments", phase="Converting"
-                        ),
-                        "deploying": metric_sum(
-                            samples, "ondeck_operator_modeldeployments", phase="Deploying"
-                        ),
+                        "rssMiB": round(rss_kib(self.pid)["VmRSS"] / 1024, 1),
+                        "load1": round(os.getloadavg()[0], 2),
                     }
                 )
                 print(json.dumps(timeline[-1]), flush=True)
+            if ready == len(names):
+                break
             time.sleep(0.5)
-        done = [n for n in names if n in watcher.ready_at]
-        converge = max(watcher.ready_at[n] for n in done) - start if done else float("nan")
-        results["bulk"] = {
-            "created": args.count,
+        done = [n for n in names if n in self.watcher.ready_at]
+        return {
             "ready": len(done),
-            "createSeconds": applied,
-            "convergeSeconds": converge,
-            "rssPeakMiB": round(max(peak, rss_kib(pid)["VmHWM"]) / 1024, 1),
-            "rssNowMiB": round(rss_kib(pid)["VmRSS"] / 1024, 1),
+            "childrenSeconds": None if children_done is None else round(children_done, 2),
+            "readySeconds": round(max(self.watcher.ready_at[n] for n in done) - start, 2)
+            if len(done) == len(names)
+            else None,
+            "rssPeakMiB": round(max(peak, rss_kib(self.pid)["VmHWM"]) / 1024, 1),
+            "rssNowMiB": round(rss_kib(self.pid)["VmRSS"] / 1024, 1),
             "timeline": timeline,
         }
-        time.sleep(3)
-        counts, mark2 = audit_counts(plane.audit_log, mark)
-        after = operator.metrics()
-        total = sum(counts.values())
-        results["apiRequestsPerModelDeployment"] = {
-            "auditTotal": round(total / args.count, 2),
-            "auditByVerb": {k: round(v / args.count, 2) for k, v in counts.most_common(12)},
-            "reconcilerByVerb": {
-                verb: round(
-                    (
-                        metric_sum(after, "ondeck_operator_api_requests_total", verb=verb)
-                        - metric_sum(before, "ondeck_operator_api_requests_total", verb=verb)
-                    )
-                    / args.count,
-                    2,
-                )
-                for verb in ("apply", "create", "delete", "patch", "get")
-            },
-            "reconciles": round(
-                (
-                    metric_sum(after, "ondeck_operator_reconciles_total", result="ok")
-                    - metric_sum(before, "ondeck_operator_reconciles_total", result="ok")
-                )
-                / args.count,
-                2,
-            ),
-        }
-        print(json.dumps(results), flush=True)
 
-        # 5: idle resyncs.
-        writes_before = metric_sum(after, "ondeck_operator_writes_total")
-        reconciles_before = metric_sum(after, "ondeck_operator_reconciles_total", result="ok")
-        time.sleep(args.resync_seconds * 3.2)
-        idle = operator.metrics()
-        time.sleep(2)
-        idle_counts, _ = audit_counts(plane.audit_log, mark2)
-        writes = {
-            k: v for k, v in idle_counts.items() if not k.startswith(("get", "list", "watch"))
-        }
-        results["idleResync"] = {
-            "seconds": args.resync_seconds * 3.2,
-            "reconciles": metric_sum(idle, "ondeck_operator_reconciles_total", result="ok")
-            - reconciles_before,
-            "reconcilerWrites": metric_sum(idle, "ondeck_operator_writes_total") - writes_before,
-            "auditWritesExceptPeering": {
-                k: v for k, v in writes.items() if "kopfpeerings" not in k
+    def latency(self, count: int) -> dict[str, Any]:
+        created: dict[str, float] = {}
+        for i in range(count):
+            name = f"lat-{i:04d}"
+            created[name] = time.monotonic()
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, manifest(name)
+            )
+            wait(f"{name} Ready", lambda name=name: name in self.watcher.ready_at, 120)
+        children = [self.watcher.children_at(n) - t for n, t in created.items()]  # type: ignore[operator]
+        ready = [self.watcher.ready_at[n] - t for n, t in created.items()]
+        return {
+            "applyToChildren": {
+                "p50": round(percentile(children, 50), 4),
+                "p99": round(percentile(children, 99), 4),
+            },
+            "applyToReady": {
+                "p50": round(percentile(ready, 50), 4),
+                "p99": round(percentile(ready, 99), 4),
             },
         }
-        results["simulatorErrors"] = kubelet.errors[:5]
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        if self.operator is not None:
+            self.operator.stop()
+        self.kubelet.stop()
+        self.api.close()
+        self.plane.stop()
+
+
+def run_bulk(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    assert bench.operator is not None
+    assert bench.plane.audit_log is not None
+    results: dict[str, Any] = {"machineAtStart": machine()}
+    results["apiServerFloorBefore"] = bench.floor(args.floor_count)
+    print(json.dumps(results), flush=True)
+    time.sleep(2)  # let the audit batch flush
+    _, mark = audit_events(bench.plane.audit_log, 0)
+    before = bench.operator.metrics()
+    names = [f"md-{i:05d}" for i in range(args.count)]
+    start = time.monotonic()
+    load_before = os.getloadavg()
+    create_seconds = bench.create_mds(names)
+    bulk = bench.wait_all(names, start, args.timeout)
+    bulk["createSeconds"] = round(create_seconds, 2)
+    bulk["loadavgAtEnd"] = [round(x, 2) for x in os.getloadavg()]
+    bulk["loadavgAtStart"] = [round(x, 2) for x in load_before]
+    results["bulk"] = bulk
+    time.sleep(3)
+    events, _mark2 = audit_events(bench.plane.audit_log, mark)
+    after = bench.operator.metrics()
+    results["apiRequestsPerModelDeployment"] = audit_summary(events, args.count)
+    results["operatorView"] = {
+        "reconcilesPerModelDeployment": round(
+            (
+                metric_sum(after, "ondeck_operator_reconciles_total", result="ok")
+                - metric_sum(before, "ondeck_operator_reconciles_total", result="ok")
+            )
+            / args.count,
+            2,
+        ),
+        "queueWaitP50": histogram_quantile(
+            before, after, "ondeck_operator_queue_wait_seconds", 0.5
+        ),
+        "queueWaitP90": histogram_quantile(
+            before, after, "ondeck_operator_queue_wait_seconds", 0.9
+        ),
+        "reconcileP50": histogram_quantile(
+            before, after, "ondeck_operator_reconcile_duration_seconds", 0.5
+        ),
+        "reconcileP90": histogram_quantile(
+            before, after, "ondeck_operator_reconcile_duration_seconds", 0.9
+        ),
+        "cpuSeconds": cpu_seconds(bench.pid),
+    }
+    results["apiServerFloorAfter"] = bench.floor(args.floor_count)
+    floor = statistics.mean(
+        r["perSecond"]
+        for r in results["apiServerFloorBefore"] + results["apiServerFloorAfter"]
+        if r["what"] == "Service"
+    )
+    results["ratios"] = {
+        "serviceCreatesPerSecondMean": round(floor, 1),
+        "childrenSecondsTimesServiceRate": None
+        if bulk["childrenSeconds"] is None
+        else round(bulk["childrenSeconds"] * floor / args.count, 2),
+    }
+    print(json.dumps(results), flush=True)
+
+    if args.latency_count:
+        results["withOthersPresent"] = bench.latency(args.latency_count)
+        print(json.dumps(results["withOthersPresent"]), flush=True)
+
+    # Idle resyncs.
+    time.sleep(3)
+    idle_from = bench.operator.metrics()
+    _, mark3 = audit_events(bench.plane.audit_log, 0)
+    time.sleep(args.resync_seconds * 3.2)
+    idle = bench.operator.metrics()
+    time.sleep(2)
+    idle_events, _ = audit_events(bench.plane.audit_log, mark3)
+    results["idleResync"] = {
+        "seconds": args.resync_seconds * 3.2,
+        "reconciles": metric_sum(idle, "ondeck_operator_reconciles_total", result="ok")
+        - metric_sum(idle_from, "ondeck_operator_reconciles_total", result="ok"),
+        "reconcilerWrites": metric_sum(idle, "ondeck_operator_writes_total")
+        - metric_sum(idle_from, "ondeck_operator_writes_total"),
+        "auditWritesExceptPeering": collections.Counter(
+            e["what"]
+            for e in idle_events
+            if not e["what"].startswith(("get", "list", "watch"))
+            and "kopfpeerings" not in e["what"]
+        ),
+    }
+    results["machineAtEnd"] = machine()
+    return results
+
+
+def run_rss_steps(bench: Bench, steps: list[int], timeout: float) -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    made = 0
+    for target in steps:
+        names = [f"md-{i:05d}" for i in range(made, target)]
+        start = time.monotonic()
+        bench.create_mds(names)
+        made = target
+        waited = bench.wait_all([f"md-{i:05d}" for i in range(target)], start, timeout)
+        time.sleep(5)
+        out.append(
+            {
+                "modelDeployments": target,
+                "readySeconds": waited["readySeconds"],
+                "rssMiB": round(rss_kib(bench.pid)["VmRSS"] / 1024, 1),
+                "rssPeakMiB": round(rss_kib(bench.pid)["VmHWM"] / 1024, 1),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+        print(json.dumps(out[-1]), flush=True)
+    for low, high in itertools.pairwise(out):
+        high["bytesPerModelDeploymentSincePrevious"] = round(
+            (high["rssMiB"] - low["rssMiB"])
+            * 2**20
+            / (high["modelDeployments"] - low["modelDeployments"])
+        )
+    return {"rssSteps": out}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+
+
+def summarize(files: list[Path]) -> dict[str, Any]:
+    """Medians over repeated runs (each one `--out` file of the bulk mode)."""
+    runs = [json.loads(f.read_text()) for f in files]
+
+    def median(get: Callable[[dict[str, Any]], Any]) -> float | None:
+        values = []
+        for run in runs:
+            with contextlib.suppress(KeyError, TypeError):
+                value = get(run)
+                if value is not None:
+                    values.append(float(value))
+        return round(statistics.median(values), 2) if values else None
+
+    def rate(run: dict[str, Any], what: str) -> float:
+        floor = run["apiServerFloorBefore"] + run["apiServerFloorAfter"]
+        return float(statistics.mean(r["perSecond"] for r in floor if r["what"] == what))
+
+    return {
+        "runs": len(runs),
+        "childrenSeconds": median(lambda r: r["bulk"]["childrenSeconds"]),
+        "readySeconds": median(lambda r: r["bulk"]["readySeconds"]),
+        "rssPeakMiB": median(lambda r: r["bulk"]["rssPeakMiB"]),
+        "requestsPerModelDeployment": median(
+            lambda r: r["apiRequestsPerModelDeployment"]["exceptWatches"]
+        ),
+        "serviceCreatesPerSecond": median(lambda r: rate(r, "Service")),
+        "configMapCreatesPerSecond": median(lambda r: rate(r, "ConfigMap")),
+        "childrenTimesServiceRateOverCount": median(
+            lambda r: r["ratios"]["childrenSecondsTimesServiceRate"]
+        ),
+        "readyTimesServiceRateOverCount": median(
+            lambda r: r["bulk"]["readySeconds"] * rate(r, "Service") / int(r["args"]["count"])
+        ),
+        "operatorCpuSeconds": median(lambda r: r["operatorView"]["cpuSeconds"]),
+        "applyToChildrenP99WithOthers": median(
+            lambda r: r["withOthersPresent"]["applyToChildren"]["p99"]
+        ),
+        "load1AtStart": median(lambda r: r["machineAtStart"]["loadavg"][0]),
+        "idleResyncWrites": median(lambda r: r["idleResync"]["reconcilerWrites"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--latency-count", type=int, default=30)
+    parser.add_argument("--floor-count", type=int, default=500)
+    parser.add_argument("--resync-seconds", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--kcm-qps", type=int, default=200)
+    parser.add_argument("--kcm-burst", type=int, default=400)
+    parser.add_argument("--rss-steps", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--operator-src", type=Path, help="run the operator from this tree")
+    parser.add_argument(
+        "--operator-arg", action="append", default=[], help="one more operator flag (repeat)"
+    )
+    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--summarize", type=Path, nargs="+", help="print medians of these --out files and exit"
+    )
+    args = parser.parse_args()
+    if args.summarize:
+        print(json.dumps(summarize(args.summarize), indent=2))
+        return
+    work = Path(tempfile.mkdtemp(prefix="ondeck-opbench-"))
+    results: dict[str, Any] = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "kubeControllerManager": {"kubeApiQps": args.kcm_qps, "kubeApiBurst": args.kcm_burst},
+    }
+    bench = Bench(args, work)
+    try:
+        bench.start()
+        if args.rss_steps:
+            results.update(run_rss_steps(bench, args.rss_steps, args.timeout))
+        else:
+            results.update(run_bulk(bench, args))
+        results["simulatorErrors"] = bench.kubelet.errors[:5]
     finally:
-        watcher.stop()
-        if operator is not None:
-            operator.stop()
-        kubelet.stop()
-        api.close()
-        plane.stop()
+        bench.stop()
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -104,7 +104,17 @@ def operator(
     request_timeout: Annotated[
         float, _opt("--request-timeout", "Timeout of other API requests (seconds).")
     ] = 30.0,
-    workers: Annotated[int, _opt("--workers", "Concurrent reconciles.")] = 16,
+    workers: Annotated[int, _opt("--workers", "Concurrent reconciles.")] = 64,
+    max_connections: Annotated[
+        int, _opt("--max-connections", "API requests of the reconciler in flight at once.")
+    ] = 128,
+    write_wait_seconds: Annotated[
+        float,
+        _opt("--write-wait-seconds", "Wait this long for a child write, then go on without it."),
+    ] = 1.0,
+    list_chunk_size: Annotated[
+        int, _opt("--list-chunk-size", "Objects per page of each watch's initial list.")
+    ] = 500,
     retry_min_seconds: Annotated[
         float, _opt("--retry-min-seconds", "First retry delay after a failure.")
     ] = 1.0,
@@ -156,6 +166,9 @@ def operator(
             watch_inactivity_timeout=watch_inactivity_timeout,
             request_timeout=request_timeout,
             workers=workers,
+            max_connections=max_connections,
+            write_wait_seconds=write_wait_seconds,
+            list_chunk_size=list_chunk_size,
             retry_min_seconds=retry_min_seconds,
             retry_max_seconds=retry_max_seconds,
             peering=peering or None,

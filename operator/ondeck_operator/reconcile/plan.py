@@ -3,8 +3,8 @@
 `plan(md, observed, config, now=...)` looks at the children the operator observed (from its
 watch caches) and returns a `Plan`: the objects to server-side apply (only those missing or
 drifted, see `drift.py`), the children to delete, the status merge patch (None when nothing
-changed) and the Events to post. `execute(plan, kube)` carries it out in one pass; an idle
-resync therefore makes no write at all.
+changed) and the Events to post (failures and Ready only). `execute(plan, kube)` carries it
+out in one pass; an idle resync therefore makes no write at all.
 
 The decisions, in order:
 
@@ -93,6 +93,38 @@ class Plan:
         return len(self.applies) + len(self.deletes) + (self.status_patch is not None)
 
 
+def _events(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> list[EventSpec]:
+    """The Events worth a write: failures (Warning) and Ready turning True. The progress in
+    between (Converting, Deploying) is in the status, and the Job and the Deployment post
+    their own Events; one each would cost two more API writes per ModelDeployment."""
+    return [
+        e for e in transitions(old, new) if e.type == "Warning" or e.reason == Reason.READY.value
+    ]
+
+
+def progress_only(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> bool:
+    """Whether `new` differs from `old` only in a rollout's progress: replica counts and
+    condition messages, with phase, every condition's status and reason, the generation,
+    the artifact and the URL unchanged. Such a patch can wait a moment for the next one."""
+    if old is None:
+        return False
+
+    def shape(status: ModelDeploymentStatus) -> tuple[Any, ...]:
+        conditions = tuple(
+            (c.type, c.status, c.reason, c.observed_generation) for c in status.conditions or []
+        )
+        return (
+            status.phase,
+            status.observed_generation,
+            status.url,
+            status.artifact,
+            status.selector,
+            conditions,
+        )
+
+    return shape(old) == shape(new)
+
+
 def _render_state(md: ModelDeployment, facts: Facts) -> RenderState:
     serving = facts.wanted_key if facts.wanted_built else facts.serving_key
     digest = None
@@ -156,7 +188,7 @@ def plan(
         deletes=deletes,
         status=status,
         status_patch=status_patch(md.status, status),
-        events=transitions(md.status, status),
+        events=_events(md.status, status),
     )
 
 
@@ -198,5 +230,5 @@ def invalid_plan(body: Mapping[str, Any], error: SpecError, *, now: str) -> Plan
         deletes=[],
         status=status,
         status_patch=status_patch(old_status, status),
-        events=transitions(old_status, status),
+        events=_events(old_status, status),
     )

@@ -2,11 +2,18 @@
 resync, probes, peering (rule in peering.py).
 
 `Controller` holds what one operator process knows: the kopf indices that cache the
-ModelDeployments and their children (as compact JSON), the `WorkQueue` of reconcile
-requests, its own recent writes (so a reconcile never acts on a cache older than them),
-the pods of finished conversion Jobs, the metrics, and the health and metrics servers.
+ModelDeployments and their children (trimmed, as compact JSON: cache.py), the `WorkQueue`
+of reconcile requests (paused until the caches are filled), its own recent writes (so a
+reconcile never acts on a cache older than them), the pods of finished conversion Jobs,
+the Events waiting to be posted, the metrics, and the health and metrics servers.
 `Controller.reconcile(key)` reads the caches, calls `reconcile.plan()`, and carries the plan
 out through `reconcile.execute()` on the Kubernetes client.
+
+Events are posted in the background (`EVENT_POSTERS` at a time), off the reconcile's
+critical path, and a child write that takes longer than `--write-wait-seconds` goes on in
+the background too (writes.py): a worker is free for the next ModelDeployment once its
+status is written, not when the API server's serialized ClusterIP allocator gets to its
+Service.
 
 What this module does NOT do: register kopf handlers or start kopf (handlers.py), decide
 what to apply (reconcile/plan.py) or what status to write (reconcile/status.py).
@@ -15,6 +22,7 @@ what to apply (reconcile/plan.py) or what status to write (reconcile/status.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -35,19 +43,23 @@ from ondeck_operator.reconcile.kinds import (
     MODEL_DEPLOYMENT,
     PEERING,
     POD,
+    SERVICE,
+    ConflictError,
     ForbiddenError,
     InvalidError,
     Kind,
     KubeError,
     NotFoundError,
+    kind_of,
 )
-from ondeck_operator.reconcile.plan import Plan, invalid_plan, plan, rfc3339
-from ondeck_operator.runtime.cache import index_id, trim, unpack
+from ondeck_operator.reconcile.plan import Plan, invalid_plan, plan, progress_only, rfc3339
+from ondeck_operator.runtime.cache import Entry, index_id, trim, unpack, unpack_all
 from ondeck_operator.runtime.kube_client import HttpKube, load_configuration
 from ondeck_operator.runtime.metrics import Metrics, serve_routes
 from ondeck_operator.runtime.peering import is_active_peer
 from ondeck_operator.runtime.settings import OperatorSettings
 from ondeck_operator.runtime.workqueue import WorkQueue
+from ondeck_operator.runtime.writes import Writes
 
 __all__ = [
     "Controller",
@@ -60,6 +72,14 @@ log = logging.getLogger("ondeck.operator")
 Key = tuple[str, str]  # namespace, ModelDeployment name
 Obj = dict[str, Any]
 _EXPECT_SECONDS = 5.0
+#: Events posted at once, in the background; more wait (they are best effort anyway).
+EVENT_POSTERS = 8
+#: Service writes in flight at once. The API server allocates ClusterIPs one at a time, so
+#: more only wait there while holding connections other writes need.
+SERVICE_WRITE_SLOTS = 16
+#: A status patch that only says how a rollout progresses (replica counts) waits this long
+#: for the next change, so "1 replica, 0 ready" and "Ready" are one write, not two.
+STATUS_COALESCE_SECONDS = 1.0
 
 
 @dataclass
@@ -71,16 +91,21 @@ class Controller:
     priority: int
     metrics: Metrics = field(default_factory=Metrics)
     kube: HttpKube | None = None
+    writes: Writes | None = None
     queue: WorkQueue[Key] | None = None
     indices: dict[str, Any] = field(default_factory=dict)
     phases: dict[Key, str] = field(default_factory=dict)
     pods: dict[Key, tuple[str, tuple[Obj, ...]]] = field(default_factory=dict)
     expectations: dict[Key, dict[tuple[str, str], tuple[str, float]]] = field(default_factory=dict)
     last_resync: float = 0.0
+    progress_since: dict[Key, float] = field(default_factory=dict)
+    filled: bool = False
     active: bool = True
     started: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _runners: list[Any] = field(default_factory=list)
+    _events: set[asyncio.Task[None]] = field(default_factory=set)
+    _event_slots: asyncio.Semaphore | None = None
 
     # ------------------------------------------------------------ probes
 
@@ -92,6 +117,8 @@ class Controller:
             "active": self.active,
             "queued": len(self.queue) if self.queue else 0,
             "busy": self.queue.busy if self.queue else 0,
+            "cachesFilled": self.filled,
+            "writesInFlight": len(self.writes) if self.writes else 0,
             "lastResync": self.last_resync,
         }
 
@@ -108,7 +135,10 @@ class Controller:
         self.indices = dict(indices)
         configuration = load_configuration(self.settings.kubeconfig, self.settings.context)
         self.kube = HttpKube(
-            configuration, timeout=self.settings.request_timeout, on_request=self.metrics.on_request
+            configuration,
+            timeout=self.settings.request_timeout,
+            on_request=self.metrics.on_request,
+            connections=self.settings.max_connections,
         )
         self.queue = WorkQueue(
             self.reconcile,
@@ -116,6 +146,15 @@ class Controller:
             retry_min=self.settings.retry_min_seconds,
             retry_max=self.settings.retry_max_seconds,
             on_error=self._on_error,
+            on_wait=self.metrics.queue_wait.observe,
+            paused=not self.filled,
+        )
+        self._event_slots = asyncio.Semaphore(EVENT_POSTERS)
+        self.writes = Writes(
+            wait=self.settings.write_wait_seconds,
+            slots={SERVICE: SERVICE_WRITE_SLOTS},
+            on_reply=self._written,
+            on_late_error=self._late_write_failed,
         )
         self._tasks = [
             asyncio.create_task(self.queue.run(), name="ondeck-reconcile-queue"),
@@ -137,9 +176,11 @@ class Controller:
         self.metrics.active.set(1)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._events]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._events, return_exceptions=True)
+        if self.writes is not None:
+            await self.writes.close()
         for runner in self._runners:
             await runner.cleanup()
         if self.kube is not None:
@@ -147,45 +188,67 @@ class Controller:
 
     # ------------------------------------------------------------ events
 
+    def caches_filled(self) -> None:
+        """kopf has filled every index (it calls event handlers only from then on): run
+        the reconciles requested so far, and every later one."""
+        if self.filled:
+            return
+        self.filled = True
+        if self.queue is not None:
+            self.queue.resume()
+        log.info("watch caches filled; reconciling")
+
     def request(self, key: Key, *, delay: float = 0.0) -> None:
         if self.queue is not None:
             self.queue.add(key, delay=delay)
             self.metrics.queue_depth.set(len(self.queue))
 
     def observe_md(self, event_type: str | None, key: Key, body: Mapping[str, Any]) -> None:
-        self._seen(key, MODEL_DEPLOYMENT, key[1], body)
+        self._seen(
+            key, MODEL_DEPLOYMENT, key[1], (body.get("metadata") or {}).get("resourceVersion")
+        )
         if event_type == "DELETED":
             self.phases.pop(key, None)
             self.pods.pop(key, None)
             self.expectations.pop(key, None)
+            self.progress_since.pop(key, None)
             if self.queue is not None:
                 self.queue.forget(key)
             self.metrics.set_phases(self.phases.values())
             return
         self.request(key)
 
-    def observe_child(self, kind: Kind, key: Key, body: Mapping[str, Any]) -> None:
-        self._seen(key, kind, str(body["metadata"]["name"]), body)
+    def observe_child(self, kind: Kind, key: Key, name: str, version: str | None) -> None:
+        """A child was added or changed (`version`: its resourceVersion) or deleted (None)."""
+        self._seen(key, kind, name, version)
         self.request(key)
 
-    def _seen(self, key: Key, kind: Kind, name: str, body: Mapping[str, Any]) -> None:
+    def _seen(self, key: Key, kind: Kind, name: str, version: str | None) -> None:
         pending = self.expectations.get(key)
-        if not pending:
+        if not pending or version is None:
             return
         expected = pending.get((kind.plural, name))
-        if expected and expected[0] == (body.get("metadata") or {}).get("resourceVersion"):
+        if expected and _not_older(version, expected[0]):
             del pending[(kind.plural, name)]
 
+    def _entries(self, kind: Kind, key: Key) -> list[Entry]:
+        index = self.indices.get(index_id(kind))
+        return list(index.get(key, ())) if index is not None else []
+
     def _cached_version(self, key: Key, kind: Kind, name: str) -> str | None:
-        body = self._body(key) if kind == MODEL_DEPLOYMENT else self.observed(key).named(kind, name)
-        version = (body or {}).get("metadata", {}).get("resourceVersion")
-        return str(version) if version else None
+        """The resourceVersion the cache holds, read without decoding any object."""
+        wanted = key[1] if kind == MODEL_DEPLOYMENT else name
+        for cached in self._entries(kind, key):
+            if cached.name == wanted:
+                return cached.version or None
+        return None
 
     def _expect(self, key: Key, kind: Kind, name: str, reply: Mapping[str, Any]) -> None:
         version = (reply.get("metadata") or {}).get("resourceVersion")
         # A write that changed nothing keeps the resourceVersion and makes no watch event:
-        # nothing to wait for when the cache already holds that version.
-        if version and version != self._cached_version(key, kind, name):
+        # nothing to wait for when the cache already holds that version (or a newer one).
+        cached = self._cached_version(key, kind, name)
+        if version and not (cached and _not_older(cached, str(version))):
             deadline = time.monotonic() + _EXPECT_SECONDS
             self.expectations.setdefault(key, {})[(kind.plural, name)] = (version, deadline)
 
@@ -203,15 +266,10 @@ class Controller:
     # ------------------------------------------------------------ reconcile
 
     def observed(self, key: Key) -> Observed:
-        children = {}
-        for kind in WATCHED_KINDS:
-            index = self.indices.get(index_id(kind))
-            children[kind] = tuple(unpack(b) for b in index.get(key, ())) if index else ()
-        return Observed(children)
+        return Observed({kind: unpack_all(self._entries(kind, key)) for kind in WATCHED_KINDS})
 
     def _body(self, key: Key) -> Obj | None:
-        index = self.indices.get(index_id(MODEL_DEPLOYMENT))
-        store = list(index.get(key, ())) if index is not None else []
+        store = self._entries(MODEL_DEPLOYMENT, key)
         return unpack(store[0]) if store else None
 
     async def reconcile(self, key: Key) -> None:
@@ -238,7 +296,7 @@ class Controller:
                 decided = invalid_plan(body, error, now=now)
             else:
                 observed = await self._with_pods(key, md, self.observed(key))
-                decided = plan(md, observed, self.settings.config, now=now)
+                decided = self._coalesce(key, md, plan(md, observed, self.settings.config, now=now))
             try:
                 await self._execute(key, decided, now=now)
             except (InvalidError, ForbiddenError) as exc:
@@ -259,6 +317,25 @@ class Controller:
         if decided.status.phase is not None:
             self.phases[key] = decided.status.phase.value
             self.metrics.set_phases(self.phases.values())
+
+    def _coalesce(self, key: Key, md: ModelDeployment, decided: Plan) -> Plan:
+        """Hold back a status patch that only reports a rollout's progress for up to
+        STATUS_COALESCE_SECONDS (a delayed request writes it if nothing newer comes)."""
+        quiet = not (decided.applies or decided.deletes or decided.events)
+        if (
+            decided.status_patch is None
+            or not quiet
+            or not progress_only(md.status, decided.status)
+        ):
+            self.progress_since.pop(key, None)
+            return decided
+        now = time.monotonic()
+        remaining = self.progress_since.setdefault(key, now) + STATUS_COALESCE_SECONDS - now
+        if remaining <= 0:
+            self.progress_since.pop(key, None)
+            return decided
+        self.request(key, delay=remaining)
+        return dataclasses.replace(decided, status_patch=None)
 
     async def _with_pods(self, key: Key, md: ModelDeployment, observed: Observed) -> Observed:
         """`observed` plus the pods of the finished conversion Job whose result the plan
@@ -287,6 +364,35 @@ class Controller:
         assert self.kube is not None
         kube = _Recording(self.kube, self, key)
         await execute(decided, kube, now=now, instance=self.identity)
+
+    def post_event(self, event: Obj) -> None:
+        """Post an Event in the background (best effort: a failure is only logged)."""
+
+        async def post() -> None:
+            assert self._event_slots is not None
+            assert self.kube is not None
+            async with self._event_slots:
+                self.metrics.writes.labels(verb="event").inc()
+                try:
+                    await self.kube.create(event)
+                except KubeError as exc:
+                    log.warning("could not post Event %s: %s", event.get("reason"), exc)
+
+        if self.kube is None or self._event_slots is None:
+            return
+        task = asyncio.create_task(post(), name="ondeck-event")
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    def _written(self, key: Any, kind: Kind, name: str, reply: Obj) -> None:
+        self._expect(key, kind, name, reply)
+
+    def _late_write_failed(self, key: Any, exc: Exception) -> None:
+        """A write that went on in the background failed: reconcile again (its retry's
+        error, when it answers in time, reaches the status as usual)."""
+        self.metrics.errors.labels(reason=type(exc).__name__).inc()
+        log.warning("background write for %s/%s failed: %s", key[0], key[1], exc)
+        self.request(key, delay=self.settings.retry_min_seconds)
 
     def _on_error(self, key: Key, exc: Exception) -> None:
         self.metrics.errors.labels(reason=type(exc).__name__).inc()
@@ -337,6 +443,17 @@ class Controller:
             self.last_resync = time.time()
 
 
+def _not_older(seen: str, expected: str) -> bool:
+    """Whether a watch event with resourceVersion `seen` shows a write that returned
+    `expected`. kopf hands a handler only the newest of an object's queued events, so the
+    write's own version may never be seen (a Job the Job controller updated at once): a
+    newer one counts too. resourceVersions are etcd revisions, numbers, on every API server
+    we know; one that is not a number must match exactly."""
+    if seen.isdigit() and expected.isdigit():
+        return int(seen) >= int(expected)
+    return seen == expected
+
+
 class _Recording:
     """The client seen by one reconcile: counts writes and records expectations."""
 
@@ -361,26 +478,32 @@ class _Recording:
         )
 
     async def apply(self, obj: Obj) -> Obj:
-        from ondeck_operator.reconcile.kinds import kind_of
-
+        assert self._controller.writes is not None
         self._controller.metrics.writes.labels(verb="apply").inc()
-        reply = await self._kube.apply(obj)
-        self._controller._expect(self._key, kind_of(obj), obj["metadata"]["name"], reply)
-        return reply
+        reply = await self._controller.writes.run(
+            self._key, kind_of(obj), obj["metadata"]["name"], lambda: self._kube.apply(obj)
+        )
+        return reply or {}
 
     async def create(self, obj: Obj) -> Obj:
-        from ondeck_operator.reconcile.kinds import ConflictError
-
+        if obj.get("kind") == "Event":
+            self._controller.post_event(obj)
+            return {}
         self._controller.metrics.writes.labels(verb="create").inc()
-        try:
-            reply = await self._kube.create(obj)
-        except ConflictError:
-            if obj.get("kind") != JOB.kind:
-                raise
-            return {}  # the Job exists already: created once, by us, earlier
-        if obj.get("kind") == JOB.kind:
-            self._controller._expect(self._key, JOB, obj["metadata"]["name"], reply)
-        return reply
+        if obj.get("kind") != JOB.kind:
+            return await self._kube.create(obj)
+
+        async def create_job() -> Obj:
+            try:
+                return await self._kube.create(obj)
+            except ConflictError:
+                return {}  # the Job exists already: created once, by us, earlier
+
+        assert self._controller.writes is not None
+        reply = await self._controller.writes.run(
+            self._key, JOB, obj["metadata"]["name"], create_job
+        )
+        return reply or {}
 
     async def delete(
         self, kind: Kind, namespace: str | None, name: str, *, uid: str | None = None

@@ -79,13 +79,15 @@ def connection_info(configuration: Any) -> Any:
 
 # ------------------------------------------------------------------- aiohttp client
 
-RequestHook = Callable[[str, int], None]
+RequestHook = Callable[[str, int, float], None]
 AUTH_REFRESH_SECONDS = 60.0
 
 
 class HttpKube:
-    """`KubeApi` over aiohttp. `on_request(verb, status)` is called after every call
-    (status 0 when no reply came), which is how the operator counts API requests."""
+    """`KubeApi` over aiohttp. `on_request(verb, status, seconds)` is called after every
+    call (status 0 when no reply came), which is how the operator counts and times API
+    requests. At most `connections` requests are in flight at once (HTTP/1.1 keep-alive
+    connections); more wait for a free one."""
 
     def __init__(
         self,
@@ -93,11 +95,13 @@ class HttpKube:
         *,
         timeout: float = 30.0,
         on_request: RequestHook | None = None,
+        connections: int = 64,
     ) -> None:
         self._configuration = configuration
         self._server = str(configuration.host).rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._on_request = on_request or (lambda verb, status: None)
+        self._on_request = on_request or (lambda verb, status, seconds: None)
+        self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._auth_header: str | None = None
         self._auth_until = 0.0
@@ -122,7 +126,7 @@ class HttpKube:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=32)
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
@@ -151,14 +155,15 @@ class HttpKube:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body, separators=(",", ":"))
+        started = time.monotonic()
         try:
             async with self._client().request(method, url, data=data, headers=headers) as rsp:
                 text = await rsp.text()
                 status = rsp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._on_request(verb, 0)
+            self._on_request(verb, 0, time.monotonic() - started)
             raise TransientError(0, type(exc).__name__, f"{method} {path}: {exc}") from exc
-        self._on_request(verb, status)
+        self._on_request(verb, status, time.monotonic() - started)
         if status == 404 and method == "GET":
             return None
         if status >= 400:

@@ -7,8 +7,10 @@ Metrics (all prefixed `ondeck_operator_`):
 * `reconcile_duration_seconds`: histogram of one reconcile (plan + writes);
 * `writes_total{verb}`: writes the reconciler made (apply, create, delete, status);
 * `api_requests_total{verb,code}`: every API request of the reconciler's client;
+* `api_request_duration_seconds{verb}`: histogram of those requests, reply included;
 * `modeldeployments{phase}`: ModelDeployments by phase, as last written;
-* `queue_depth`: reconciles waiting; `active`: 1 when this replica is the active peer.
+* `queue_depth`: reconciles waiting; `queue_wait_seconds`: histogram of how long a
+  requested reconcile waited for a worker; `active`: 1 when this replica is the active peer.
 
 What this module does NOT do: decide anything, or expose kopf's own internals.
 """
@@ -48,6 +50,19 @@ class Metrics:
         self.api_requests = Counter(
             p + "api_requests", "API requests of the reconciler.", ["verb", "code"], registry=r
         )
+        self.api_duration = Histogram(
+            p + "api_request_duration_seconds",
+            "Duration of one API request of the reconciler.",
+            ["verb"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds",
+            "Time a requested reconcile waited for a worker.",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.phases = Gauge(
             p + "modeldeployments", "ModelDeployments by phase.", ["phase"], registry=r
         )
@@ -56,8 +71,9 @@ class Metrics:
         for phase in Phase:
             self.phases.labels(phase=phase.value).set(0)
 
-    def on_request(self, verb: str, status: int) -> None:
+    def on_request(self, verb: str, status: int, seconds: float) -> None:
         self.api_requests.labels(verb=verb, code=str(status)).inc()
+        self.api_duration.labels(verb=verb).observe(seconds)
 
     def set_phases(self, phases: Iterable[str]) -> None:
         tally = Tally(phases)

@@ -83,7 +83,32 @@ class OperatorSettings(BaseModel):
         default=30.0, ge=1.0, description="Timeout of every other API request."
     )
     workers: int = Field(
-        default=16, ge=1, le=256, description="ModelDeployments reconciled concurrently."
+        default=64,
+        ge=1,
+        le=1024,
+        description="ModelDeployments reconciled concurrently. A reconcile mostly waits on "
+        "the API server (its writes go out together), so this is sized to the API server's "
+        "latency under load, not to the operator's CPUs.",
+    )
+    max_connections: int = Field(
+        default=128,
+        ge=1,
+        le=1024,
+        description="API requests of the reconciler in flight at once (keep-alive "
+        "connections to the API server); more wait for a free connection.",
+    )
+    write_wait_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How long a reconcile waits for one child write; a slower write (a "
+        "Service queued at the API server's ClusterIP allocator) goes on in the background "
+        "and the worker moves on.",
+    )
+    list_chunk_size: int = Field(
+        default=500,
+        ge=1,
+        description="Objects per page of each watch's initial list (kopf's chunked lists), "
+        "so a restart never holds every full object of a kind at once.",
     )
     retry_min_seconds: float = Field(
         default=1.0, gt=0, description="First retry delay after a failed reconcile."

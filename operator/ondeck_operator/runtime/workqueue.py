@@ -4,6 +4,10 @@ Events only *request* a reconcile of a key; the queue guarantees that a key is n
 processed by two workers at once, that a burst of requests for one key collapses into one
 run (plus one more if a request came in while it ran), and that a failed run is retried
 with exponential backoff (`retry_min` doubling up to `retry_max`), until a run succeeds.
+A queue made `paused` takes requests but runs nothing until `resume()` (the controller
+resumes it once the watch caches are filled). `on_wait(seconds)` is told how long each run
+waited in the queue (from its first request to a worker taking it): with `len()`, the
+depth, it says whether reconciles wait for workers or for the API server.
 
 What this module does NOT do: know what a key means, talk to Kubernetes, or persist
 anything; a restarted operator rebuilds its queue from the watches.
@@ -33,12 +37,19 @@ class WorkQueue(Generic[K]):
         retry_min: float,
         retry_max: float,
         on_error: Callable[[K, Exception], None] | None = None,
+        on_wait: Callable[[float], None] | None = None,
+        paused: bool = False,
     ) -> None:
         self._process = process
         self._workers = workers
         self._retry_min = retry_min
         self._retry_max = retry_max
         self._on_error = on_error or (lambda key, exc: None)
+        self._on_wait = on_wait or (lambda seconds: None)
+        self._resumed = asyncio.Event()
+        if not paused:
+            self._resumed.set()
+        self._since: dict[K, float] = {}
         self._ready: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
         self._active: set[K] = set()
@@ -52,6 +63,14 @@ class WorkQueue(Generic[K]):
     @property
     def busy(self) -> int:
         return len(self._active)
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def resume(self) -> None:
+        """Start running the requests (and keep running them)."""
+        self._resumed.set()
 
     def add(self, key: K, *, delay: float = 0.0) -> None:
         """Request a reconcile of `key`, now or after `delay` seconds."""
@@ -68,6 +87,7 @@ class WorkQueue(Generic[K]):
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._since[key] = asyncio.get_running_loop().time()
             self._ready.put_nowait(key)
 
     def _fire(self, key: K) -> None:
@@ -101,9 +121,14 @@ class WorkQueue(Generic[K]):
             self._timers.clear()
 
     async def _worker(self) -> None:
+        await self._resumed.wait()
+        loop = asyncio.get_running_loop()
         while True:
             key = await self._ready.get()
             self._queued.discard(key)
+            since = self._since.pop(key, None)
+            if since is not None:
+                self._on_wait(loop.time() - since)
             self._active.add(key)
             try:
                 await self._process(key)

@@ -33,6 +33,18 @@ BAD = [
     ),
     (["--workers", "0"], "SettingsError: --workers: Input should be greater than or equal to 1"),
     (
+        ["--max-connections", "0"],
+        "SettingsError: --max-connections: Input should be greater than or equal to 1",
+    ),
+    (
+        ["--write-wait-seconds", "0"],
+        "SettingsError: --write-wait-seconds: Input should be greater than 0",
+    ),
+    (
+        ["--list-chunk-size", "0"],
+        "SettingsError: --list-chunk-size: Input should be greater than or equal to 1",
+    ),
+    (
         ["--kubeconfig", "/nonexistent/kubeconfig"],
         "ConfigError: kubeconfig /nonexistent/kubeconfig does not exist",
     ),
@@ -69,6 +81,8 @@ def test_kopf_settings_filter_children_on_the_server() -> None:
     assert ks.watching.server_timeout == 300
     assert ks.watching.client_timeout == 330
     assert ks.posting.enabled is False
+    assert ks.watching.chunk_size == 500  # initial lists in pages
+    assert ks.queueing.worker_limit is None  # a bound would deadlock with indices (kopf#1243)
     selectors = {str(s): v for s, v in ks.watching.label_selectors.items()}
     assert len(selectors) == len(WATCHED_KINDS)
     assert all("app.kubernetes.io/managed-by=ondeck-operator" in v for v in selectors.values())

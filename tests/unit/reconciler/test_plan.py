@@ -8,7 +8,7 @@ from ondeck_operator.api.operator_config import OperatorConfig
 from ondeck_operator.api.spec import ModelDeployment, ModelDeploymentStatus
 from ondeck_operator.reconcile.facts import Observed
 from ondeck_operator.reconcile.kinds import DEPLOYMENT, INGRESS, JOB, POD, PVC, SERVICE, kind_of
-from ondeck_operator.reconcile.plan import Plan, plan
+from ondeck_operator.reconcile.plan import Plan, plan, progress_only
 from ondeck_operator.render.args import artifact_key
 from ondeck_operator.render.names import job_name, pvc_name
 
@@ -63,7 +63,9 @@ def test_first_reconcile_creates_claim_job_and_service_and_says_not_ready() -> N
         1,
     )
     assert status.url is None
-    assert [e.reason for e in p.events] == ["Converting"]
+    # Progress is in the status (and in the Job's own Events): Events are for failures
+    # and for Ready, two API writes fewer per ModelDeployment.
+    assert p.events == []
 
 
 def test_succeeded_job_points_the_deployment_at_the_digest() -> None:
@@ -82,6 +84,7 @@ def test_succeeded_job_points_the_deployment_at_the_digest() -> None:
     assert second.status.phase.value == "Deploying"
     assert second.status.artifact is not None
     assert second.status.artifact.digest == "e" * 64
+    assert second.events == []  # Deploying is progress, not an Event
     # The Job is never re-created or patched once it exists.
     assert all(kind_of(o) != JOB for o in second.applies)
 
@@ -94,6 +97,8 @@ def test_a_converged_model_deployment_makes_no_write() -> None:
     }
     m, observed, plans = converge(md(spec))
     assert plans[-1].writes == 0, [p.writes for p in plans]
+    # One Event on the way: Ready turning True.
+    assert [(e.type, e.reason) for p in plans for e in p.events] == [("Normal", "Ready")]
     assert plans[-1].events == []
     ready = {c.type: c for c in plans[-1].status.conditions or []}["Ready"]
     assert ready.status.value == "True"
@@ -241,3 +246,13 @@ def test_pods_are_needed_only_until_the_status_holds_the_result() -> None:
     # Without the pod, the next plan keeps the known message: the status does not change.
     again = plan(m, observed, CONFIG, now=LATER)
     assert again.status_patch is None
+
+
+def test_only_a_rollouts_progress_counts_as_progress_only() -> None:
+    _, _, plans = converge(md())
+    ready = plans[-1].status
+    fewer = ready.model_copy(update={"ready_replicas": 0})
+    assert progress_only(ready, fewer)  # counts only: may wait for the next change
+    assert not progress_only(None, ready)  # the first status is never held back
+    first = plans[0].status
+    assert not progress_only(first, ready)  # phase and conditions changed

@@ -70,3 +70,32 @@ def test_failures_are_retried_with_growing_backoff() -> None:
     assert gaps[2] >= 0.045
     assert errors == ["k: boom"] * 3
     assert queue.backoff("k") == 0.02  # reset after the success
+
+
+def test_a_paused_queue_runs_nothing_until_resumed_and_reports_the_wait() -> None:
+    runs: list[str] = []
+    waits: list[float] = []
+
+    async def process(key: str) -> None:
+        runs.append(key)
+
+    async def main() -> None:
+        queue: WorkQueue[str] = WorkQueue(
+            process, workers=2, retry_min=0.01, retry_max=0.1, on_wait=waits.append, paused=True
+        )
+        task = asyncio.create_task(queue.run())
+        queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0.05)
+        assert runs == []
+        assert queue.paused
+        assert len(queue) == 2
+        queue.resume()
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert sorted(runs) == ["a", "b"]
+    assert len(waits) == 2
+    assert all(w >= 0.04 for w in waits)  # they waited for the resume
