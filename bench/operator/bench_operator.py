@@ -17,6 +17,8 @@ succeeds at once), and `ondeck operator` as a subprocess under the chart's RBAC,
    `--count` others present;
 5. writes during idle resyncs: with everything Ready, requests of three resync passes.
 
+`--peering-kill S` runs two peered replicas and kills the active one S seconds into the
+bulk (SIGKILL): when the standby first writes, and when all are Ready.
 `--rss-steps 100,1000,3000` instead creates ModelDeployments in steps (each step at once),
 waits until all are Ready, and records the operator's RSS at each: bytes per object.
 `--operator-src DIR` runs the operator from another source tree (e.g. a `git archive` of an
@@ -41,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -231,6 +234,27 @@ def audit_summary(events: list[dict[str, Any]], count: int) -> dict[str, Any]:
     }
 
 
+def scrape(operator: OperatorProcess | None) -> dict[str, float]:
+    """The operator's metrics, waiting up to 60 s: on a loaded 2-core machine its event
+    loop can be seconds behind during a burst (the harness's own scrape gives up after 2 s)."""
+    assert operator is not None
+    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(url, timeout=20) as rsp:
+                body = rsp.read().decode()
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def metric_sum(samples: dict[str, float], prefix: str, **labels: str) -> float:
     return sum(
         v
@@ -335,6 +359,19 @@ class Bench:
         if self.args.operator_src:
             os.environ["PYTHONPATH"] = str(self.args.operator_src)
         extra = ["--resync-seconds", str(self.args.resync_seconds), *self.args.operator_arg]
+        if self.args.peering_kill is not None:
+            client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+                "kopf.dev",
+                "v1",
+                NAMESPACE,
+                "kopfpeerings",
+                {
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "KopfPeering",
+                    "metadata": {"name": "ondeck"},
+                },
+            )
+            extra += ["--peering", "ondeck", "--priority", "200"]
         self.operator = OperatorProcess(
             kubeconfig=kubeconfig,
             namespaces=[NAMESPACE],
@@ -345,8 +382,22 @@ class Bench:
             log_level="info",
         )
         self.operator.start()
+        if self.args.peering_kill is not None:
+            self.standby = OperatorProcess(
+                kubeconfig=kubeconfig,
+                namespaces=[NAMESPACE],
+                workdir=self.work,
+                name="bench-standby",
+                extra=[*extra[:-1], "100"],
+                config={"jobBackoffLimit": 0},
+                log_level="info",
+            )
+            self.standby.start()
+            wait("the standby pausing", lambda: "Pausing operations" in self.standby.tail(400), 60)
         self.watcher.start()
         time.sleep(1)
+
+    standby: OperatorProcess
 
     @property
     def pid(self) -> int:
@@ -406,7 +457,7 @@ class Bench:
                 children_done = max(self.watcher.children_at(n) or 0.0 for n in names) - start
             if now - last >= 5 or ready == len(names):
                 last = now
-                samples = self.operator.metrics()
+                samples = scrape(self.operator)
                 timeline.append(
                     {
                         "t": round(now - start, 1),
@@ -459,6 +510,8 @@ class Bench:
         self.watcher.stop()
         if self.operator is not None:
             self.operator.stop()
+        if self.args.peering_kill is not None:
+            self.standby.stop()
         self.kubelet.stop()
         self.api.close()
         self.plane.stop()
@@ -472,7 +525,7 @@ def run_bulk(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     print(json.dumps(results), flush=True)
     time.sleep(2)  # let the audit batch flush
     _, mark = audit_events(bench.plane.audit_log, 0)
-    before = bench.operator.metrics()
+    before = scrape(bench.operator)
     names = [f"md-{i:05d}" for i in range(args.count)]
     start = time.monotonic()
     load_before = os.getloadavg()
@@ -484,7 +537,7 @@ def run_bulk(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     results["bulk"] = bulk
     time.sleep(3)
     events, _mark2 = audit_events(bench.plane.audit_log, mark)
-    after = bench.operator.metrics()
+    after = scrape(bench.operator)
     results["apiRequestsPerModelDeployment"] = audit_summary(events, args.count)
     results["operatorView"] = {
         "reconcilesPerModelDeployment": round(
@@ -529,10 +582,10 @@ def run_bulk(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
     # Idle resyncs.
     time.sleep(3)
-    idle_from = bench.operator.metrics()
+    idle_from = scrape(bench.operator)
     _, mark3 = audit_events(bench.plane.audit_log, 0)
     time.sleep(args.resync_seconds * 3.2)
-    idle = bench.operator.metrics()
+    idle = scrape(bench.operator)
     time.sleep(2)
     idle_events, _ = audit_events(bench.plane.audit_log, mark3)
     results["idleResync"] = {
@@ -550,6 +603,45 @@ def run_bulk(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     }
     results["machineAtEnd"] = machine()
     return results
+
+
+def run_takeover(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Two peered replicas; the active one is killed (SIGKILL) `--peering-kill` seconds into
+    the bulk: when does the standby write, and when is everything Ready?"""
+    assert bench.operator is not None
+    names = [f"md-{i:05d}" for i in range(args.count)]
+    start = time.monotonic()
+    bench.create_mds(names)
+    time.sleep(max(0.0, start + args.peering_kill - time.monotonic()))
+    ready_at_kill = sum(1 for n in names if n in bench.watcher.ready_at)
+    children_at_kill = sum(1 for n in names if bench.watcher.children_at(n))
+    bench.operator.kill()
+    killed = time.monotonic()
+    first_write: float | None = None
+    while time.monotonic() < start + args.timeout:
+        if first_write is None:
+            writes = metric_sum(scrape(bench.standby), "ondeck_operator_writes_total")
+            if writes > 0:
+                first_write = time.monotonic() - killed
+                print(json.dumps({"standbyFirstWriteAfterKill": first_write}), flush=True)
+        if all(n in bench.watcher.ready_at for n in names):
+            break
+        time.sleep(0.5)
+    done = [n for n in names if n in bench.watcher.ready_at]
+    return {
+        "takeover": {
+            "killedAtSeconds": round(killed - start, 2),
+            "childrenAtKill": children_at_kill,
+            "readyAtKill": ready_at_kill,
+            "peeringLifetime": 60,
+            "standbyFirstWriteAfterKill": None if first_write is None else round(first_write, 2),
+            "allReadySeconds": round(max(bench.watcher.ready_at[n] for n in done) - start, 2)
+            if len(done) == len(names)
+            else None,
+            "ready": len(done),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+        }
+    }
 
 
 def run_rss_steps(bench: Bench, steps: list[int], timeout: float) -> dict[str, Any]:
@@ -637,6 +729,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--kcm-qps", type=int, default=200)
     parser.add_argument("--kcm-burst", type=int, default=400)
+    parser.add_argument(
+        "--peering-kill",
+        type=float,
+        help="two peered replicas; SIGKILL the active one this many seconds into the bulk",
+    )
     parser.add_argument("--rss-steps", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--operator-src", type=Path, help="run the operator from this tree")
     parser.add_argument(
@@ -660,6 +757,8 @@ def main() -> None:
         bench.start()
         if args.rss_steps:
             results.update(run_rss_steps(bench, args.rss_steps, args.timeout))
+        elif args.peering_kill is not None:
+            results.update(run_takeover(bench, args))
         else:
             results.update(run_bulk(bench, args))
         results["simulatorErrors"] = bench.kubelet.errors[:5]

@@ -107,7 +107,7 @@ def operator(
     workers: Annotated[int, _opt("--workers", "Concurrent reconciles.")] = 64,
     max_connections: Annotated[
         int, _opt("--max-connections", "API requests of the reconciler in flight at once.")
-    ] = 128,
+    ] = 64,
     write_wait_seconds: Annotated[
         float,
         _opt("--write-wait-seconds", "Wait this long for a child write, then go on without it."),

@@ -91,7 +91,7 @@ class OperatorSettings(BaseModel):
         "latency under load, not to the operator's CPUs.",
     )
     max_connections: int = Field(
-        default=128,
+        default=64,
         ge=1,
         le=1024,
         description="API requests of the reconciler in flight at once (keep-alive "
