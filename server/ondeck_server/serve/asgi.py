@@ -3,13 +3,21 @@ two hot routes itself, `POST /v2/models/{name}[/versions/{v}]/infer` and
 `POST /v1/models/{name}:predict`: raw body -> orjson -> numpy -> batcher -> orjson ->
 bytes, with no routing table, request models or middleware stack in between (those
 cost more than the inference of a small model). Everything else goes to the FastAPI
-app of routes.py."""
+app of routes.py.
+
+A request is admitted (batcher.receiving) before its body is read, so a full server
+refuses without holding the body; bodies and results over OFFLOAD_BYTES are decoded and
+encoded in one worker thread so the event loop keeps answering probes; a request that
+uvicorn cancels at the end of a SIGTERM drain is answered 503 ShuttingDown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +65,13 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority (Linux: per-thread nice): on a busy machine the
+    event loop thread then gets the CPU first whenever both could run."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _error_response(exc: ServeError) -> Response:
@@ -138,7 +153,9 @@ class OndeckApp:
         self.state = state
         self.api = api
         # One thread: at most one large body is expanded into Python objects at a time.
-        self._codec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ondeck-codec")
+        self._codec = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ondeck-codec", initializer=_yield_cpu
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

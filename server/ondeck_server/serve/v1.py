@@ -2,7 +2,9 @@
 `{"predictions": [...]}` out, one prediction per instance (a row of the batch).
 
 With one output a prediction is that output's row; with several it is an object
-`{output name: row}`. Pure functions; no HTTP, no inference.
+`{output name: row}`. When an output has no row per instance (a scalar, or a first
+dimension that is not the instance count) the answer is one prediction holding every
+output whole. Pure functions; no HTTP, no inference.
 """
 
 from __future__ import annotations
