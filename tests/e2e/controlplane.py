@@ -11,6 +11,10 @@ clone, keyed by version); `control_plane_binaries()` finds or builds them.
 
 What this module does NOT do: run a kubelet or a scheduler (see `kubelet_sim.py` for the
 simulated node), run anything inside pods, or touch a cluster other than the one it starts.
+`ControlPlane.restart()` stops one of the three processes (SIGTERM or SIGKILL) and
+starts it again on the same ports and etcd data; `TcpProxy` sits between a client and the
+API server and cuts its connections at will. The chaos tests use both.
+
 It imports no pytest, so benchmarks use it too.
 """
 
@@ -26,6 +30,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -212,6 +217,8 @@ class _Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str] = field(default_factory=list)
+    workdir: Path | None = None
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -219,6 +226,13 @@ class _Process:
         except OSError:
             return ""
         return "\n".join(text[-lines:])
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL, as when the machine dies: no shutdown at all."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen.poll() is not None:
@@ -235,14 +249,14 @@ class _Process:
 
 def _spawn(name: str, argv: list[str], workdir: Path) -> _Process:
     log = workdir / f"{name}.log"
-    handle = log.open("wb")
+    handle = log.open("ab")  # a restarted process appends to its log
     try:
         popen = subprocess.Popen(
             argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
         )
     finally:
         handle.close()
-    return _Process(name, popen, log)
+    return _Process(name, popen, log, argv=list(argv), workdir=workdir)
 
 
 @dataclass
@@ -258,6 +272,7 @@ class ControlPlane:
     audit_log: Path | None
     processes: list[_Process] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
+    etcd_url: str = ""
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_file))
@@ -295,6 +310,48 @@ class ControlPlane:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.processes)
+
+    def process(self, name: str) -> _Process:
+        """The running process called `name` (etcd, kube-apiserver, kube-controller-manager)."""
+        return next(p for p in self.processes if p.name == name)
+
+    def ready(self) -> bool:
+        """etcd healthy and the API server answering /readyz (no exception)."""
+        try:
+            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as rsp:
+                if b"true" not in rsp.read():
+                    return False
+            with urllib.request.urlopen(
+                f"{self.server}/readyz", timeout=5, context=self.ssl_context()
+            ) as rsp:
+                return bool(rsp.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def restart(
+        self,
+        name: str,
+        *,
+        kill: bool = False,
+        down_seconds: float = 0.0,
+        timeout: float = 120.0,
+    ) -> float:
+        """Stop one control-plane process (SIGTERM, or SIGKILL with `kill=True`), keep it
+        down `down_seconds`, start it again with the same command line (same ports, same
+        etcd data), and wait until etcd and the API server are ready again. Returns the
+        seconds the API was unavailable from the stop to ready (for the reports)."""
+        old = self.process(name)
+        started = time.monotonic()
+        if kill:
+            old.kill()
+        else:
+            old.stop(timeout=30)
+        time.sleep(down_seconds)
+        assert old.workdir is not None
+        new = _spawn(name, old.argv, old.workdir)
+        self.processes[self.processes.index(old)] = new
+        _wait(f"{name} back", self.ready, processes=[new], timeout=timeout)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         # Reverse order: controller-manager, then apiserver, then etcd.
@@ -417,6 +474,7 @@ def start_control_plane(
         processes=processes,
         scratch=[etcd_data],
     )
+    plane.etcd_url = etcd_url
     try:
         processes.append(
             _spawn(
@@ -540,6 +598,84 @@ def start_control_plane(
         plane.stop()
         raise
     return plane
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to `target` (host, port) whose open connections can be
+    cut at will: `cut()` closes every forwarded connection at once, both sides, as a
+    load balancer restart or a network blip does to a client's watch streams. TLS passes
+    through untouched (the API server's certificate names 127.0.0.1). `close()` stops it."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._stop = threading.Event()
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="tcp-proxy", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+                self.accepted += 1
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(src, dst)
+
+    def _close(self, *sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+            with self._lock:
+                self._open.discard(sock)
+
+    def cut(self) -> int:
+        """Close every open connection; returns how many sockets were open."""
+        with self._lock:
+            sockets = list(self._open)
+        self._close(*sockets)
+        return len(sockets)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=5)
+        self.cut()
 
 
 @contextlib.contextmanager
