@@ -91,21 +91,22 @@ class OndeckRun:
         for reader in self._readers:
             reader.join(timeout=10)
 
-    def curl(self, protocol: str) -> tuple[str, str]:
-        """URL and body (the exact text curl would send) of the printed `V2:` or `V1:` line."""
+    def curl(self, protocol: str) -> tuple[str, str, dict[str, str]]:
+        """URL, body (the exact text curl would send) and headers of the printed `V2:` or
+        `V1:` line."""
         prefix = f"  {protocol}: "
         (line,) = [line for line in self.out if line.startswith(prefix)]
         argv = shlex.split(line.removeprefix(prefix))
         assert argv[:2] == ["curl", "-s"], line
         assert argv[3:5] == ["-H", "Content-Type: application/json"], line
+        headers = dict(argv[i + 1].split(": ", 1) for i, arg in enumerate(argv) if arg == "-H")
         data = argv[argv.index("-d") + 1]
         if data.startswith("@"):
             data = Path(data[1:]).read_text()
         json.loads(data)  # the body is JSON
-        return argv[2], data
+        return argv[2], data, headers
 
     def send(self, protocol: str) -> httpx.Response:
         """Do what the printed curl line does."""
-        url, body = self.curl(protocol)
-        headers = {"Content-Type": "application/json"}
+        url, body, headers = self.curl(protocol)
         return httpx.post(url, content=body.encode(), headers=headers, timeout=30.0)

@@ -58,7 +58,7 @@ def test_minilm_example_int8_serves_close_embeddings(tmp_path: Path) -> None:
         assert any(line.startswith("  V1: not available") for line in lines)
 
         feeds = _script().tokenize(["ondeck serves sentence embeddings from one manifest."])
-        url, _ = run.curl("V2")
+        url, _, _ = run.curl("V2")
         body = {
             "inputs": [
                 {"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.ravel().tolist()}

@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from ondeck_operator.api import hints
 from ondeck_operator.api.constants import (
     DNS_LABEL_MAX,
     RESERVED_LABEL_PREFIXES,
@@ -746,7 +747,7 @@ class ModelDeployment(BaseModel):
         try:
             return cls.model_validate(prune_nulls(manifest))
         except ValidationError as exc:
-            raise SpecError(format_errors(exc)) from None
+            raise SpecError(format_errors(exc, cls)) from None
 
     def to_manifest(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -762,8 +763,9 @@ def prune_nulls(value: Any) -> Any:
     return value
 
 
-def format_errors(exc: ValidationError) -> list[str]:
-    """One line per problem: `spec.autoscaling.minReplicas: <what is wrong>`."""
+def format_errors(exc: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem: `spec.autoscaling.minReplicas: <what is wrong>`. With the
+    model class validated (`root`), an unknown field names the field it resembles."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
@@ -773,8 +775,15 @@ def format_errors(exc: ValidationError) -> list[str]:
             loc.append(str(err.get("ctx", {}).get("field", "")))
         where = _join_loc(loc) or "manifest"
         msg = err["msg"]
+        quote = (
+            hints.yaml_scalar_hint(loc[-1], err.get("input"))
+            if err["type"] == "string_type" and loc
+            else None
+        )
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see docs/reference/modeldeployment.md)"
+            msg = hints.unknown_field_message(root, loc[:-1], loc[-1] if loc else "")
+        elif quote is not None:
+            msg = quote
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif err["type"] == "string_pattern_mismatch":

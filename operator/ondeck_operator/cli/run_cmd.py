@@ -30,10 +30,33 @@ def run(
     port: Annotated[
         int, typer.Option(help="Port the server listens on.", min=1, max=65535)
     ] = local.DEFAULT_PORT,
+    auth_token: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve with bearer-token auth, asking for this token. Without it, a "
+            "manifest with spec.server.auth gets a token made for the run.",
+            envvar="ONDECK_AUTH_TOKEN",
+            show_envvar=False,
+        ),
+    ] = None,
+    convert_only: Annotated[
+        bool,
+        typer.Option(
+            "--convert-only", help="Convert into the store, print the artifact, do not serve."
+        ),
+    ] = False,
 ) -> None:
     """Run a ModelDeployment on this machine: convert the model like the cluster's Job
     does, serve it like the Deployment does, and print how to call it. Ctrl-C stops it."""
-    runner = local.LocalRunner(store=store, host=host, port=port, err=sys.stderr, out=sys.stdout)
+    runner = local.LocalRunner(
+        store=store,
+        host=host,
+        port=port,
+        err=sys.stderr,
+        out=sys.stdout,
+        auth_token=auth_token or None,
+        convert_only=convert_only,
+    )
     try:
         loaded = local.load_manifest(file if file is not None else local.default_manifest())
         code = runner.run(loaded)

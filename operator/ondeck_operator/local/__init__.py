@@ -8,6 +8,7 @@ from ondeck_operator.local.banner import (
     banner,
     curl_line,
     example_shape,
+    size,
     v1_body,
     v2_body,
 )
@@ -17,6 +18,7 @@ from ondeck_operator.local.errors import (
     ManifestError,
     PortInUse,
     ServeFailed,
+    StoreFailed,
 )
 from ondeck_operator.local.manifest import (
     CLUSTER_ONLY,
@@ -59,6 +61,7 @@ __all__ = [
     "Notice",
     "PortInUse",
     "ServeFailed",
+    "StoreFailed",
     "TensorSpec",
     "banner",
     "cached_summary",
@@ -69,6 +72,7 @@ __all__ = [
     "load_manifest",
     "localize",
     "notices",
+    "size",
     "url_host",
     "v1_body",
     "v2_body",

@@ -77,9 +77,14 @@ def _json(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def curl_line(url: str, data: str) -> str:
-    """A ready-to-paste curl command; `data` is the JSON body or `@file`."""
-    return f"curl -s {shlex.quote(url)} -H 'Content-Type: application/json' -d {shlex.quote(data)}"
+def curl_line(url: str, data: str, token: str | None = None) -> str:
+    """A ready-to-paste curl command; `data` is the JSON body or `@file`; `token`: the
+    bearer token the server asks for."""
+    auth = f" -H {shlex.quote('Authorization: Bearer ' + token)}" if token else ""
+    return (
+        f"curl -s {shlex.quote(url)} -H 'Content-Type: application/json'{auth} "
+        f"-d {shlex.quote(data)}"
+    )
 
 
 class Banner(BaseModel):
@@ -91,10 +96,15 @@ class Banner(BaseModel):
 
 
 def banner(
-    *, name: str, base_url: str, summary: ConvertSummary, spill_dir: Path | None = None
+    *,
+    name: str,
+    base_url: str,
+    summary: ConvertSummary,
+    spill_dir: Path | None = None,
+    token: str | None = None,
 ) -> Banner:
     """The banner for a served model; bodies with more than `INLINE_BODY_LIMIT` numbers
-    go to `spill_dir` when one is given."""
+    go to `spill_dir` when one is given; `token`: the server asks for this bearer token."""
     bodies = {"V2": v2_body(summary.inputs), "V1": v1_body(summary.inputs)}
     urls = {
         "V2": f"{base_url}/v2/models/{name}/infer",
@@ -106,8 +116,8 @@ def banner(
         f"ondeck: serving {name} at {base_url}/v2/models/{name}",
         "  inputs:  " + ", ".join(t.describe() for t in summary.inputs),
         "  outputs: " + ", ".join(t.describe() for t in summary.outputs),
-        f"  artifact: {summary.path} ({_size(summary.original_size_bytes)} → "
-        f"{_size(summary.size_bytes)}, quantize {summary.quantize})",
+        f"  artifact: {summary.path} ({size(summary.original_size_bytes)} → "
+        f"{size(summary.size_bytes)}, quantize {summary.quantize})",
     ]
     files: dict[Path, str] = {}
     for protocol, body in bodies.items():
@@ -121,15 +131,16 @@ def banner(
             path = spill_dir / f"{name}.{protocol.lower()}.json"
             files[path] = data
             data = f"@{path}"
-        lines.append(f"  {protocol}: " + curl_line(urls[protocol], data))
+        lines.append(f"  {protocol}: " + curl_line(urls[protocol], data, token))
     lines.append("Press Ctrl-C to stop.")
     return Banner(lines=lines, files=files)
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
+def size(n: int) -> str:
+    """Bytes in binary units (KiB = 1024 B), one decimal: `19.5 KiB`."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return f"{n} B"
