@@ -259,11 +259,17 @@ def read_documents(path: Path) -> list[tuple[int, Any]]:
     documents left out. The one reader of `ondeck validate`, `render` and `run`: size,
     depth and alias limits, UTF-8/16/32 only, and every problem one `ManifestError` line."""
     text = _decode(path, _read_bytes(path))
-    loader = _BoundedLoader(text)
     docs: list[Any] = []
+    loader: _BoundedLoader | None = None
     try:
+        loader = _BoundedLoader(text)  # the reader checks every character here
         while loader.check_data():  # type: ignore[no-untyped-call]
             docs.append(loader.get_data())
+    except yaml.reader.ReaderError as exc:
+        raise ManifestError(
+            f"{path}: not valid YAML: character #x{exc.character:04x} at offset "
+            f"{exc.position} is not allowed in YAML"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -274,7 +280,8 @@ def read_documents(path: Path) -> list[tuple[int, Any]]:
     except (ValueError, OverflowError) as exc:  # e.g. `2001-02-30`, a 5 000-digit int
         raise ManifestError(f"{path}: a value cannot be read: {clip(str(exc))}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return [(index, doc) for index, doc in enumerate(docs) if doc is not None]
 
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 import resource
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ondeck_operator.local import ManifestError
 from ondeck_operator.local.manifest import (
@@ -101,6 +104,10 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
         "a value cannot be read: Exceeds the limit (4300 digits) for integer string "
         "conversion: value has 5000 digits; use sys.set_int_max_str_digits() to increase "
         "the limit",
+    ),
+    "control-character": (
+        lambda: b"a: \x01\n",
+        "not valid YAML: character #x0001 at offset 3 is not allowed in YAML",
     ),
     "unknown-tag": (
         lambda: b"a: !!python/object:os.system [id]\n",
@@ -200,3 +207,25 @@ def test_a_long_value_is_not_echoed_whole(tmp_path: Path) -> None:
         load_manifest(path)
     line = info.value.one_line()
     assert len(line) < 700, line[:1000]
+
+
+YAMLISH = st.lists(
+    st.sampled_from([*"[]{}&*!|>-?:,'\"#%@`~\n\t ab01e.", "&a ", "*a", "<<: ", "!!", "\xe9"]),
+    max_size=200,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(YAMLISH.map(str.encode), st.binary(max_size=200)))
+def test_any_bytes_give_documents_or_one_manifest_error(data: bytes) -> None:
+    """Whatever the bytes, the reader returns documents or raises ManifestError with one
+    line: never another exception (a traceback for the user)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "md.yaml"
+        path.write_bytes(data)
+        line = ""
+        try:
+            read_documents(path)
+        except ManifestError as exc:
+            line = exc.one_line()
+        assert "\n" not in line
