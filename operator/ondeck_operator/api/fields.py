@@ -26,6 +26,7 @@ class Format(StrEnum):
     ONNX = "onnx"
     PYTORCH = "pytorch"
     SKLEARN = "sklearn"
+    HF_CAUSAL_LM = "hf-causal-lm"
 
 
 class OptimizationLevel(StrEnum):
@@ -44,6 +45,7 @@ class Quantize(StrEnum):
     INT8 = "int8"
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
+    INT4 = "int4"
 
 
 class TensorDType(StrEnum):

@@ -2,7 +2,8 @@
 reads it):
 
     <store>/<digest>/model.onnx      (+ external data files)
-    <store>/<digest>/manifest.json
+    <store>/<digest>/genai/...       a language model instead: onnxruntime-genai's folder
+    <store>/<digest>/manifest.json   (kind "tensor" or "llm")
     <store>/refs/<name> -> ../<digest>
 
 (the same layout as objects in an s3:// store: see remote_store.py)
@@ -28,6 +29,8 @@ from ondeck_server.artifact.batching import Batching
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+GENAI_DIR = "genai"
+KIND_LLM = "llm"
 REFS_DIR = "refs"
 SCHEMA_VERSION = 1
 _REF_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?$")
@@ -78,6 +81,13 @@ class Manifest(_Model):
         "in artifacts made before ondeck recorded it (the server then checks at load)",
     )
 
+    kind: str = Field(
+        default="tensor", description="tensor (model.onnx) or llm (genai/, a language model)"
+    )
+    llm: dict[str, Any] | None = Field(
+        default=None, description="a language model's facts: architecture, context, builder"
+    )
+
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)
 
@@ -103,13 +113,19 @@ def read_manifest(folder: Path) -> Manifest:
 
 def is_complete(folder: Path) -> bool:
     """True when `folder` holds a model and a manifest that parses."""
-    if not (folder / MODEL_FILE).is_file():
+    if not (folder / MODEL_FILE).is_file() and not (folder / GENAI_DIR / MODEL_FILE).is_file():
         return False
     try:
         read_manifest(folder)
     except ArtifactError:
         return False
     return True
+
+
+def is_llm(path: Path) -> bool:
+    """True when `path` (a folder or a refs/ link) is a language-model artifact."""
+    folder = Path(path)
+    return folder.is_dir() and (folder / GENAI_DIR / "genai_config.json").is_file()
 
 
 def resolve(path: Path) -> ResolvedModel:

@@ -21,6 +21,8 @@ class Format(StrEnum):
     ONNX = "onnx"
     PYTORCH = "pytorch"
     SKLEARN = "sklearn"
+    HF_CAUSAL_LM = "hf-causal-lm"
+    """A Hugging Face causal-LM folder (convert/llm); never a single file."""
 
 
 class SourceKind(StrEnum):

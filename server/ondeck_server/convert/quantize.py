@@ -46,6 +46,8 @@ class Quantize(StrEnum):
     INT8 = "int8"
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
+    INT4 = "int4"
+    """Language models only (convert/llm): onnxruntime-genai's MatMulNBits."""
 
 
 def quantize(

@@ -56,6 +56,7 @@ from ondeck_server.convert.fetch import (
 )
 from ondeck_server.convert.formats import Format, SourceKind, infer_kind
 from ondeck_server.convert.inputs_spec import InputSpec, render_inputs
+from ondeck_server.convert.llm import pipeline as llm_pipeline
 from ondeck_server.convert.onnx_tools import Feeds
 from ondeck_server.convert.optimize import OptimizationLevel, optimize
 from ondeck_server.convert.quantize import Quantize, quantize
@@ -161,6 +162,10 @@ def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome
     try:
         store.clean_stale(root)
         with store.work_dir(root) as work:
+            if llm_pipeline.applies(request):
+                return llm_pipeline.convert_llm(request, work=work, events=events)
+            if request.quantize is Quantize.INT4:
+                raise InvalidSettings("--quantize int4 is for language models (hf-causal-lm)")
             return _convert(request, work=work, events=events)
     except OSError as exc:
         mapped = store.disk_error(exc, root)

@@ -1,0 +1,273 @@
+"""The language-model lane of `ondeck-server convert`: a local (or pvc://) Hugging Face
+causal-LM folder → onnxruntime-genai's builder → the gate against transformers →
+`<store>/<digest>/genai/` + manifest.json (kind `llm`).
+
+Like the tensor pipeline it is idempotent (a valid `<store>/<digest>` means nothing
+runs), crash safe (built in a locked `.tmp-*` folder, published by one rename), and
+reports stage timings through `Events`. The generic optimize/quantize stages never see
+an LLM: the builder's folder is kept as it wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ondeck_server import __version__, artifact
+from ondeck_server.convert import store
+from ondeck_server.convert.digest import PIPELINE_VERSION, compute_digest
+from ondeck_server.convert.errors import (
+    ChecksumMismatch,
+    FetchFailed,
+    InvalidSettings,
+    UnsupportedFormat,
+)
+from ondeck_server.convert.fetch import _local_path, _pvc_path
+from ondeck_server.convert.formats import Format
+from ondeck_server.convert.llm import build, folder, gate
+from ondeck_server.convert.quantize import Quantize
+
+if TYPE_CHECKING:
+    from ondeck_server.convert.run import ConvertRequest, Events, Outcome
+
+BUILD_TIMEOUT_S = 3600.0
+_PRECISION = {Quantize.NONE: "fp32", Quantize.INT4: "int4"}
+_VERSIONED = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "tokenizers")
+
+
+def applies(request: ConvertRequest) -> bool:
+    """True for `--format hf-causal-lm`, or a local/pvc folder whose config.json names a
+    `*ForCausalLM` architecture when no format is given."""
+    if request.format is Format.HF_CAUSAL_LM:
+        return True
+    if request.format is not None:
+        return False
+    try:
+        path = _source_path(request)
+    except (FetchFailed, InvalidSettings):
+        return False
+    return path is not None and folder.looks_like_hf_causal_lm(path)
+
+
+def _source_path(request: ConvertRequest) -> Path | None:
+    uri = request.source
+    scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
+    if scheme in ("", "file"):
+        return _local_path(uri)
+    if scheme == "pvc":
+        return _pvc_path(uri, request.fetch)
+    return None
+
+
+def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
+    from ondeck_server.convert.run import Outcome
+
+    precision = _PRECISION.get(request.quantize)
+    if precision is None:
+        raise InvalidSettings(
+            f"--quantize {request.quantize.value} is not available for language models on "
+            "CPU: use none (fp32) or int4 (MatMulNBits, 4-bit weights)"
+        )
+    if request.remote is not None:
+        raise InvalidSettings(
+            "language-model artifacts cannot be uploaded to an object store yet: use a "
+            "PVC artifact store (spec.artifacts.pvc)"
+        )
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    path = _source_path(request)
+    if path is None:
+        raise FetchFailed(
+            f"{request.source}: a hf-causal-lm source is a local folder or pvc://claim/path "
+            "for now (s3://, http(s):// archives and hf:// are not supported yet)"
+        )
+    if not path.is_dir():
+        raise UnsupportedFormat(
+            f"{request.source} is not a folder: --format hf-causal-lm takes a Hugging Face "
+            "model folder (config.json, *.safetensors, tokenizer files)"
+        )
+    source = folder.hash_folder(path, max_bytes=request.fetch.max_bytes)
+    if request.sha256 is not None and source.sha256 != request.sha256:
+        raise ChecksumMismatch(
+            f"{request.source} has folder sha256 {source.sha256}, expected {request.sha256} "
+            "(sha256 over the sorted '<file sha256>  <path>' lines, docs/llm.md): the folder "
+            "changed or the checksum is wrong; nothing was converted"
+        )
+    config = folder.read_config(path)
+    arch = folder.causal_lm_architecture(config)
+    if arch is None:
+        raise UnsupportedFormat(
+            f"{request.source}/config.json names no *ForCausalLM architecture "
+            f"({config.get('architectures')!r}); hf-causal-lm needs a causal language model"
+        )
+    _lap(timings, "fetch", start, events, f"{path.name} ({source.size_bytes} bytes, {arch})")
+
+    version = build.genai_version()
+    options = build.builder_options(precision)
+    thresholds = gate.default_thresholds(precision)
+    settings = {
+        "sourceKind": "hf-folder",
+        "quantize": request.quantize.value,
+        "builder": options,
+        "validation": thresholds.model_dump(mode="json", by_alias=True),
+    }
+    versions = _versions(version)
+    digest = compute_digest(
+        source_sha256=source.sha256,
+        extra_sha256={},
+        fmt=Format.HF_CAUSAL_LM,
+        settings=settings,
+        versions=versions,
+    )
+    final = request.store / digest
+    with store.store_lock(request.store):
+        cached = _valid(final, digest)
+        if cached is None and final.exists():
+            shutil.rmtree(final)
+    if cached is not None:
+        _point_ref(request, digest)
+        events.stage("cached", 0.0, f"{final} is already built")
+        return Outcome(manifest=cached, path=final, cached=True)
+
+    staging: Path | None = None
+    try:
+        with store.locked_temp_dir(request.store, f".tmp-{digest[:12]}-") as staging:
+            genai = staging / artifact.GENAI_DIR
+            start = time.perf_counter()
+            build.run_builder(
+                path, out=genai, cache=work / "builder-cache", options=options,
+                timeout_s=BUILD_TIMEOUT_S,
+            )  # fmt: skip
+            _lap(timings, "convert", start, events, f"onnxruntime-genai {version}, {precision}")
+            start = time.perf_counter()
+            report = gate.run_gate(path, genai, thresholds=thresholds)
+            _lap(
+                timings,
+                "validate",
+                start,
+                events,
+                f"top-1 {report['top1Agreement']}, perplexity ratio "
+                f"{report['perplexity']['ratio']}, greedy {report['greedy']['agreement']}",
+            )
+            start = time.perf_counter()
+            manifest = artifact.Manifest(
+                digest=digest,
+                name=path.name,
+                source=artifact.SourceInfo(
+                    uri=request.source,
+                    sha256=source.sha256,
+                    format=Format.HF_CAUSAL_LM.value,
+                    sizeBytes=source.size_bytes,
+                ),
+                inputs=[],
+                outputs=[],
+                originalSizeBytes=_weights_bytes(path),
+                sizeBytes=_tree_bytes(genai),
+                settings=settings,
+                validation=report,
+                versions=versions,
+                timings=timings,
+                createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
+                kind=artifact.KIND_LLM,
+                llm=_facts(config, arch, genai, options, source.files),
+            )
+            (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
+            _finish_files(staging)
+            _lap(timings, "write", start, events, str(final))
+            with store.store_lock(request.store):
+                (staging / store.LOCK_FILE).unlink()
+                published = artifact.publish(staging, request.store, digest)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point_ref(request, digest)
+    return Outcome(manifest=artifact.read_manifest(published), path=published, cached=False)
+
+
+def _lap(timings: dict[str, float], name: str, start: float, events: Events, detail: str) -> None:
+    seconds = time.perf_counter() - start
+    timings[name] = round(seconds, 3)
+    events.stage(name, seconds, detail)
+
+
+def _versions(genai_version: str) -> dict[str, str]:
+    versions = {"ondeck": __version__, "pipeline": PIPELINE_VERSION}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    versions["onnxruntime-genai"] = genai_version
+    return versions
+
+
+def _valid(final: Path, digest: str) -> artifact.Manifest | None:
+    """The manifest of a complete LLM artifact for `digest`, else None."""
+    if not artifact.is_complete(final) or not artifact.is_llm(final):
+        return None
+    manifest = artifact.read_manifest(final)
+    if manifest.digest != digest:
+        return None
+    return manifest if _tree_bytes(final / artifact.GENAI_DIR) == manifest.size_bytes else None
+
+
+def _facts(
+    config: dict[str, Any], arch: str, genai: Path, options: dict[str, Any], files: dict[str, str]
+) -> dict[str, Any]:
+    import json
+
+    genai_config = json.loads((genai / "genai_config.json").read_text())
+    model = genai_config.get("model", {})
+    decoder = model.get("decoder", {})
+    return {
+        "architecture": arch,
+        "modelType": config.get("model_type"),
+        "contextLength": model.get("context_length"),
+        "vocabSize": model.get("vocab_size"),
+        "numLayers": decoder.get("num_hidden_layers"),
+        "numKeyValueHeads": decoder.get("num_key_value_heads"),
+        "headSize": decoder.get("head_size"),
+        "chatTemplate": (genai / "chat_template.jinja").is_file(),
+        "builder": options,
+        "sourceFiles": files,
+        "files": {p.name: p.stat().st_size for p in sorted(genai.iterdir()) if p.is_file()},
+    }
+
+
+def _weights_bytes(path: Path) -> int:
+    weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()]
+    return sum(p.stat().st_size for p in weights) or _tree_bytes(path)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _point_ref(request: ConvertRequest, digest: str) -> None:
+    if request.ref is None:
+        return
+    try:
+        artifact.point_ref(request.store, request.ref, digest)
+    except artifact.ArtifactError as exc:
+        raise InvalidSettings(f"--ref: {exc}") from None
+
+
+def _finish_files(root: Path) -> None:
+    """World-readable (the server may run as another user) and flushed before the rename."""
+    for entry in [root, *root.rglob("*")]:
+        if entry.is_dir():
+            entry.chmod(0o755)
+        elif entry.is_file() and entry.name != store.LOCK_FILE:
+            entry.chmod(0o644)
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
