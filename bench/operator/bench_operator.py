@@ -393,7 +393,15 @@ class Bench:
                 log_level="info",
             )
             self.standby.start()
-            wait("the standby pausing", lambda: "Pausing operations" in self.standby.tail(400), 60)
+            peerings = client.CustomObjectsApi(self.api)
+
+            def both_registered() -> bool:
+                peering: Any = peerings.get_namespaced_custom_object(
+                    "kopf.dev", "v1", NAMESPACE, "kopfpeerings", "ondeck"
+                )
+                return {"bench-operator", "bench-standby"} <= set(peering.get("status") or {})
+
+            wait("both replicas in the peering", both_registered, 120)
         self.watcher.start()
         time.sleep(1)
 
