@@ -178,16 +178,22 @@ def test_entrypoint_is_a_console_script_of_the_wheel(
 
 
 def _installed_extras(dockerfile: Dockerfile, *, args: dict[str, str]) -> set[str]:
-    """The extras of the build stage's `pip install "${wheel}[...]"` for these build args.
+    """The extras the build stage installs for these build args.
 
-    When the extras come from a shell variable, the Dockerfile's own assignments to it run
-    in bash with the build arg set, so the test reads what the build would install.
+    The dependencies are installed first from pyproject.toml alone (`pip install ".[...]"`
+    over stand-in packages, a layer that outlives source changes); the wheel goes on top
+    with `--no-deps`, so it can add nothing. When the extras come from a shell variable,
+    the Dockerfile's own assignments to it run in bash with the build args set, so the test
+    reads what the build would install.
     """
-    (run,) = [r for r in dockerfile.stages[0].all("RUN") if "/opt/venv/bin/pip install" in r]
-    parts = [part.strip() for part in run.split(" && ")]
+    runs = [r for r in dockerfile.stages[0].all("RUN") if "/opt/venv/bin/pip install" in r]
+    (deps,) = [r for r in runs if '/opt/venv/bin/pip install ".[' in r]
+    (wheel,) = [r for r in runs if r is not deps]
+    assert '/opt/venv/bin/pip install --no-deps --force-reinstall "${wheel}"' in wheel, wheel
+    parts = [part.strip() for part in deps.split(" && ")]
     (install,) = [part for part in parts if "pip install" in part]
-    found = re.search(r'"\$\{wheel\}\[([^\]]+)\]"', install)
-    assert found, f"no pip install of the wheel with extras in: {install}"
+    found = re.search(r'"\.\[([^\]]+)\]"', install)
+    assert found, f"no pip install of the project with extras in: {install}"
     if found.group(1) != "${extras}":
         return set(found.group(1).split(","))
     script = (
