@@ -405,8 +405,8 @@ INVALID = [
         "greater than or equal to 0",
     ),
     (
-        {"model": {"uri": "https://m/x.onnx"}, "optimize": {"quantize": "int4"}},
-        'spec.optimize.quantize: Unsupported value: "int4"',
+        {"model": {"uri": "https://m/x.onnx"}, "optimize": {"quantize": "int2"}},
+        'spec.optimize.quantize: Unsupported value: "int2"',
     ),
     (
         {"model": {"uri": "https://m/x.onnx"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},

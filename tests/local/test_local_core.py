@@ -58,8 +58,9 @@ def test_embedded_default_is_the_iris_example() -> None:
             "spec.model.uri: required field is missing",
         ),
         (
-            MINIMAL + "  optimize: {quantize: int4}\n",
-            "spec.optimize.quantize: Input should be 'none', 'int8', 'int8-static' or 'fp16'",
+            MINIMAL + "  optimize: {quantize: int2}\n",
+            "spec.optimize.quantize: Input should be 'none', 'int8', 'int8-static', 'fp16' or "
+            "'int4'",
         ),
         (
             MINIMAL.replace("{name: m}", "{name: Iris}"),
