@@ -69,7 +69,15 @@ def _assert_converged(
 ) -> dict[str, dict[str, Any]]:
     """Every ModelDeployment Ready with its artifact recorded; exactly one Job and one
     Deployment each; all control-plane processes still running."""
-    ready = {name: cluster.wait_ready(name, timeout=timeout) for name in keys}
+    try:
+        ready = {name: cluster.wait_ready(name, timeout=timeout) for name in keys}
+    except AssertionError as exc:  # say what the cluster holds: whose side is stuck
+        jobs = {
+            j.metadata.name: (j.status.succeeded, j.status.failed)
+            for j in cluster.batch.list_namespaced_job(cluster.ns).items
+        }
+        phases = {n: (cluster.md(n).get("status") or {}).get("phase") for n in keys}
+        raise AssertionError(f"{exc}\nJobs (succeeded, failed): {jobs}\nphases: {phases}") from None
     for name, md in ready.items():
         artifact = md["status"]["artifact"]
         assert artifact["key"] == keys[name], name
