@@ -100,7 +100,12 @@ def serve(
         settings = ServeSettings.model_validate(values)
     except ValidationError as exc:
         _die("InvalidSettings", _first_error(exc))
-    from ondeck_server.serve.lifecycle import run  # imports uvicorn: only when serving
+    from ondeck_server.artifact import is_llm
+
+    if is_llm(settings.model):  # a language model: the OpenAI-compatible server
+        from ondeck_server.serve.llm.server import run
+    else:
+        from ondeck_server.serve.lifecycle import run  # imports uvicorn: only when serving
 
     try:
         code = run(settings)

@@ -1,0 +1,400 @@
+"""The HTTP side: OpenAI-compatible routes over the engine worker (engine.py).
+
+Each generation request becomes one `Job`; the handler waits for the worker to admit
+it (a prompt past the context or a `max_tokens` that cannot fit is a 400 naming both
+lengths), then streams its pieces through the stop-string scanner. A client that goes
+away (streaming or not) has its job cancelled at once, which frees its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ondeck_server.serve.auth import BearerAuth
+from ondeck_server.serve.llm import protocol
+from ondeck_server.serve.llm.chat import ChatTemplate
+from ondeck_server.serve.llm.engine import (
+    Admitted,
+    EngineWorker,
+    Finished,
+    Job,
+    Piece,
+    QueueFull,
+    Rejected,
+)
+from ondeck_server.serve.llm.errors import ApiError
+from ondeck_server.serve.llm.metrics import LlmMetrics
+from ondeck_server.serve.llm.stops import StopScanner
+
+RETRY_AFTER_S = "1"
+
+
+@dataclass
+class LlmState:
+    name: str
+    worker: EngineWorker
+    template: ChatTemplate | None
+    metrics: LlmMetrics
+    auth: BearerAuth | None
+    created: int = field(default_factory=lambda: int(time.time()))
+    draining: bool = False
+    inflight: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.worker.ready.is_set() and self.worker.failed is None and not self.draining
+
+
+def build_app(state: LlmState) -> Starlette:
+    routes: list[Route] = [
+        Route("/v2/health/live", _live, methods=["GET"]),
+        Route("/v2/health/ready", _ready, methods=["GET"]),
+        Route("/health", _ready, methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
+    ]
+    for prefix in ("/v1", "/openai/v1"):
+        routes += [
+            Route(f"{prefix}/models", _models, methods=["GET"]),
+            Route(f"{prefix}/completions", _completions, methods=["POST"]),
+            Route(f"{prefix}/chat/completions", _chat, methods=["POST"]),
+        ]
+    app = Starlette(routes=routes)
+    app.state.llm = state
+    return app
+
+
+def _state(request: Request) -> LlmState:
+    state: LlmState = request.app.state.llm
+    return state
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def _ready(request: Request) -> Response:
+    state = _state(request)
+    return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _check_auth(state: LlmState, request: Request) -> None:
+    if state.auth is not None and not state.auth.check(request.scope["headers"]):
+        raise ApiError(
+            401,
+            "missing or wrong bearer token (Authorization: Bearer <token>; the openai "
+            "client's api_key)",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="ondeck"'},
+        )
+
+
+async def _models(request: Request) -> Response:
+    state = _state(request)
+    try:
+        _check_auth(state, request)
+    except ApiError as exc:
+        return _error(exc)
+    model = {
+        "id": state.name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "ondeck",
+        "max_model_len": state.worker.context,
+    }
+    return JSONResponse({"object": "list", "data": [model]})
+
+
+async def _completions(request: Request) -> Response:
+    return await _generate(request, chat=False)
+
+
+async def _chat(request: Request) -> Response:
+    return await _generate(request, chat=True)
+
+
+async def _generate(request: Request, *, chat: bool) -> Response:
+    state = _state(request)
+    state.inflight += 1
+    handed_over = False
+    try:
+        _check_auth(state, request)
+        if state.draining:
+            raise ApiError(
+                503, "the server is shutting down; retry on another replica",
+                kind="server_error", code="shutting_down",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )  # fmt: skip
+        if not state.ready:
+            raise ApiError(
+                503, "the model is still loading", kind="server_error", code="not_ready",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )  # fmt: skip
+        body = protocol.decode_body(await request.body())
+        parsed = protocol.parse_chat(body) if chat else protocol.parse_completion(body)
+        if parsed.model != state.name:
+            raise protocol.unknown_model(parsed.model)
+        if chat:
+            if state.template is None:
+                raise ApiError(
+                    400,
+                    "this model has no chat template; use /v1/completions",
+                    param="messages",
+                    code="no_chat_template",
+                )
+            prompt: str | list[int] = state.template.render(parsed.messages)
+            prompt_param = "messages"
+        else:
+            prompt, prompt_param = parsed.prompt, "prompt"
+        job = Job(
+            prompt,
+            parsed.sampling,
+            loop=asyncio.get_running_loop(),
+            prompt_param=prompt_param,
+        )
+        try:
+            state.worker.submit(job)
+        except QueueFull as exc:
+            raise ApiError(
+                429, f"the server is busy ({exc}); retry shortly", kind="rate_limit_error",
+                code="queue_full", headers={"Retry-After": RETRY_AFTER_S},
+            ) from None  # fmt: skip
+        first = await job.events.get()
+        if isinstance(first, Rejected):
+            raise ApiError(first.status, first.message, param=first.param, code=first.code)
+        if isinstance(first, Finished):
+            raise ApiError(503, "the request was cancelled", kind="server_error")
+        assert isinstance(first, Admitted)
+        state.metrics.prompt_tokens.inc(first.prompt_tokens)
+        run = _Run(state, job, parsed, chat=chat)
+        if parsed.stream:
+            handed_over = True
+            return _Sse(run.sse(), on_close=lambda: _close(state, run))
+        return await _whole(request, state, run)
+    except ApiError as exc:
+        return _error(exc)
+    finally:
+        if not handed_over:
+            state.inflight -= 1
+
+
+def _close(state: LlmState, run: _Run) -> None:
+    _abort(state, run)
+    state.inflight -= 1
+
+
+def _abort(state: LlmState, run: _Run) -> None:
+    """Cancel the job; a job that had not finished counts as `abort` (vLLM's name)."""
+    run.job.cancel()
+    state.worker.wake()
+    if not run.completed:
+        run.completed = True
+        state.metrics.finished("abort")
+
+
+async def _whole(request: Request, state: LlmState, run: _Run) -> Response:
+    collect = asyncio.ensure_future(run.collect())
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not collect.done():
+            _abort(state, run)
+            collect.cancel()
+        gone.cancel()
+    if collect.cancelled():
+        return Response(status_code=499)
+    return JSONResponse(collect.result())
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _Run:
+    """One admitted job's answer, whole or as SSE chunks."""
+
+    def __init__(self, state: LlmState, job: Job, parsed: protocol.Parsed, *, chat: bool):
+        self.state = state
+        self.job = job
+        self.parsed = parsed
+        self.chat = chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.scanner = StopScanner(parsed.stop)
+        self.usage: dict[str, int] = {}
+        self.finish_reason = "stop"
+        self.completed = False
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The text as it comes; sets usage and finish_reason at the end."""
+        metrics = self.state.metrics
+        last: float | None = None
+        stopped = False
+        while True:
+            event = await self.job.events.get()
+            now = time.monotonic()
+            if isinstance(event, Piece):
+                if last is None:
+                    metrics.ttft.observe(now - self.job.submitted_at)
+                    if self.job.started_at is not None:
+                        metrics.queue_time.observe(self.job.started_at - self.job.submitted_at)
+                else:
+                    metrics.itl.observe(now - last)
+                last = now
+                if stopped:
+                    continue
+                text, stopped = self.scanner.feed(event.text)
+                if text:
+                    yield text
+                if stopped:
+                    self.job.cancel()
+                    self.state.worker.wake()
+            elif isinstance(event, Finished):
+                self.completed = True
+                if not stopped:
+                    tail = self.scanner.flush()
+                    if tail:
+                        yield tail
+                if event.reason == "error":
+                    raise ApiError(500, f"generation failed: {event.message}", kind="server_error")
+                self.finish_reason = "stop" if stopped or event.reason != "length" else "length"
+                self.usage = {
+                    "prompt_tokens": event.prompt_tokens,
+                    "completion_tokens": event.completion_tokens,
+                    "total_tokens": event.prompt_tokens + event.completion_tokens,
+                }
+                metrics.generation_tokens.inc(event.completion_tokens)
+                metrics.e2e.observe(now - self.job.submitted_at)
+                metrics.finished(self.finish_reason)
+                return
+
+    async def collect(self) -> dict[str, Any]:
+        text = "".join([piece async for piece in self.pieces()])
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+            }
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+            }
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.state.name,
+            "choices": [choice],
+            "usage": self.usage,
+        }
+
+    def _chunk(self, delta: str | None, finish: str | None, *, role: bool = False) -> bytes:
+        if self.chat:
+            content: dict[str, Any] = {}
+            if role:
+                content["role"] = "assistant"
+            if delta is not None:
+                content["content"] = delta
+            choice: dict[str, Any] = {
+                "index": 0, "delta": content, "logprobs": None, "finish_reason": finish,
+            }  # fmt: skip
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+        return self._event({"choices": [choice]})
+
+    def _event(self, extra: dict[str, Any]) -> bytes:
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.state.name,
+            **extra,
+        }
+        if self.parsed.include_usage and "usage" not in data:
+            data["usage"] = None
+        return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+    async def sse(self) -> AsyncIterator[bytes]:
+        if self.chat:
+            yield self._chunk("", None, role=True)
+        try:
+            async for piece in self.pieces():
+                yield self._chunk(piece, None)
+        except ApiError as exc:
+            yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+        yield self._chunk(None if self.chat else "", self.finish_reason)
+        if self.parsed.include_usage:
+            yield self._event({"choices": [], "usage": self.usage})
+        yield b"data: [DONE]\n\n"
+
+
+class _Sse(Response):
+    """A server-sent-event answer that notices a client going away at once (not at the
+    next write) and always calls `on_close`, which cancels the job."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], *, on_close: Callable[[], None]) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.chunks = chunks
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                }
+            )
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        writer = asyncio.ensure_future(pump())
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.on_close()
+            gone.cancel()
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+            with contextlib.suppress(BaseException):
+                await self.chunks.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,139 @@
+"""`ondeck-server serve` for a language-model artifact: load the engine (on its own
+thread), warm it up, serve under uvicorn; SIGTERM drains.
+
+- ready (`/v2/health/ready`) only after a warm-up generation ran;
+- the first SIGTERM/SIGINT: not ready at once, new requests 503 + Retry-After, streams in
+  flight finish for at most `--drain-timeout` seconds; then every job left is cancelled,
+  the engine thread stops and the process exits 0. A second signal exits at once. The
+  engine thread is a daemon: it can never keep the process alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from ondeck_server import artifact
+from ondeck_server.serve import auth
+from ondeck_server.serve.connections import protocol_class
+from ondeck_server.serve.errors import StartupError
+from ondeck_server.serve.llm import chat
+from ondeck_server.serve.llm.app import LlmState, build_app
+from ondeck_server.serve.llm.engine import EngineWorker
+from ondeck_server.serve.llm.metrics import LlmMetrics
+from ondeck_server.serve.settings import ServeSettings, model_name_for
+
+log = logging.getLogger("ondeck.llm")
+
+
+def run(settings: ServeSettings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folder = Path(settings.model).resolve()
+    manifest = None
+    if (folder / artifact.MANIFEST_FILE).is_file():
+        try:
+            manifest = artifact.read_manifest(folder)
+        except artifact.ArtifactError as exc:
+            raise StartupError(str(exc)) from None
+    genai = folder / artifact.GENAI_DIR
+    name = settings.name or model_name_for(folder, manifest.name if manifest else None)
+    token = auth.load_token(settings)
+    worker = EngineWorker(
+        genai,
+        max_batch=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        threads=settings.threads or 1,
+    )
+    metrics = LlmMetrics(name)
+    metrics.watch(lambda: worker.running, lambda: worker.waiting)
+    state = LlmState(
+        name=name,
+        worker=worker,
+        template=chat.load(genai),
+        metrics=metrics,
+        auth=auth.BearerAuth(token) if token else None,
+    )
+    app = build_app(state)
+    worker.start()
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=protocol_class(header_timeout=settings.header_timeout),
+        loop="uvloop",
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
+        limit_concurrency=settings.max_connections,
+        log_config=None,
+    )
+    server = LlmServer(config, state, drain_timeout=settings.drain_timeout)
+    server.run()
+    worker.stop(timeout=5.0)
+    if worker.failed is not None:
+        raise StartupError(f"the language model failed to load: {worker.failed}")
+    return 0
+
+
+class LlmServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: LlmState, *, drain_timeout: float):
+        super().__init__(config)
+        self.state = state
+        self.drain_timeout = drain_timeout
+        self.drain_deadline: float | None = None
+        self.cancelled_at: float | None = None
+        self.announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_deadline is not None:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self.drain_deadline = time.monotonic() + self.drain_timeout
+        self.state.draining = True
+        log.info("draining: finishing %d requests in flight", self.state.inflight)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                print(
+                    f"ondeck-server: serving model {self.state.name!r} on http://{host}:{port}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        worker = self.state.worker
+        if worker.failed is not None:
+            return True
+        if worker.ready.is_set() and not self.announced:
+            self.announced = True
+            log.info("ready: model %r warmed up (context %d)", self.state.name, worker.context)
+        if self.drain_deadline is None:
+            return False
+        now = time.monotonic()
+        if self.state.inflight == 0:
+            self.config.timeout_graceful_shutdown = 1
+            return True
+        if now >= self.drain_deadline:
+            if self.cancelled_at is None:
+                self.cancelled_at = now
+                worker.cancel_all()  # streams end now (finish_reason length)
+            # one more second for the cancelled streams to write their last chunk
+            if now - self.cancelled_at >= 1.0:
+                self.config.timeout_graceful_shutdown = 1
+                return True
+        return False

@@ -1,0 +1,331 @@
+"""`ondeck-server serve` on a language-model artifact, through the official `openai`
+client (sync and async) against a real subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from ondeck_server.convert.run import Outcome
+from server.conftest import ServerProcess
+
+TOKEN = "llm-test-token"
+MODEL = "tinyllm"
+PROMPTS = [
+    "The for statement",
+    "A class is",
+    "The while loop",
+    "Exceptions are raised",
+    "The import statement",
+    "In Python, a function",
+    "The return value of",
+    "Lists and tuples",
+]
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def server(fp32_artifact: Outcome, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("llm-server")
+    proc = ServerProcess(
+        ["--model", str(fp32_artifact.path), "--host", "127.0.0.1", "--port", "0",
+         "--max-batch-size", "8", "--auth-token", TOKEN, "--threads", "1"],
+        log=logs / "server.log",
+    )  # fmt: skip
+    try:
+        yield proc.wait_ready(timeout=120)
+    finally:
+        assert proc.terminate() == 0, proc.output()
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(fp32_artifact: Outcome) -> dict[str, tuple[str, int]]:
+    """Batch-1 greedy text (and prompt length) of each prompt, run in this process."""
+    import onnxruntime_genai as og
+
+    model = og.Model(og.Config(str(fp32_artifact.path / "genai")))
+    tokenizer = og.Tokenizer(model)
+    out = {}
+    for prompt in PROMPTS:
+        ids = np.asarray(tokenizer.encode(prompt), dtype=np.int32)
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + NEW_TOKENS, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids[None, :])
+        new: list[int] = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            new.append(int(generator.get_next_tokens()[0]))
+        eos = set(int(t) for t in tokenizer.eos_token_ids)
+        out[prompt] = (
+            tokenizer.decode(np.asarray([t for t in new if t not in eos], dtype=np.int32)),
+            len(ids),
+        )
+    return out
+
+
+def _metric(server: str, name: str) -> float:
+    text = httpx.get(f"{server}/metrics").text
+    found = re.search(rf'^{re.escape(name)}{{model_name="{MODEL}"}} ([0-9.e+-]+)$', text, re.M)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL]
+
+
+def test_openai_prefix_and_auth(server: str) -> None:
+    assert httpx.get(f"{server}/openai/v1/models", headers=_auth()).json()["data"][0]["id"] == MODEL
+    answer = httpx.get(f"{server}/v1/models")
+    assert answer.status_code == 401
+    assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_completion_is_the_batch1_greedy_text(
+    client: openai.OpenAI, reference: dict[str, tuple[str, int]]
+) -> None:
+    prompt = PROMPTS[0]
+    done = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0
+    )
+    text, prompt_tokens = reference[prompt]
+    assert done.choices[0].text == text
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == prompt_tokens
+    assert done.usage.completion_tokens == NEW_TOKENS
+    assert done.usage.total_tokens == prompt_tokens + NEW_TOKENS
+
+
+def test_chat_streaming_equals_non_streaming(client: openai.OpenAI) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    whole = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_completion_tokens=20,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=20, temperature=0, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    pieces, usage, finish = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert whole.choices[0].message.role == "assistant"
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert usage is not None
+    assert whole.usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_stop_string_ends_the_text_and_is_not_returned(
+    client: openai.OpenAI, reference: dict[str, tuple[str, int]]
+) -> None:
+    prompt = PROMPTS[0]
+    text, _ = reference[prompt]
+    stop = text[5:8]
+    assert stop.strip(), text
+    cut = text.index(stop)
+    for stream in (False, True):
+        if stream:
+            chunks = client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0, stop=[stop],
+                stream=True,
+            )  # fmt: skip
+            got, finish = "", None
+            for chunk in chunks:
+                got += chunk.choices[0].text
+                finish = chunk.choices[0].finish_reason or finish
+        else:
+            done = client.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0, stop=stop
+            )
+            got, finish = done.choices[0].text, done.choices[0].finish_reason
+        assert got == text[:cut]
+        assert finish == "stop"
+
+
+def test_concurrent_streams_each_get_their_batch1_text(
+    server: str, reference: dict[str, tuple[str, int]]
+) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0)
+
+    async def one(prompt: str) -> str:
+        stream = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0, stream=True
+        )
+        return "".join([chunk.choices[0].text async for chunk in stream])
+
+    async def every() -> list[str]:
+        return await asyncio.gather(*(one(p) for p in PROMPTS))
+
+    texts = asyncio.run(every())
+    assert texts == [reference[p][0] for p in PROMPTS]
+    assert _metric(server, "vllm:generation_tokens_total") >= len(PROMPTS) * NEW_TOKENS
+    assert "vllm:time_to_first_token_seconds_count" in httpx.get(f"{server}/metrics").text
+
+
+def test_a_disconnect_frees_the_slot(server: str, client: openai.OpenAI) -> None:
+    aborted = _success(server, "abort")
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/completions",
+        headers=_auth(),
+        json={"model": MODEL, "prompt": "The", "max_tokens": 250, "temperature": 0,
+              "stream": True, "top_k": 1},
+        timeout=60,
+    ) as answer:  # fmt: skip
+        assert next(answer.iter_lines()).startswith("data: ")
+    deadline = time.monotonic() + 20
+    while _metric(server, "vllm:num_requests_running") != 0 or _success(server, "abort") == aborted:
+        assert time.monotonic() < deadline, "the cancelled request still runs"
+        time.sleep(0.02)
+    assert _success(server, "abort") == aborted + 1
+    done = client.completions.create(model=MODEL, prompt="A class is", max_tokens=3)
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 3
+
+
+def _success(server: str, reason: str) -> float:
+    text = httpx.get(f"{server}/metrics").text
+    found = re.search(
+        rf'^vllm:request_success_total{{finished_reason="{reason}",model_name="{MODEL}"}} '
+        r"([0-9.e+-]+)$",
+        text,
+        re.M,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+CHAT = "/v1/chat/completions"
+HI = [{"role": "user", "content": "x"}]
+BAD = [
+    (CHAT, {"model": "nope", "messages": HI}, 404, "model"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+    (CHAT, {"model": MODEL, "messages": [{"role": "wiz", "content": "x"}]}, 400, "messages[0].role"),  # noqa: E501
+    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),  # noqa: E501
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1000}, 400, "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "temperature": -0.5}, 400, "temperature"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "top_p": 1.5}, 400, "top_p"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    (CHAT, {"model": MODEL, "messages": HI, "logprobs": True}, 400, "logprobs"),
+    ("/v1/completions", {"model": MODEL, "prompt": " the" * 300}, 400, "prompt"),
+    ("/v1/completions", {"prompt": "x"}, 400, "model"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param"), BAD, ids=[b[3] for b in BAD])
+def test_bad_input_is_a_4xx_naming_the_field(
+    server: str, path: str, body: dict[str, object], status: int, param: str
+) -> None:
+    answer = httpx.post(f"{server}{path}", json=body, headers=_auth(), timeout=30)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param
+    assert set(error) == {"message", "type", "param", "code"}
+    if body.get("max_tokens") == 1000 or param == "prompt":
+        assert "256" in error["message"]  # the context
+        assert re.search(r"\b\d+ tokens\b", error["message"])
+
+
+def test_malformed_json(server: str) -> None:
+    answer = httpx.post(
+        f"{server}/v1/completions", content=b"{not json", headers=_auth(), timeout=30
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "invalid_json"
+
+
+def test_overload_429_then_sigterm_drains_and_exits_0(
+    fp32_artifact: Outcome, tmp_path: Path
+) -> None:
+    proc = ServerProcess(
+        ["--model", str(fp32_artifact.path), "--host", "127.0.0.1", "--port", "0",
+         "--max-batch-size", "1", "--max-queue", "1", "--drain-timeout", "20"],
+        log=tmp_path / "server.log",
+    )  # fmt: skip
+    try:
+        url = proc.wait_ready(timeout=120)
+        body = {"model": MODEL, "prompt": "The", "max_tokens": 250, "temperature": 0}
+        answers: list[httpx.Response] = []
+
+        def post() -> None:
+            answers.append(httpx.post(f"{url}/v1/completions", json=body, timeout=60))
+
+        burst = [threading.Thread(target=post) for _ in range(8)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join(60)
+        codes = sorted(a.status_code for a in answers)
+        assert 429 in codes, codes
+        assert set(codes) == {200, 429}, codes
+        busy = next(a for a in answers if a.status_code == 429)
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "queue_full"
+
+        # SIGTERM while one stream decodes and another waits: both finish, exit 0.
+        results: dict[int, str] = {}
+        first_chunk = [threading.Event(), threading.Event()]
+
+        def stream(i: int) -> None:
+            with httpx.stream(
+                "POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=60
+            ) as answer:
+                lines = []
+                for line in answer.iter_lines():
+                    first_chunk[i].set()
+                    if line:
+                        lines.append(line)
+            results[i] = lines[-1] if lines else ""
+
+        streams = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+        streams[0].start()
+        assert first_chunk[0].wait(30)
+        streams[1].start()
+        deadline = time.monotonic() + 30
+        # both in the server: the second one waiting (or already decoding)
+        while not first_chunk[1].is_set() and _metric(url, "vllm:num_requests_waiting") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.proc.send_signal(signal.SIGTERM)
+        # ConnectError: the streams already finished, the listener is closed
+        with contextlib.suppress(httpx.ConnectError):
+            assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        for thread in streams:
+            thread.join(60)
+        assert proc.proc.wait(60) == 0, proc.output()
+        assert results == {0: "data: [DONE]", 1: "data: [DONE]"}
+    finally:
+        proc.terminate()
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
