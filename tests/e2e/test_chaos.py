@@ -33,15 +33,14 @@ pytestmark = pytest.mark.e2e
 RESYNC_SECONDS = 30
 WATCH_DEADLINE = 20.0
 
-#: Found by these tests, in ondeck_operator/runtime (not fixed here): for a second or two
-#: after an API server restart its writes answer 503 ("before all known HTTP paths have
-#: been installed") or, with /readyz already 200, 403 (RBAC authorizer not synced). The
-#: operator logs "reconcile of <ns>/<name> failed (retry in Ns)" for the ModelDeployments
-#: that hit this and then never reconciles them again, not even at the 30 s resync. When
-#: no reconcile hits those seconds, the same test passes. Details: docs/reliability.md.
-TRANSIENT_403_LOST = pytest.mark.xfail(
-    reason="runtime: a 403/503 in the first seconds after an API server restart stops "
-    "reconciles of the ModelDeployments it hit (see TRANSIENT_403_LOST)",
+#: Found by these tests, in ondeck_operator/runtime (not fixed here): in about half the
+#: runs, the watch streams the operator re-opens in the restarted API server's first
+#: seconds stay open but deliver nothing (its last log lines are a 403/503 "reconcile ...
+#: failed (retry in Ns)" from those seconds), so the ModelDeployments it waits on never
+#: become Ready, not even at the 30 s resync. Details: docs/reliability.md, "Chaos".
+SILENT_WATCH_AFTER_RESTART = pytest.mark.xfail(
+    reason="runtime: watch streams re-opened right after an API server restart can stay "
+    "silent (see SILENT_WATCH_AFTER_RESTART)",
     strict=False,
 )
 
@@ -110,7 +109,7 @@ def _statuses(cluster: Cluster, names: list[str]) -> dict[str, Any]:
     return {name: cluster.md(name)["status"] for name in names}
 
 
-@TRANSIENT_403_LOST
+@SILENT_WATCH_AFTER_RESTART
 def test_api_server_restart_mid_reconcile(
     cluster: Cluster,
     control_plane: ControlPlane,
@@ -129,7 +128,7 @@ def test_api_server_restart_mid_reconcile(
     print(f"apiserver down {down:.1f}s; change after it acted on in {took:.1f}s")
 
 
-@TRANSIENT_403_LOST
+@SILENT_WATCH_AFTER_RESTART
 def test_api_server_killed_while_the_operator_writes_status(
     cluster: Cluster,
     control_plane: ControlPlane,
