@@ -105,6 +105,10 @@ def banner(
 ) -> Banner:
     """The banner for a served model; bodies with more than `INLINE_BODY_LIMIT` numbers
     go to `spill_dir` when one is given; `token`: the server asks for this bearer token."""
+    if summary.format == "hf-causal-lm":  # a language model: the OpenAI-compatible API
+        from ondeck_operator.local.llm_banner import llm_banner
+
+        return llm_banner(name=name, base_url=base_url, summary=summary, token=token)
     bodies = {"V2": v2_body(summary.inputs), "V1": v1_body(summary.inputs)}
     urls = {
         "V2": f"{base_url}/v2/models/{name}/infer",

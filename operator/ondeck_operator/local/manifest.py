@@ -102,6 +102,7 @@ class ConvertSummary(BaseModel):
     size_bytes: int = Field(alias="sizeBytes")
     original_size_bytes: int = Field(alias="originalSizeBytes")
     quantize: str = "none"
+    format: str = ""
     cached: bool = False
 
 
