@@ -83,6 +83,67 @@ def converter_image_supported(tmp_path: Path) -> bool:
     return done.returncode == 0
 
 
+def _split(ref: str) -> tuple[str, str]:
+    repository, _, tag = ref.rpartition(":")
+    return repository, tag
+
+
+def helm_install(
+    cluster: RealCluster, namespace: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """`helm install` the chart with the local images, watching `namespace`."""
+    images = cluster.images
+    operator_repo, operator_tag = _split(images.operator)
+    server_repo, server_tag = _split(images.server)
+    converter_repo, converter_tag = _split(images.converter)
+    converter = converter_image_supported(tmp_path)
+    if not converter:
+        # The operator has no converterImage yet: Job and server both run the converter
+        # image (it serves too), so the scikit-learn source still converts.
+        server_repo, server_tag = converter_repo, converter_tag
+    sets = [
+        f"image.repository={operator_repo}",
+        f"image.tag={operator_tag}",
+        "image.pullPolicy=Never",
+        "replicaCount=1",
+        f"watch.namespaces={{{namespace}}}",
+        f"config.serverImage.repository={server_repo}",
+        f"config.serverImage.tag={server_tag}",
+        "config.imagePullPolicy=Never",
+        "config.jobBackoffLimit=0",
+        "resources.requests.cpu=50m",
+    ]
+    if converter:
+        sets += [
+            f"config.converterImage.repository={converter_repo}",
+            f"config.converterImage.tag={converter_tag}",
+        ]
+    return subprocess.run(
+        [
+            *(str(helm_path()), "install", "ondeck", str(REPO / "charts" / "ondeck")),
+            *("--kubeconfig", str(cluster.plane.admin_kubeconfig)),
+            *("--namespace", "ondeck-system", "--create-namespace", "--wait", "--timeout", "5m"),
+            *[arg for item in sets for arg in ("--set", item)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+
+
+def helm_uninstall(cluster: RealCluster) -> None:
+    subprocess.run(
+        [
+            *(str(helm_path()), "uninstall", "ondeck", "--namespace", "ondeck-system"),
+            *("--kubeconfig", str(cluster.plane.admin_kubeconfig), "--wait"),
+        ],
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+
+
 @pytest.fixture
 def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     """An HTTP server on the node's bridge address serving iris.skops; its base URL."""
@@ -156,47 +217,8 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
     timings: dict[str, float] = {}
 
     # 1. helm install with the local images.
-    def split(ref: str) -> tuple[str, str]:
-        repository, _, tag = ref.rpartition(":")
-        return repository, tag
-
-    operator_repo, operator_tag = split(images.operator)
-    server_repo, server_tag = split(images.server)
-    converter_repo, converter_tag = split(images.converter)
+    helm = helm_install(cluster, namespace, tmp_path)
     converter = converter_image_supported(tmp_path)
-    if not converter:
-        # The operator has no converterImage yet: Job and server both run the converter
-        # image (it serves too), so the scikit-learn source still converts.
-        server_repo, server_tag = converter_repo, converter_tag
-    sets = [
-        f"image.repository={operator_repo}",
-        f"image.tag={operator_tag}",
-        "image.pullPolicy=Never",
-        "replicaCount=1",
-        f"watch.namespaces={{{namespace}}}",
-        f"config.serverImage.repository={server_repo}",
-        f"config.serverImage.tag={server_tag}",
-        "config.imagePullPolicy=Never",
-        "config.jobBackoffLimit=0",
-        "resources.requests.cpu=50m",
-    ]
-    if converter:
-        sets += [
-            f"config.converterImage.repository={converter_repo}",
-            f"config.converterImage.tag={converter_tag}",
-        ]
-    helm = subprocess.run(
-        [
-            *(str(helm_path()), "install", "ondeck", str(REPO / "charts" / "ondeck")),
-            *("--kubeconfig", str(cluster.plane.admin_kubeconfig)),
-            *("--namespace", "ondeck-system", "--create-namespace", "--wait", "--timeout", "5m"),
-            *[arg for item in sets for arg in ("--set", item)],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
     try:
         assert helm.returncode == 0, helm.stderr + cluster.node.logs()
         timings["helm install --wait"] = time.monotonic() - started
@@ -318,13 +340,151 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
         )
         raise
     finally:
-        subprocess.run(
-            [
-                *(str(helm_path()), "uninstall", "ondeck", "--namespace", "ondeck-system"),
-                *("--kubeconfig", str(cluster.plane.admin_kubeconfig), "--wait"),
-            ],
-            capture_output=True,
-            timeout=180,
-            check=False,
+        helm_uninstall(cluster)
+        kubectl(cluster, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_a_spec_change_rolls_out_with_no_failed_request(
+    real_cluster: RealCluster, model_server: str, artifact_volume: str, tmp_path: Path
+) -> None:
+    """While a client loops on the Service's ClusterIP, a serving setting changes: the
+    Deployment rolls (maxSurge 1, maxUnavailable 0, preStop sleep, readiness probes) and
+    not one request fails."""
+    import threading
+
+    from pipeline import models
+
+    cluster = real_cluster
+    namespace = f"ml-{uuid.uuid4().hex[:6]}"
+    kubectl(cluster, "create", "namespace", namespace)
+    kubectl(
+        cluster,
+        *("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"),
+    )
+    helm = helm_install(cluster, namespace, tmp_path)
+    try:
+        assert helm.returncode == 0, helm.stderr
+        manifest = {
+            "apiVersion": "ondeck.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "iris", "namespace": namespace},
+            "spec": {
+                "model": {"uri": f"{model_server}/iris.skops", "format": "sklearn"},
+                "optimize": {"resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}},
+                "server": {
+                    "replicas": 1,
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                    "batching": {"maxBatchSize": 32},
+                },
+            },
+        }
+        kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+
+        def md_ready() -> bool:
+            md = get(cluster, "modeldeployment", "iris", "-n", namespace)
+            conditions = {c["type"]: c for c in (md.get("status") or {}).get("conditions", [])}
+            ready = conditions.get("Ready", {})
+            return bool(
+                ready.get("status") == "True"
+                and ready.get("observedGeneration") == md["metadata"]["generation"]
+            )
+
+        wait_until("the ModelDeployment to be Ready", md_ready, timeout=600, node=cluster.node)
+        service = get(cluster, "service", "iris", "-n", namespace)
+        (port,) = [p["port"] for p in service["spec"]["ports"]]
+        url = f"http://{service['spec']['clusterIP']}:{port}/v2/models/iris/infer"
+        x, _ = models.iris()
+        rows = x[::15]
+        expected = models.sklearn_models()["iris_pipeline"].predict(rows).tolist()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(rows.shape),
+                        "datatype": "FP32",
+                        "data": rows.reshape(-1).tolist(),
+                    }
+                ]
+            }
+        ).encode()
+        ok, failures = 0, []
+        stop = threading.Event()
+
+        def loop() -> None:
+            nonlocal ok
+            while not stop.is_set():
+                request = urllib.request.Request(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        outputs = {
+                            o["name"]: o["data"] for o in json.loads(response.read())["outputs"]
+                        }
+                    if outputs["label"] != expected:
+                        failures.append(f"wrong answer {outputs['label']}")
+                    else:
+                        ok += 1
+                except Exception as exc:  # every failure counts, whatever it is
+                    failures.append(repr(exc))
+                time.sleep(0.05)
+
+        wait_until(
+            "a first answer through the ClusterIP",
+            lambda: (
+                urllib.request.urlopen(
+                    urllib.request.Request(
+                        url, data=body, headers={"Content-Type": "application/json"}
+                    ),
+                    timeout=10,
+                ).status
+                == 200
+            ),
+            timeout=60,
         )
+        old_pods = {
+            p["metadata"]["name"]
+            for p in get(
+                cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=server"
+            )["items"]
+        }
+        client = threading.Thread(target=loop, daemon=True)
+        client.start()
+        try:
+            time.sleep(2)
+            kubectl(
+                cluster,
+                *("patch", "modeldeployment", "iris", "-n", namespace, "--type", "merge"),
+                *("-p", json.dumps({"spec": {"server": {"batching": {"maxBatchSize": 16}}}})),
+            )
+
+            def rolled() -> bool:
+                pods = get(
+                    cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=server"
+                )["items"]
+                names = {p["metadata"]["name"] for p in pods}
+                return bool(
+                    names
+                    and not names & old_pods
+                    and all(
+                        c["ready"] for p in pods for c in p["status"].get("containerStatuses", [])
+                    )
+                )
+
+            wait_until("the rollout to replace every pod", rolled, timeout=300, node=cluster.node)
+            wait_until("the ModelDeployment to be Ready again", md_ready, timeout=120)
+            time.sleep(3)
+        finally:
+            stop.set()
+            client.join(timeout=30)
+        assert not failures, f"{len(failures)} failed of {ok + len(failures)}: {failures[:5]}"
+        assert ok >= 20, ok
+        print(f"\nrollout: {ok} requests through the ClusterIP, 0 failed")
+        kubectl(cluster, "delete", "modeldeployment", "iris", "-n", namespace, "--wait=true")
+    except BaseException:
+        print(kubectl(cluster, "get", "all,events", "-n", namespace, check=False)[-5000:])
+        raise
+    finally:
+        helm_uninstall(cluster)
         kubectl(cluster, "delete", "namespace", namespace, "--wait=false", check=False)
