@@ -117,7 +117,7 @@ def operator_exported() -> dict[str, set[str]]:
     metrics.errors.labels(reason="ApiError").inc()
     metrics.duration.observe(0.01)
     metrics.writes.labels(verb="apply").inc()
-    metrics.on_request("get", 200)
+    metrics.on_request("get", 200, 0.01)
     metrics.set_phases(["Ready"])
     metrics.queue_depth.set(0)
     metrics.active.set(1)
