@@ -16,7 +16,6 @@ ref (ondeck_server.artifact.remote).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -252,7 +251,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         if cached is None and final.exists():
             shutil.rmtree(final)  # a leftover that is not a valid artifact for this digest
     if cached is not None:
-        _point_ref(request, digest)
+        store.point_ref(request.store, request.ref, digest)
         events.stage("cached", 0.0, f"{final} is already built")
         uploaded = _upload(request, final, digest=digest, clock=_Clock(events))
         return Outcome(manifest=cached, path=final, cached=uploaded is None, uri=uploaded)
@@ -311,17 +310,13 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                     batching=batching,
                 )
                 (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
-                _finish_files(staging)
-                with store.store_lock(request.store):
-                    # The lock file is not part of the artifact. It goes under the store
-                    # lock, so a cleaner never sees this live folder without it.
-                    (staging / store.LOCK_FILE).unlink()
-                    path = artifact.publish(staging, request.store, digest)
+                store.finish_files(staging)
+                path = store.publish(staging, request.store, digest)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    _point_ref(request, digest)
+    store.point_ref(request.store, request.ref, digest)
     uploaded = _upload(request, path, digest=digest, clock=clock)
     return Outcome(manifest=artifact.read_manifest(path), path=path, cached=False, uri=uploaded)
 
@@ -541,27 +536,3 @@ def _validate(
             "give --calibration with real inputs (generated ones may be out of range, e.g. "
             "token ids)"
         ) from None
-
-
-def _point_ref(request: ConvertRequest, digest: str) -> None:
-    if request.ref is None:
-        return
-    try:
-        artifact.point_ref(request.store, request.ref, digest)
-    except artifact.ArtifactError as exc:
-        raise InvalidSettings(f"--ref: {exc}") from None
-
-
-def _finish_files(folder: Path) -> None:
-    """Make the artifact readable by the server (which may run as another user than the
-    Job) and flush it to disk before the rename makes it visible: a crash after the
-    rename must not leave a complete-looking folder of empty files."""
-    folder.chmod(0o755)
-    for entry in folder.iterdir():
-        if entry.is_file():
-            entry.chmod(0o644)
-            fd = os.open(entry, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ondeck_server import artifact
 from ondeck_server.convert import onnx_tools
-from ondeck_server.convert.errors import StoreFailed
+from ondeck_server.convert.errors import InvalidSettings, StoreFailed
 
 # Where file locks are not supported (some network filesystems), a temporary folder of
 # another machine (or boot) is only taken for abandoned after this long.
@@ -212,3 +212,39 @@ def nearly_full(store: Path) -> bool:
         return shutil.disk_usage(store).free < LOW_SPACE_BYTES
     except OSError:
         return False
+
+
+def finish_files(root: Path) -> None:
+    """Make a staged artifact readable by the server (which may run as another user than
+    the Job) and flush it to disk before the rename makes it visible: a crash after the
+    rename must not leave a complete-looking folder of empty files. The writer's lock
+    file is left alone (`publish` removes it)."""
+    for entry in [root, *root.rglob("*")]:
+        if entry.is_dir():
+            entry.chmod(0o755)
+        elif entry.is_file() and entry.name != LOCK_FILE:
+            entry.chmod(0o644)
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def publish(staging: Path, store: Path, digest: str) -> Path:
+    """Rename a finished staging folder to `<store>/<digest>`. The lock file is not part
+    of the artifact; it goes under the store lock, so a cleaner never sees the live
+    folder without it."""
+    with store_lock(store):
+        (staging / LOCK_FILE).unlink()
+        return artifact.publish(staging, store, digest)
+
+
+def point_ref(store: Path, ref: str | None, digest: str) -> None:
+    """`--ref`: point `<store>/refs/<ref>` at the artifact (nothing when no ref)."""
+    if ref is None:
+        return
+    try:
+        artifact.point_ref(store, ref, digest)
+    except artifact.ArtifactError as exc:
+        raise InvalidSettings(f"--ref: {exc}") from None

@@ -10,7 +10,6 @@ an LLM: the builder's folder is kept as it wrote it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from datetime import UTC, datetime
@@ -131,7 +130,7 @@ def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outco
         if cached is None and final.exists():
             shutil.rmtree(final)
     if cached is not None:
-        _point_ref(request, digest)
+        store.point_ref(request.store, request.ref, digest)
         events.stage("cached", 0.0, f"{final} is already built")
         return Outcome(manifest=cached, path=final, cached=True)
 
@@ -178,16 +177,14 @@ def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outco
                 llm=_facts(config, arch, genai, options, source.files),
             )
             (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
-            _finish_files(staging)
+            store.finish_files(staging)
             _lap(timings, "write", start, events, str(final))
-            with store.store_lock(request.store):
-                (staging / store.LOCK_FILE).unlink()
-                published = artifact.publish(staging, request.store, digest)
+            published = store.publish(staging, request.store, digest)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    _point_ref(request, digest)
+    store.point_ref(request.store, request.ref, digest)
     return Outcome(manifest=artifact.read_manifest(published), path=published, cached=False)
 
 
@@ -248,26 +245,3 @@ def _weights_bytes(path: Path) -> int:
 
 def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _point_ref(request: ConvertRequest, digest: str) -> None:
-    if request.ref is None:
-        return
-    try:
-        artifact.point_ref(request.store, request.ref, digest)
-    except artifact.ArtifactError as exc:
-        raise InvalidSettings(f"--ref: {exc}") from None
-
-
-def _finish_files(root: Path) -> None:
-    """World-readable (the server may run as another user) and flushed before the rename."""
-    for entry in [root, *root.rglob("*")]:
-        if entry.is_dir():
-            entry.chmod(0o755)
-        elif entry.is_file() and entry.name != store.LOCK_FILE:
-            entry.chmod(0o644)
-            fd = os.open(entry, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
