@@ -19,13 +19,16 @@ included, gets uvicorn's own 503. Here:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import httptools
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ondeck_server.serve.asgi import OPEN_PATHS
+from ondeck_server.serve.settings import ServeSettings
 
 #: Requests that skip uvicorn's concurrency cap: the routes that need no token either
 #: (cheap, answered without the model).
@@ -108,4 +111,28 @@ def protocol_class(*, header_timeout: float) -> type[GuardedHttpToolsProtocol]:
     """The protocol class to hand to `uvicorn.Config(http=...)`."""
     return type(
         "OndeckHttpProtocol", (GuardedHttpToolsProtocol,), {"header_timeout": header_timeout}
+    )
+
+
+def uvicorn_config(
+    app: Any, settings: ServeSettings, *, lifespan: Literal["on", "off"]
+) -> uvicorn.Config:
+    """The one uvicorn configuration of both servers (tensor and language model): the
+    guarded protocol above, uvloop, no access log, no Server or X-Forwarded-For handling,
+    the drain timeout, and the connection cap (idle connections are closed first and
+    probes skip it)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=protocol_class(header_timeout=settings.header_timeout),
+        loop="uvloop",
+        lifespan=lifespan,
+        access_log=False,
+        server_header=False,
+        # Client addresses are not used: skip uvicorn's X-Forwarded-For middleware.
+        proxy_headers=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
+        limit_concurrency=settings.max_connections,
+        log_config=None,
     )

@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 
 from ondeck_server.serve.app import OndeckApp, create_app
-from ondeck_server.serve.connections import protocol_class
+from ondeck_server.serve.connections import uvicorn_config
 from ondeck_server.serve.settings import ServeSettings
 
 log = logging.getLogger("ondeck.server")
@@ -38,23 +38,7 @@ def run(settings: ServeSettings) -> int:
     # 1 ms keeps the loop (and the health probes) responsive at a small cost in switches.
     sys.setswitchinterval(0.001)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=protocol_class(header_timeout=settings.header_timeout),
-        loop="uvloop",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        # Client addresses are not used: skip uvicorn's X-Forwarded-For middleware.
-        proxy_headers=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
-        # Bounded memory: past this many connections + tasks uvicorn answers 503 itself
-        # (idle connections are closed first and probes skip it: connections.py).
-        limit_concurrency=settings.max_connections,
-        log_config=None,
-    )
+    config = uvicorn_config(app, settings, lifespan="on")
     OndeckServer(config, app).run()
     if app.state.fatal is not None:
         raise app.state.fatal

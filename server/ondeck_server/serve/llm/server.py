@@ -11,7 +11,6 @@ thread), warm it up, serve under uvicorn; SIGTERM drains.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import uvicorn
 
 from ondeck_server import artifact
 from ondeck_server.serve import auth
-from ondeck_server.serve.connections import protocol_class
+from ondeck_server.serve.connections import uvicorn_config
 from ondeck_server.serve.errors import StartupError
 from ondeck_server.serve.llm import chat
 from ondeck_server.serve.llm.app import LlmState, build_app
@@ -62,20 +61,7 @@ def run(settings: ServeSettings) -> int:
     )
     app = build_app(state)
     worker.start()
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=protocol_class(header_timeout=settings.header_timeout),
-        loop="uvloop",
-        lifespan="off",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout)),
-        limit_concurrency=settings.max_connections,
-        log_config=None,
-    )
+    config = uvicorn_config(app, settings, lifespan="off")
     server = LlmServer(config, state, drain_timeout=settings.drain_timeout)
     server.run()
     worker.stop(timeout=5.0)
