@@ -119,10 +119,12 @@ helm install ondeck charts/ondeck \
   --set image.pullPolicy=Never \
   --set config.serverImage.repository=ondeck-server \
   --set config.serverImage.tag="$tag" \
+  --set config.converterImage.repository= \
   --set config.imagePullPolicy=Never \
   --wait --timeout "$timeout"
 
 # 5. a small ONNX model (4 features -> 3 scores), served over HTTP inside the cluster
+#    (ONNX: the server image converts it, so no converter image is built or loaded)
 kubectl create namespace "$model_ns"
 kubectl label namespace "$model_ns" pod-security.kubernetes.io/enforce=restricted
 "$python" - "$work/model.onnx" <<'PY'

@@ -25,11 +25,13 @@ import datetime as dt
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -55,6 +57,17 @@ class JobOutcome:
 
 
 JobRule = Callable[[Pod], JobOutcome | None]
+
+
+#: How often the watch loop lists every pod again (see _watch_loop).
+RELIST_SECONDS = 10.0
+
+
+def _is_transient(exc: Exception) -> bool:
+    """A dropped connection, a timeout or a 5xx/429: the control plane is restarting."""
+    if isinstance(exc, ApiException):
+        return exc.status is None or exc.status == 429 or exc.status >= 500
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
 
 
 def _now() -> str:
@@ -87,6 +100,7 @@ class KubeletSimulator:
         self._latest: dict[str, Pod] = {}  # uid -> newest state not yet handled
         self._scheduled: set[str] = set()
         self.errors: list[str] = []
+        self.transient_failures = 0
 
     # ---------------------------------------------------------------- public
 
@@ -174,9 +188,14 @@ class KubeletSimulator:
 
     def _watch_loop(self) -> None:
         resource_version: str | None = None
+        listed = 0.0
         while not self._stop.is_set():
             try:
-                if resource_version is None:
+                # Relist now and then, as an informer resyncs: after an etcd restart the API
+                # server's watch cache can resume a watch without the events of pods
+                # written around the restart, and nothing else would bring them back.
+                if resource_version is None or time.monotonic() - listed > RELIST_SECONDS:
+                    listed = time.monotonic()
                     listing = self._core.list_pod_for_all_namespaces()
                     resource_version = listing.metadata.resource_version
                     for item in listing.items:
@@ -201,10 +220,11 @@ class KubeletSimulator:
                 if exc.status == 410:  # resource version too old: list again
                     resource_version = None
                     continue
-                self._record(f"watch: {exc.status} {exc.reason}")
+                self._transient(f"watch: {exc.status} {exc.reason}")
+                resource_version = None
                 self._stop.wait(0.5)
             except Exception as exc:  # a dropped connection: start over from a fresh list
-                self._record(f"watch: {type(exc).__name__}: {exc}")
+                self._transient(f"watch: {type(exc).__name__}: {exc}")
                 resource_version = None
                 self._stop.wait(0.5)
 
@@ -222,15 +242,42 @@ class KubeletSimulator:
                         continue
                 try:
                     self._terminate(pod, outcome)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        self._record(f"terminate {pod['metadata']['name']}: {exc.status}")
+                except Exception as exc:
+                    if isinstance(exc, ApiException) and exc.status == 404:
+                        continue
+                    if not _is_transient(exc):
+                        self._record(f"terminate {pod['metadata']['name']}: {exc}")
+                        continue
+                    # The API server or etcd is restarting: a kubelet tries again.
+                    self._transient(f"terminate {pod['metadata']['name']}: {exc}")
+                    with self._lock:
+                        self._awaiting.setdefault(pod["metadata"]["uid"], pod)
 
     # ---------------------------------------------------------------- one pod
 
     def _record(self, message: str) -> None:
         log.warning(message)
         self.errors.append(message)
+
+    def _transient(self, message: str) -> None:
+        """A failure a real kubelet rides out (API server or etcd restarting): logged and
+        counted, retried, never one of `errors`."""
+        log.info("transient: %s", message)
+        self.transient_failures += 1
+
+    def _retry_later(self, pod: Pod, delay: float = 0.5) -> None:
+        """Handle `pod` again after `delay` unless a newer state of it arrives first: the
+        watch stays silent about a pod whose write failed, so nothing else would."""
+
+        def again() -> None:
+            if self._stop.wait(delay):
+                return
+            with self._lock:
+                if pod["metadata"]["uid"] in self._latest:
+                    return
+            self._dispatch(pod)
+
+        threading.Thread(target=again, name="kubelet-sim-retry", daemon=True).start()
 
     def _handle(self, pod: Pod) -> None:
         meta, spec = pod["metadata"], pod["spec"]
@@ -253,9 +300,15 @@ class KubeletSimulator:
                 return
             job_pod = _owner_kind(pod) == "Job"
             self._start(pod, ready=not job_pod)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                self._record(f"{meta['namespace']}/{meta['name']}: {exc.status} {exc.reason}")
+        except Exception as exc:
+            if isinstance(exc, ApiException) and exc.status in (404, 409):
+                return
+            where = f"{meta['namespace']}/{meta['name']}"
+            if not _is_transient(exc):
+                self._record(f"{where}: {exc}")
+                return
+            self._transient(f"{where}: {exc}")
+            self._retry_later(pod)
 
     def _bind(self, pod: Pod) -> None:
         meta = pod["metadata"]

@@ -76,7 +76,13 @@ def _assert_converged(
             for j in cluster.batch.list_namespaced_job(cluster.ns).items
         }
         phases = {n: (cluster.md(n).get("status") or {}).get("phase") for n in keys}
-        raise AssertionError(f"{exc}\nJobs (succeeded, failed): {jobs}\nphases: {phases}") from None
+        pods = {
+            p.metadata.name: (p.spec.node_name, p.status.phase)
+            for p in cluster.core.list_namespaced_pod(cluster.ns).items
+        }
+        raise AssertionError(
+            f"{exc}\nJobs (succeeded, failed): {jobs}\nphases: {phases}\npods: {pods}"
+        ) from None
     for name, md in ready.items():
         artifact = md["status"]["artifact"]
         assert artifact["key"] == keys[name], name

@@ -295,6 +295,8 @@ def test_operator_runs_on_exactly_what_the_chart_installed(
             f"watch.namespaces={{{namespace}}}",
             "config.serverImage.repository=registry.example.com/ml/ondeck-server",
             "config.serverImage.tag=9.9.9",
+            "config.converterImage.repository=registry.example.com/ml/ondeck-converter",
+            "config.converterImage.tag=9.9.9",
             "config.artifactStorageClass=fast-ssd",
             "operator.logLevel=debug",
         )
@@ -360,7 +362,7 @@ def test_operator_runs_on_exactly_what_the_chart_installed(
             raise AssertionError(log.read_text()[-4000:]) from None
         (job,) = cluster.jobs("iris")
         assert job.spec.template.spec.containers[0].image == (
-            "registry.example.com/ml/ondeck-server:9.9.9"
+            "registry.example.com/ml/ondeck-converter:9.9.9"
         )
         claims: Any = client.CoreV1Api(admin_api).list_namespaced_persistent_volume_claim(namespace)
         (claim,) = claims.items

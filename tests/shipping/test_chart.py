@@ -378,6 +378,30 @@ def test_config_is_a_valid_operator_config(render: Render, name: str) -> None:
     assert (config.run_as_user, config.run_as_group) == (OPERATOR_UID, OPERATOR_UID)
 
 
+def test_converter_image_defaults_to_the_operators_and_falls_back_to_the_server_image(
+    render: Render,
+) -> None:
+    """One fact, two places: the chart's default conversion image is the operator's own
+    default (api/constants.py); an empty repository means the server image (which
+    converts ONNX models only), never a silent ghcr.io pull a mirror did not ask for."""
+    from ondeck_operator.api.constants import DEFAULT_CONVERTER_IMAGE
+    from ondeck_operator.api.operator_config import OperatorConfig
+
+    default = OperatorConfig.model_validate(_config(render()))
+    assert default.converter_image == DEFAULT_CONVERTER_IMAGE
+    mirrored = OperatorConfig.model_validate(
+        _config(
+            render(
+                sets=[
+                    "config.serverImage.repository=registry.example.com/ml/ondeck-server",
+                    "config.converterImage.repository=",
+                ]
+            )
+        )
+    )
+    assert mirrored.converter_image == "registry.example.com/ml/ondeck-server:0.1.0"
+
+
 def test_config_change_rolls_the_operator(render: Render) -> None:
     def checksum(objects: list[dict[str, Any]]) -> str:
         annotations = _one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]

@@ -155,7 +155,7 @@ def test_chart_accepts_the_scripts_install_flags(render: Render) -> None:
     install = TEXT.split("helm install ondeck charts/ondeck", 1)[1].split("--wait", 1)[0]
     sets = [_expand(s).strip('"') for s in re.findall(r"--set (\S+)", install)]
     sets = [s.replace('"', "") for s in sets]
-    assert len(sets) == 6
+    assert len(sets) == 7
     objects = render(sets=sets, namespace="ondeck-system")
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -164,4 +164,5 @@ def test_chart_accepts_the_scripts_install_flags(render: Render) -> None:
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
     config = yaml.safe_load(config_map["data"]["config.yaml"])
     assert config["serverImage"] == "ondeck-server:e2e"
+    assert config["converterImage"] == "ondeck-server:e2e"  # the model is ONNX
     assert config["imagePullPolicy"] == "Never"

@@ -62,10 +62,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{- include "ondeck.imageRef" (dict "root" . "image" .Values.config.serverImage) }}
 {{- end }}
 
-{{/* The conversion Job's image; empty when config.converterImage.repository is unset. */}}
+{{/* The conversion Job's image; the server image when config.converterImage.repository
+     is empty. */}}
 {{- define "ondeck.converterImage" -}}
 {{- if .Values.config.converterImage.repository }}
 {{- include "ondeck.imageRef" (dict "root" . "image" .Values.config.converterImage) }}
+{{- else }}
+{{- include "ondeck.serverImage" . }}
 {{- end }}
 {{- end }}
 
@@ -80,6 +83,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 {{- $c := .Values.config }}
 {{- $config := dict
   "serverImage" (include "ondeck.serverImage" .)
+  "converterImage" (include "ondeck.converterImage" .)
   "imagePullPolicy" $c.imagePullPolicy
   "jobBackoffLimit" $c.jobBackoffLimit
   "jobTtlSecondsAfterFinished" $c.jobTtlSecondsAfterFinished
@@ -88,9 +92,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
   "clusterDomain" $c.clusterDomain }}
 {{- if $c.artifactStorageClass }}
 {{- $_ := set $config "artifactStorageClass" $c.artifactStorageClass }}
-{{- end }}
-{{- with (include "ondeck.converterImage" .) }}
-{{- $_ := set $config "converterImage" . }}
 {{- end }}
 {{- toYaml (mergeOverwrite $config (deepCopy $c.extra)) }}
 {{- end }}
