@@ -49,6 +49,31 @@ def test_int8_dynamic_shrinks_the_mlp_and_keeps_its_answers(sources: Sources, st
     assert [t.datatype for t in manifest.inputs + manifest.outputs] == ["FP32", "FP32"]
 
 
+def test_int8_full_range_weights_keep_their_sign_on_every_cpu(tmp_path: Path) -> None:
+    """All-ones weights are int8's worst case for the VPMADDUBSW kernels of x86 CPUs
+    without VNNI: with 8-bit weights their int16 sums saturate and outputs change sign
+    (cosine 0.22 on an AVX2 machine). The artifact must be right on any node's CPU."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "weight"], ["output"])],
+        "ones",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "ones.onnx")
+    outcome = convert(
+        ConvertRequest(
+            source=str(tmp_path / "ones.onnx"), store=tmp_path / "s", quantize=Quantize.INT8
+        )
+    )
+    assert outcome.manifest.validation["cosine"] >= 0.99
+
+
 def test_int8_static_with_calibration(sources: Sources, store: Path) -> None:
     outcome = convert(
         mlp_request(sources, store, Quantize.INT8_STATIC, calibration=str(sources["digits.npz"]))

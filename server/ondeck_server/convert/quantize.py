@@ -180,6 +180,14 @@ def gemm_to_matmul(model: Any) -> int:
     return rewritten
 
 
+#: 7-bit weights. onnxruntime's uint8 x int8 kernels on x86 CPUs without VNNI (AVX2, plain
+#: AVX-512) use VPMADDUBSW, whose int16 pair sums saturate with full-range weights: on
+#: such a CPU a MatMul of all-ones weights gave outputs of the wrong sign (cosine 0.22 to
+#: the original). An artifact is built once and served on whatever CPU the node has, so
+#: it is built to be right on all of them (onnxruntime's quantization docs say the same).
+REDUCE_RANGE = True
+
+
 def _int8_dynamic(src: Path, out: Path, *, work: Path, large: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -196,6 +204,7 @@ def _int8_dynamic(src: Path, out: Path, *, work: Path, large: bool) -> None:
         op_types_to_quantize=ops,
         per_channel=True,
         weight_type=QuantType.QInt8,
+        reduce_range=REDUCE_RANGE,
         use_external_data_format=large,
     )
 
@@ -243,6 +252,7 @@ def _int8_static(src: Path, out: Path, *, calibration: Feeds, large: bool) -> No
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=REDUCE_RANGE,
         use_external_data_format=large,
     )
 
