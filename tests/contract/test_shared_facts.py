@@ -20,6 +20,7 @@ from typing import Any
 
 import annotated_types
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from ondeck_operator.api import constants, fields
@@ -203,3 +204,27 @@ def test_both_command_lines_report_usage_errors_alike(
     assert lines
     assert lines[0].strip().startswith(first_line), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_flag_the_operator_writes_is_one_the_server_reads() -> None:
+    """render/args.py writes argv; convert/flags.py and serve/settings.py are the tables
+    the server parses it with. A spec that sets everything gives every flag."""
+    from ondeck_operator.api.spec import ModelDeployment
+    from ondeck_operator.render.args import convert_args, serve_args
+    from ondeck_server.convert.flags import BY_FLAG
+    from ondeck_server.serve.settings import FLAGS as SERVE_FLAGS
+
+    root = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((root / "examples/production/modeldeployment.yaml").read_text())
+    spec = ModelDeployment.from_manifest(raw).spec
+    convert = convert_args(
+        spec, store="s3://b/p", ref="r", termination_log="/dev/termination-log", pvc_root="/m"
+    )
+    written = {a.split("=", 1)[0] for a in convert if a.startswith("--")}
+    assert {"--source", "--store", "--ref", "--termination-log"} <= written
+    assert written <= set(BY_FLAG)
+    serve = serve_args(
+        spec, model_path="/a/refs/r", name="m", auth_token_file="/t", model_cache="/c"
+    )
+    served = {a.split("=", 1)[0] for a in serve if a.startswith("--")}
+    assert served <= {flag for flag, _ in SERVE_FLAGS.values()} | {"--model-cache"}

@@ -13,12 +13,13 @@ This module parses and prints; it does not convert anything itself.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,23 +41,21 @@ from ondeck_server.artifact import remote as remote_store
 from ondeck_server.convert import (
     ConvertRequest,
     FetchSettings,
-    Format,
     InputSpec,
     InvalidSettings,
-    OptimizationLevel,
     PipelineError,
-    Quantize,
     RemoteStore,
     Thresholds,
     convert,
     parse_inputs,
 )
 from ondeck_server.convert.bounds import default_bound
-from ondeck_server.convert.fetch import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES, normalize_sha256
+from ondeck_server.convert.fetch import normalize_sha256
+from ondeck_server.convert.flags import BY_PARAM, FLAGS, REQUIRED, Flag
 
 TERMINATION_LOG_LIMIT = 4096
-_TERMINATION_FLAG = "--termination-log"
-_TERMINATION_ENV = "ONDECK_TERMINATION_LOG"
+_TERMINATION_FLAG = BY_PARAM["termination_log"].flag
+_TERMINATION_ENV = BY_PARAM["termination_log"].env_var
 
 
 class _OneLineUsageErrors(TyperCommand):
@@ -199,177 +198,77 @@ def fit_termination_log(summary: dict[str, Any], limit: int = TERMINATION_LOG_LI
     return artifact.dumps_compact(trimmed)[:limit]
 
 
-def convert_command(
-    source: str = typer.Option(
-        ...,
-        "--source",
-        envvar="ONDECK_SOURCE",
-        help="file://, path, http(s)://, s3://, gs://, hf://, pvc://claim/path",
-    ),
-    store: str = typer.Option(
-        ...,
-        "--store",
-        envvar="ONDECK_STORE",
-        callback=_store_callback,
-        help="Artifact store: a folder, or s3://bucket/prefix (built in a temporary folder, "
-        "then uploaded; credentials from ONDECK_STORE_AWS_* or AWS_*).",
-    ),
-    fmt: Format | None = typer.Option(
-        None, "--format", envvar="ONDECK_FORMAT", help="Inferred from the file when omitted."
-    ),
-    sha256: str | None = typer.Option(
-        None,
-        "--sha256",
-        envvar="ONDECK_SHA256",
-        callback=_sha256_callback,
-        help="Checked against the fetched bytes before anything else.",
-    ),
-    inputs: str | None = typer.Option(
-        None,
-        "--inputs",
-        envvar="ONDECK_INPUTS",
-        callback=_inputs_callback,
-        # rich markup: "\\[" is a literal bracket.
-        help="name:dtype:\\[d0,...] entries separated by ';', -1 = a dynamic dimension.",
-    ),
-    level: OptimizationLevel = typer.Option(
-        OptimizationLevel.BASIC,
-        "--level",
-        envvar="ONDECK_LEVEL",
-        help="onnxruntime graph optimization saved offline; basic is hardware independent.",
-    ),
-    quantize: Quantize = typer.Option(
-        Quantize.NONE,
-        "--quantize",
-        envvar="ONDECK_QUANTIZE",
-        help="int8 (dynamic), int8-static (needs --calibration), fp16 (FP32 inputs/outputs kept).",
-    ),
-    calibration: str | None = typer.Option(
-        None, "--calibration", envvar="ONDECK_CALIBRATION", help="An .npz of input arrays."
-    ),
-    validation_samples: int = typer.Option(
-        64,
-        "--validation-samples",
-        envvar="ONDECK_VALIDATION_SAMPLES",
-        min=1,
-        help="Samples the final model is compared with the original on.",
-    ),
-    min_cosine: float = typer.Option(
-        0.99,
-        "--min-cosine",
-        envvar="ONDECK_MIN_COSINE",
-        min=-1.0,
-        max=1.0,
-        help="Lowest acceptable mean cosine similarity to the original's outputs.",
-    ),
-    max_top1_disagreement: float = typer.Option(
-        0.01,
-        "--max-top1-disagreement",
-        envvar="ONDECK_MAX_TOP1_DISAGREEMENT",
-        min=0.0,
-        max=1.0,
-        help="Highest acceptable share of changed top-1 predictions (classifier outputs).",
-    ),
-    allow_unsafe_pickle: bool = typer.Option(
-        False,
-        "--allow-unsafe-pickle",
-        envvar="ONDECK_ALLOW_UNSAFE_PICKLE",
-        help="Load joblib/pickle files (runs code from the file).",
-    ),
-    s3_endpoint_url: str | None = typer.Option(
-        None,
-        "--s3-endpoint-url",
-        envvar="ONDECK_S3_ENDPOINT_URL",
-        help="S3-compatible store; credentials from the AWS_* environment variables.",
-    ),
-    store_endpoint_url: str | None = typer.Option(
-        None,
-        "--store-endpoint-url",
-        envvar="ONDECK_STORE_ENDPOINT_URL",
-        help="Endpoint of an s3:// --store; default: --s3-endpoint-url.",
-    ),
-    pvc_root: Path | None = typer.Option(
-        None,
-        "--pvc-root",
-        envvar="ONDECK_PVC_ROOT",
-        help="Where pvc://claim/path claims are mounted.",
-    ),
-    ref: str | None = typer.Option(
-        None,
-        "--ref",
-        envvar="ONDECK_REF",
-        callback=_ref_callback,
-        help="Also point <store>/refs/NAME at the artifact.",
-    ),
-    termination_log: Path | None = typer.Option(
-        None,
-        _TERMINATION_FLAG,
-        envvar=_TERMINATION_ENV,
-        help="Gets the error line on failure, the JSON summary (<= 4 KB) on success.",
-    ),
-    max_download_bytes: int = typer.Option(
-        DEFAULT_MAX_BYTES,
-        "--max-download-bytes",
-        envvar="ONDECK_MAX_DOWNLOAD_BYTES",
-        min=1,
-        help="Refuse downloads larger than this.",
-    ),
-    fetch_timeout: float = typer.Option(
-        DEFAULT_DEADLINE_S,
-        "--fetch-timeout",
-        envvar="ONDECK_FETCH_TIMEOUT",
-        min=1.0,
-        help="Seconds the whole download may take, however steadily bytes arrive.",
-    ),
-    max_tensor_bytes: int | None = typer.Option(
-        None,
-        "--max-tensor-bytes",
-        envvar="ONDECK_MAX_TENSOR_BYTES",
-        min=1,
-        help="Refuse an ONNX graph that declares a larger tensor (default: 4 GiB, or a "
-        "quarter of the memory limit).",
-    ),
-    max_unpacked_bytes: int | None = typer.Option(
-        None,
-        "--max-unpacked-bytes",
-        envvar="ONDECK_MAX_UNPACKED_BYTES",
-        min=1,
-        help="Refuse a zip-based model or calibration file that unpacks to more (default: "
-        "4 GiB, or a quarter of the memory limit).",
-    ),
-) -> None:
+#: Value checks that need the pipeline, attached to their flags by parameter name.
+_CALLBACKS: dict[str, Callable[[Any], Any]] = {
+    "store": _store_callback,
+    "sha256": _sha256_callback,
+    "inputs": _inputs_callback,
+    "ref": _ref_callback,
+}
+
+
+def _parameter(flag: Flag) -> inspect.Parameter:
+    option = typer.Option(
+        flag.flag,
+        envvar=flag.env_var,
+        help=flag.help,
+        callback=_CALLBACKS.get(flag.param),
+        min=flag.min,
+        max=flag.max,
+    )
+    return inspect.Parameter(
+        flag.param,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=inspect.Parameter.empty if flag.default is REQUIRED else flag.default,
+        annotation=Annotated[flag.type, option],
+    )
+
+
+def _with_flags(func: Callable[..., None]) -> Callable[..., None]:
+    """Give `func(**values)` the signature typer reads: one parameter per row of FLAGS."""
+    parameters = [_parameter(flag) for flag in FLAGS]
+    func.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    func.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return func
+
+
+@_with_flags
+def convert_command(**values: Any) -> None:
     """Fetch a model, convert it to ONNX, optimize, quantize, validate, and write the artifact."""
     console = Console(stderr=True)
+    v = values
+    store: str = v["store"]
     request = ConvertRequest(
-        source=source,
+        source=v["source"],
         store=Path(store),
-        format=fmt,
-        sha256=sha256,
-        inputs=inputs,  # type: ignore[arg-type]  # the callback parsed it
-        level=level,
-        quantize=quantize,
-        calibration=calibration,
+        format=v["fmt"],
+        sha256=v["sha256"],
+        inputs=v["inputs"],  # the callback parsed it
+        level=v["level"],
+        quantize=v["quantize"],
+        calibration=v["calibration"],
         thresholds=Thresholds(
-            samples=validation_samples,
-            min_cosine=min_cosine,
-            max_top1_disagreement=max_top1_disagreement,
+            samples=v["validation_samples"],
+            min_cosine=v["min_cosine"],
+            max_top1_disagreement=v["max_top1_disagreement"],
         ),
-        allow_unsafe_pickle=allow_unsafe_pickle,
+        allow_unsafe_pickle=v["allow_unsafe_pickle"],
         fetch=FetchSettings(
-            s3_endpoint_url=s3_endpoint_url,
-            pvc_root=pvc_root,
-            max_bytes=max_download_bytes,
-            deadline_s=fetch_timeout,
+            s3_endpoint_url=v["s3_endpoint_url"],
+            pvc_root=v["pvc_root"],
+            max_bytes=v["max_download_bytes"],
+            deadline_s=v["fetch_timeout"],
         ),
-        ref=ref,
-        max_tensor_bytes=max_tensor_bytes or default_bound(),
-        max_unpacked_bytes=max_unpacked_bytes or default_bound(),
+        ref=v["ref"],
+        max_tensor_bytes=v["max_tensor_bytes"] or default_bound(),
+        max_unpacked_bytes=v["max_unpacked_bytes"] or default_bound(),
     )
-    log = str(termination_log) if termination_log else None
+    log = str(v["termination_log"]) if v["termination_log"] else None
     if not remote_store.is_remote(store):
         _run(request, console=console, log=log)
         return
-    remote = RemoteStore(uri=store, endpoint_url=store_endpoint_url or s3_endpoint_url)
+    endpoint = v["store_endpoint_url"] or v["s3_endpoint_url"]
+    remote = RemoteStore(uri=store, endpoint_url=endpoint)
     with tempfile.TemporaryDirectory(prefix="ondeck-build-") as build:
         _run(
             request.model_copy(update={"store": Path(build), "remote": remote}),
