@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -261,6 +263,29 @@ def test_malformed_json(server: str) -> None:
     )
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "invalid_json"
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server: str) -> None:
+    """The body bounds of the tensor server (serve/body.py) hold here too: a declared
+    terabyte gets 413 in OpenAI's error shape without a byte of it being read."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Length: 1000000000000\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), answer[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_body"
+    assert "(--max-body-bytes)" in error["message"]
 
 
 def test_overload_429_then_sigterm_drains_and_exits_0(

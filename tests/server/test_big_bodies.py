@@ -7,6 +7,7 @@ cap."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -186,6 +187,54 @@ def test_a_body_that_stops_arriving_gets_408_and_frees_its_place(
         "error": "the request body stalled: no bytes arrived for 1 s (--header-timeout)"
     }
     assert waited < 3
+    row = modelzoo.sample_inputs("mlp", 1)
+    ok = httpx.post(f"{url}/v2/models/mlp/infer", content=_body(row), timeout=10)
+    assert ok.status_code == 200
+    server.terminate()
+
+
+def test_a_body_trickled_inside_the_idle_timeout_gets_408_at_the_body_deadline(
+    start_server: object, zoo: dict[str, Path]
+) -> None:
+    """A byte every 0.5 s never trips the 1 s idle rule; the whole body still has to
+    arrive within --body-timeout, or the client holds its place for as long as it likes."""
+    server = start_server(  # type: ignore[operator]
+        zoo["mlp"],
+        *("--max-queue", "1", "--header-timeout", "1", "--body-timeout", "2"),
+        memory_limit=8 * GIB,
+    )
+    url = server.wait_ready()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+        )
+        start = time.monotonic()
+        sock.settimeout(0.5)
+        answer = b""
+        for _ in range(20):  # at most 10 s of trickling
+            try:
+                sock.sendall(b" ")
+            except OSError:  # the server answered and closed
+                break
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        sock.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        waited = time.monotonic() - start
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert orjson.loads(body) == {
+        "error": "the request body did not arrive within 2 s (--body-timeout)"
+    }
+    assert 1.5 < waited < 5
     row = modelzoo.sample_inputs("mlp", 1)
     ok = httpx.post(f"{url}/v2/models/mlp/infer", content=_body(row), timeout=10)
     assert ok.status_code == 200

@@ -27,12 +27,11 @@ from fastapi import FastAPI
 
 from ondeck_server.serve import v1, v2
 from ondeck_server.serve.batching import Batcher
+from ondeck_server.serve.body import BodyLimits, read_body
 from ondeck_server.serve.errors import (
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
-    PayloadTooLarge,
-    RequestTimeout,
     ServeError,
     ShuttingDown,
     Unauthorized,
@@ -101,41 +100,6 @@ def _int_header(value: bytes, name: str) -> int:
     return int(value)
 
 
-async def _receive(receive: Receive, idle: float) -> Message:
-    try:
-        async with asyncio.timeout(idle):
-            return await receive()
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the request body stalled: no bytes arrived for {idle:g} s (--header-timeout)"
-        ) from None
-
-
-async def _read_body(receive: Receive, *, length: int | None, limit: int, idle: float) -> bytes:
-    if length is not None and length > limit:
-        raise PayloadTooLarge(
-            f"request body is {length} bytes; this server accepts at most {limit}"
-            " (--max-body-bytes)"
-        )
-    message = await _receive(receive, idle)
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is over {limit} bytes (--max-body-bytes)")
-        return body
-    chunks, size = [body], len(body)
-    while message.get("more_body", False):
-        message = await _receive(receive, idle)
-        if message["type"] == "http.disconnect":
-            raise InvalidInput("the client closed the connection before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over {limit} bytes (--max-body-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _v2_target(path: str) -> tuple[str, str | None]:
     # /v2/models/{name}/infer or /v2/models/{name}/versions/{v}/infer
     parts = path[len("/v2/models/") : -len("/infer")].split("/")
@@ -151,6 +115,7 @@ class OndeckApp:
 
     def __init__(self, state: ServerState, api: FastAPI) -> None:
         self.state = state
+        self.body_limits = BodyLimits.of(state.settings)
         self.api = api
         # One thread: at most one large body is expanded into Python objects at a time.
         self._codec = ThreadPoolExecutor(
@@ -223,12 +188,9 @@ class OndeckApp:
     ) -> Response:
         """Read, decode, infer and encode one request: (status, body, headers)."""
         length, header_length = _headers(scope)
-        settings = self.state.settings
         # Admission comes first: a full server answers 503 before reading the body.
         with batcher.receiving():
-            body = await _read_body(
-                receive, length=length, limit=settings.max_body_bytes, idle=settings.header_timeout
-            )
+            body = await read_body(receive, length=length, limits=self.body_limits)
             if v1_protocol:
                 feeds, rows = await self._codec_work(
                     functools.partial(v1.decode_request, body, model=model), len(body)

@@ -53,6 +53,7 @@ def serve(
         "max_tensor_elements"
     ],
     header_timeout: Annotated[float, _option("header_timeout")] = _DEFAULT["header_timeout"],
+    body_timeout: Annotated[float, _option("body_timeout")] = _DEFAULT["body_timeout"],
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT["max_connections"],
     model_cache: Annotated[
         Path | None,
@@ -94,6 +95,7 @@ def serve(
         "drain_timeout": drain_timeout,
         "max_tensor_elements": max_tensor_elements,
         "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
         "max_connections": max_connections,
     }
     try:

@@ -30,6 +30,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "drain_timeout": ("--drain-timeout", "ONDECK_DRAIN_TIMEOUT"),
     "max_tensor_elements": ("--max-tensor-elements", "ONDECK_MAX_TENSOR_ELEMENTS"),
     "header_timeout": ("--header-timeout", "ONDECK_HEADER_TIMEOUT"),
+    "body_timeout": ("--body-timeout", "ONDECK_BODY_TIMEOUT"),
     "max_connections": ("--max-connections", "ONDECK_MAX_CONNECTIONS"),
 }
 
@@ -87,6 +88,13 @@ class ServeSettings(BaseModel):
         gt=0.0,
         le=3600.0,
         description="seconds a connection may take to send a request's headers; closed past it",
+    )
+    body_timeout: float = Field(
+        default=60.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds a request's whole body may take to arrive, however steadily "
+        "it trickles; 408 past it",
     )
     max_connections: int = Field(
         default=1024,

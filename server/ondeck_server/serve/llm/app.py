@@ -24,6 +24,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ondeck_server.serve.auth import BearerAuth
+from ondeck_server.serve.body import BodyLimits, read_body
+from ondeck_server.serve.errors import InvalidInput, ServeError
 from ondeck_server.serve.llm import protocol
 from ondeck_server.serve.llm.chat import ChatTemplate
 from ondeck_server.serve.llm.engine import (
@@ -49,6 +51,7 @@ class LlmState:
     template: ChatTemplate | None
     metrics: LlmMetrics
     auth: BearerAuth | None
+    body_limits: BodyLimits
     created: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
     inflight: int = 0
@@ -79,6 +82,21 @@ def build_app(state: LlmState) -> Starlette:
 def _state(request: Request) -> LlmState:
     state: LlmState = request.app.state.llm
     return state
+
+
+async def _body(state: LlmState, request: Request) -> bytes:
+    """The request body under the server's bounds, failures in OpenAI's error shape."""
+    length = request.headers.get("content-length")
+    try:
+        if length is not None and not length.isdigit():
+            raise InvalidInput(f"Content-Length must be a non-negative integer, got {length!r}")
+        return await read_body(
+            request.receive,
+            length=int(length) if length is not None else None,
+            limits=state.body_limits,
+        )
+    except ServeError as exc:
+        raise ApiError(exc.status, exc.message, code="invalid_body") from None
 
 
 def _error(exc: ApiError) -> JSONResponse:
@@ -150,7 +168,7 @@ async def _generate(request: Request, *, chat: bool) -> Response:
                 503, "the model is still loading", kind="server_error", code="not_ready",
                 headers={"Retry-After": RETRY_AFTER_S},
             )  # fmt: skip
-        body = protocol.decode_body(await request.body())
+        body = protocol.decode_body(await _body(state, request))
         parsed = protocol.parse_chat(body) if chat else protocol.parse_completion(body)
         if parsed.model != state.name:
             raise protocol.unknown_model(parsed.model)

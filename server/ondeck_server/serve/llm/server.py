@@ -21,6 +21,7 @@ import uvicorn
 
 from ondeck_server import artifact
 from ondeck_server.serve import auth
+from ondeck_server.serve.body import BodyLimits
 from ondeck_server.serve.connections import uvicorn_config
 from ondeck_server.serve.errors import StartupError
 from ondeck_server.serve.llm import chat
@@ -58,6 +59,7 @@ def run(settings: ServeSettings) -> int:
         template=chat.load(genai),
         metrics=metrics,
         auth=auth.BearerAuth(token) if token else None,
+        body_limits=BodyLimits.of(settings),
     )
     app = build_app(state)
     worker.start()
