@@ -1,5 +1,6 @@
-"""The language-model lane of `ondeck-server convert`: a local (or pvc://) Hugging Face
-causal-LM folder → onnxruntime-genai's builder → the gate against transformers →
+"""The language-model lane of `ondeck-server convert`: a Hugging Face causal-LM folder
+(local, pvc://, s3://bucket/prefix/ or a .tar.gz/.zip archive, convert/folders.py) →
+onnxruntime-genai's builder → the gate against transformers →
 `<store>/<digest>/genai/` + manifest.json (kind `llm`).
 
 Like the tensor pipeline it is idempotent (a valid `<store>/<digest>` means nothing
@@ -16,10 +17,9 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from ondeck_server import __version__, artifact
-from ondeck_server.convert import store
+from ondeck_server.convert import folders, store
 from ondeck_server.convert.digest import PIPELINE_VERSION, compute_digest
 from ondeck_server.convert.errors import (
     ChecksumMismatch,
@@ -27,7 +27,6 @@ from ondeck_server.convert.errors import (
     InvalidSettings,
     UnsupportedFormat,
 )
-from ondeck_server.convert.fetch import _local_path, _pvc_path
 from ondeck_server.convert.formats import Format
 from ondeck_server.convert.llm import build, folder, gate
 from ondeck_server.convert.quantize import Quantize
@@ -41,27 +40,19 @@ _VERSIONED = ("onnxruntime-genai", "onnxruntime", "transformers", "torch", "toke
 
 
 def applies(request: ConvertRequest) -> bool:
-    """True for `--format hf-causal-lm`, or a local/pvc folder whose config.json names a
-    `*ForCausalLM` architecture when no format is given."""
+    """True for `--format hf-causal-lm`, or, when no format is given, a local/pvc folder
+    whose config.json names a `*ForCausalLM` architecture."""
     if request.format is Format.HF_CAUSAL_LM:
         return True
     if request.format is not None:
         return False
+    if folders.is_prefix(request.source) or folders.is_archive(request.source):
+        return True  # folder-shaped: the tensor lane takes single files only, for now
     try:
-        path = _source_path(request)
+        path = folders.local_folder(request.source, request.fetch)
     except (FetchFailed, InvalidSettings):
         return False
     return path is not None and folder.looks_like_hf_causal_lm(path)
-
-
-def _source_path(request: ConvertRequest) -> Path | None:
-    uri = request.source
-    scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
-    if scheme in ("", "file"):
-        return _local_path(uri)
-    if scheme == "pvc":
-        return _pvc_path(uri, request.fetch)
-    return None
 
 
 def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
@@ -80,12 +71,13 @@ def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outco
         )
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    path = _source_path(request)
-    if path is None:
-        raise FetchFailed(
-            f"{request.source}: a hf-causal-lm source is a local folder or pvc://claim/path "
-            "for now (s3://, http(s):// archives and hf:// are not supported yet)"
-        )
+    path = folders.fetch_folder(
+        request.source,
+        dest=work / "source",
+        settings=request.fetch,
+        max_unpacked_bytes=request.max_unpacked_bytes,
+        progress=events.bytes_progress(),
+    )
     if not path.is_dir():
         raise UnsupportedFormat(
             f"{request.source} is not a folder: --format hf-causal-lm takes a Hugging Face "
@@ -157,7 +149,7 @@ def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outco
             start = time.perf_counter()
             manifest = artifact.Manifest(
                 digest=digest,
-                name=path.name,
+                name=folders.source_name(request.source),
                 source=artifact.SourceInfo(
                     uri=request.source,
                     sha256=source.sha256,
