@@ -91,8 +91,15 @@ def check(model: Path, samples: Feeds) -> Batching:
 def operator_findings(model: Any) -> list[Finding]:
     """What in the graph makes rows depend on each other (one finding per op type)."""
     from onnx import numpy_helper
+    from onnx.external_data_helper import uses_external_data
 
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # Axes and shapes are small tensors kept inline; weights in external data (every
+    # model past 2 GiB) are neither needed here nor readable without their folder.
+    constants = {
+        t.name: numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if not uses_external_data(t)
+    }
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)

@@ -43,7 +43,7 @@ def convert_onnx(path: Path, *, out: Path) -> Converted:
     if len(model.graph.node) == 0:
         raise ConversionFailed(f"{name} parses but has an empty graph; it is not a usable model")
     try:
-        if model.ByteSize() <= onnx_tools.LARGE_BYTES:
+        if not onnx_tools.is_large(model):
             onnx.checker.check_model(model, full_check=False)
             model = onnx.shape_inference.infer_shapes(model, check_type=True)
         else:

@@ -40,12 +40,34 @@ _V2_OF_NUMPY = {
 }
 
 
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether `model` is too big for one protobuf file. Never `model.ByteSize()`: for a
+    model held in memory past 2 GiB protobuf refuses to size it (the very models this is
+    for). Counts the bytes of every tensor (initializers, Constant attributes, subgraphs),
+    which is nearly all of a large model; stops as soon as the bound is passed."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    total = 0
+    for tensor in _get_all_tensors(model):
+        total += len(tensor.raw_data) if tensor.raw_data else _typed_bytes(tensor)
+        if total > LARGE_BYTES:
+            return True
+    return False
+
+
+def _typed_bytes(tensor: Any) -> int:
+    """Bytes of a tensor kept in typed fields (float_data, int64_data, ...), not raw_data."""
+    count = 0
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        count += len(getattr(tensor, field)) * 8
+    return count + sum(len(b) for b in tensor.string_data)
+
+
 def save(model: onnx.ModelProto, path: Path) -> None:
     """Save `model`; tensors go to `<name>.data` next to it when the model is large."""
     import onnx
 
-    large = model.ByteSize() > LARGE_BYTES
-    if large:
+    if is_large(model):
         onnx.save_model(
             model,
             str(path),
