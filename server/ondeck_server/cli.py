@@ -4,7 +4,11 @@ imports nothing heavy (onnxruntime, torch) before a command runs."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from ondeck_server import __version__
 
 app = typer.Typer(
     name="ondeck-server",
@@ -13,6 +17,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ondeck-server {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """ondeck's data plane: convert a model into an artifact, or serve one."""
 
 
 def _register() -> None:

@@ -148,6 +148,17 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def test_version_prints_the_package_version() -> None:
+    from ondeck_server import __version__
+
+    result = cli("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"ondeck-server {__version__}\n",
+        "",
+    )
+
+
 def test_help_lists_every_flag_and_env_var() -> None:
     result = cli("serve", "--help")
     assert result.returncode == 0
