@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ class ServerProcess:
         self.url = ""
 
     def wait_listening(self, timeout: float = 60) -> str:
+        """The address from the line the server prints once its model is ready."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = _LISTENING.search(self.log.read_text(errors="replace"))
@@ -84,6 +86,14 @@ class ServerProcess:
                 self.proc.wait(10)
         self._log_file.close()
         return self.proc.returncode
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for a test that needs the address before
+    the server prints it, which it does only once the model is ready)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _limit_memory(limit: int) -> None:

@@ -5,14 +5,19 @@ exits 1 with one line. All with real processes, a slow real model, real sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
 import modelzoo
+from server.conftest import ServerProcess, free_port
 from server.v2client import assert_same, binary_request, decode_response, json_request
 
 
@@ -24,8 +29,11 @@ def _metric(url: str, name: str) -> float | None:
 
 def test_ready_only_after_warm_up(start_server: object, zoo: dict[str, Path]) -> None:
     # Warm-up runs a full batch of 256 rows through a model of 512 chained layers: slow.
-    server = start_server(zoo["slow_heavy"], "--max-batch-size", "256")  # type: ignore[operator]
-    url = server.wait_listening()
+    # The server prints its address only once ready: listen on a port chosen here.
+    port = free_port()
+    server = start_server(zoo["slow_heavy"], "--max-batch-size", "256", "--port", str(port))  # type: ignore[operator]
+    url = server.url = f"http://127.0.0.1:{port}"
+    _wait_live(server)
     seen_loading = False
     feeds = modelzoo.sample_inputs("slow", 1)
     deadline = time.monotonic() + 120
@@ -51,7 +59,19 @@ def test_ready_only_after_warm_up(start_server: object, zoo: dict[str, Path]) ->
     assert (_metric(url, 'ondeck_model_load_seconds{model="slow_heavy"}') or 0) > 0
     assert _metric(url, 'ondeck_model_ready{model="slow_heavy"}') == 1
     assert "model 'slow_heavy' ready in" in server.output()
+    server.wait_listening()  # the serving line follows readiness
     assert server.terminate() == 0
+
+
+def _wait_live(server: ServerProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200:
+                return
+        assert server.proc.poll() is None, server.output()
+        time.sleep(0.02)
+    raise AssertionError(f"server not live in {timeout} s:\n{server.output()}")
 
 
 async def _post_all(url: str, bodies: list[bytes]) -> list[httpx.Response | Exception]:
@@ -250,14 +270,35 @@ def test_requests_left_at_the_drain_deadline_get_503_not_500(
     assert "Traceback" not in output
 
 
-def test_model_that_cannot_load_exits_1(start_server: object, tmp_path: Path) -> None:
+def test_model_that_cannot_load_exits_1_with_one_line(start_server: object, tmp_path: Path) -> None:
+    """Not "serving model …" first, nor the error twice: the error line is all it says."""
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf")
     server = start_server(bad)  # type: ignore[operator]
     assert server.proc.wait(60) == 1
-    last = server.output().strip().splitlines()[-1]
-    assert last.startswith(f"StartupError: onnxruntime cannot load {bad}: ")
-    assert "Traceback" not in server.output()
+    lines = server.output().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"StartupError: onnxruntime cannot load {bad}: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"
+    )
+
+
+def test_busy_port_exits_1_with_one_port_in_use_line(zoo: dict[str, Path]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ondeck_server", "serve", "--model", str(zoo["mlp"]),
+             "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"PortInUse: port {port} on 127.0.0.1 is in use; stop the process that listens there"
+        " or pick another port with --port (--port 0 picks a free one)\n",
+    )
 
 
 def test_model_with_non_tensor_outputs_exits_1(start_server: object, tmp_path: Path) -> None:

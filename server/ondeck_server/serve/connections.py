@@ -14,13 +14,22 @@ included, gets uvicorn's own 503. Here:
   a flood of idle sockets cannot lock everyone out;
 - the health and metrics routes (`PROBE_PATHS`) are never answered with the cap's 503:
   a kubelet probe must see the process alive even while it sheds load.
+
+`listen` binds the address before uvicorn starts, so a taken port is one `PortInUse`
+line (uvicorn would log its own error and exit 3), and `quiet_logging` keeps uvicorn's
+start-up chatter out of the output: the server says one line once it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import math
+import socket
+import sys
 import time
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import httptools
@@ -28,7 +37,11 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ondeck_server.serve.asgi import OPEN_PATHS
+from ondeck_server.serve.errors import PortInUse, StartupError
 from ondeck_server.serve.settings import ServeSettings
+
+#: uvicorn's default listen backlog
+BACKLOG = 2048
 
 #: Requests that skip uvicorn's concurrency cap: the routes that need no token either
 #: (cheap, answered without the model).
@@ -136,3 +149,55 @@ def uvicorn_config(
         limit_concurrency=settings.max_connections,
         log_config=None,
     )
+
+
+def listen(settings: ServeSettings) -> socket.socket:
+    """A socket bound to `--host`:`--port` and listening, for `uvicorn.Server.run(sockets=…)`.
+    Raises `PortInUse` when another process holds the port, `StartupError` when the
+    address cannot be used otherwise."""
+    host, port = settings.host, settings.port
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; give an address of this"
+            " machine with --host"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"port {port} on {host} is in use; stop the process that listens there or"
+                " pick another port with --port (--port 0 picks a free one)"
+            ) from None
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port"
+        ) from None
+    return sock
+
+
+def quiet_logging() -> None:
+    """Log lines as `LEVEL logger: message`; uvicorn's own only from warnings up (its
+    start-up and shutdown lines would come before a load error and say nothing)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def announce(name: str, servers: Iterable[asyncio.Server]) -> None:
+    """The one line that says the model serves, and where (tests and `ondeck run` read
+    the address from it)."""
+    for server in servers:
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            print(
+                f"ondeck-server: serving model {name!r} on http://{host}:{port}",
+                file=sys.stderr,
+                flush=True,
+            )

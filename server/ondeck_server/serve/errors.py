@@ -14,7 +14,8 @@ message is what the user reads in the V2 error body `{"error": "<message>"}`:
     │                             the answer carries Retry-After
     ├── InferenceFailed (500)     onnxruntime failed on input that passed validation
     └── StartupError (500)        the server cannot start: bad settings, unreadable model;
-                                  the CLI prints it as one line and exits 1
+        │                         the CLI prints it as one line and exits 1
+        └── PortInUse             another process listens on --host:--port
 
 This module only defines the errors; the HTTP shell (app.py) renders them.
 """
@@ -86,3 +87,7 @@ class InferenceFailed(ServeError):
 
 class StartupError(ServeError):
     status = 500
+
+
+class PortInUse(StartupError):
+    pass

@@ -1,7 +1,10 @@
 """The serving process: uvicorn (httptools + uvloop, access log off) around the app
 from `create_app`, with ondeck's start-up and shutdown rules:
 
-- the bound address is printed once listening (`--port 0` picks a free port);
+- the address is bound before anything starts (a taken port raises `PortInUse`); the
+  line `ondeck-server: serving model 'NAME' on http://HOST:PORT` is printed once the
+  model is loaded and warmed up (`--port 0` picks a free port), so a model that cannot
+  load prints nothing before its error;
 - the first SIGTERM/SIGINT drains: readiness turns 503 at once, the listener stays
   open while requests are in flight; when none is left or `--drain-timeout` passed,
   uvicorn stops accepting, finishes the answers being written and the process exits 0.
@@ -19,12 +22,16 @@ import math
 import sys
 import time
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
 from ondeck_server.serve.app import OndeckApp, create_app
-from ondeck_server.serve.connections import uvicorn_config
+from ondeck_server.serve.connections import (
+    announce,
+    listen,
+    quiet_logging,
+    uvicorn_config,
+)
 from ondeck_server.serve.settings import ServeSettings
 
 log = logging.getLogger("ondeck.server")
@@ -32,14 +39,15 @@ log = logging.getLogger("ondeck.server")
 
 def run(settings: ServeSettings) -> int:
     """Serve until SIGTERM/SIGINT (returns 0) or a model that fails to load (raises)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logging()
     # Large bodies are decoded in a worker thread (asgi.py); every I/O callback of the
     # event loop then waits for that thread to hand over the GIL, by default after 5 ms.
     # 1 ms keeps the loop (and the health probes) responsive at a small cost in switches.
     sys.setswitchinterval(0.001)
     app = create_app(settings)
+    sock = listen(settings)
     config = uvicorn_config(app, settings, lifespan="on")
-    OndeckServer(config, app).run()
+    OndeckServer(config, app).run(sockets=[sock])
     if app.state.fatal is not None:
         raise app.state.fatal
     return 0
@@ -52,6 +60,7 @@ class OndeckServer(uvicorn.Server):
         super().__init__(config)
         self.app = app
         self.drain_deadline: float | None = None
+        self.announced = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not calling super(): uvicorn would re-raise the signal after its shutdown,
@@ -64,18 +73,6 @@ class OndeckServer(uvicorn.Server):
         self.app.state.begin_drain()
         log.info("draining: finishing requests in flight")
 
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        for server in self.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                print(
-                    f"ondeck-server: serving model {self.app.state.source.name!r} on"
-                    f" http://{host}:{port}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
     async def on_tick(self, counter: int) -> bool:
         """Called by uvicorn every 0.1 s; True stops the server."""
         if await super().on_tick(counter):
@@ -83,6 +80,9 @@ class OndeckServer(uvicorn.Server):
         state = self.app.state
         if state.fatal is not None:
             return True
+        if not self.announced and state.ready:
+            self.announced = True
+            announce(state.source.name, self.servers)
         if self.drain_deadline is None:
             return False
         remaining = self.drain_deadline - time.monotonic()

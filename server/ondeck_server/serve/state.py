@@ -157,9 +157,9 @@ class ServerState:
 
     def _fail(self, exc: ServeError) -> None:
         self.phase = Phase.FAILED
+        # The serve command sees `fatal`, stops uvicorn and prints this message as its
+        # one line before exiting 1 (logging it here too would print it twice).
         self.fatal = exc
-        # The serve command sees `fatal`, stops uvicorn and exits 1 with this message.
-        log.error("%s: %s", type(exc).__name__, exc)
 
     async def close(self) -> None:
         if self.batcher is not None:

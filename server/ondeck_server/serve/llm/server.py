@@ -1,7 +1,9 @@
 """`ondeck-server serve` for a language-model artifact: load the engine (on its own
 thread), warm it up, serve under uvicorn; SIGTERM drains.
 
-- ready (`/v2/health/ready`) only after a warm-up generation ran;
+- the address is bound first (a taken port raises `PortInUse`); ready
+  (`/v2/health/ready`) only after a warm-up generation ran, and only then the line
+  `ondeck-server: serving model 'NAME' on http://HOST:PORT`;
 - the first SIGTERM/SIGINT: not ready at once, new requests 503 + Retry-After, streams in
   flight finish for at most `--drain-timeout` seconds; then every job left is cancelled,
   the engine thread stops and the process exits 0. A second signal exits at once. The
@@ -11,18 +13,21 @@ thread), warm it up, serve under uvicorn; SIGTERM drains.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 
 from ondeck_server import artifact
 from ondeck_server.serve import auth
 from ondeck_server.serve.body import BodyLimits
-from ondeck_server.serve.connections import uvicorn_config
+from ondeck_server.serve.connections import (
+    announce,
+    listen,
+    quiet_logging,
+    uvicorn_config,
+)
 from ondeck_server.serve.errors import StartupError
 from ondeck_server.serve.llm import chat
 from ondeck_server.serve.llm.app import LlmState, build_app
@@ -34,7 +39,7 @@ log = logging.getLogger("ondeck.llm")
 
 
 def run(settings: ServeSettings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_logging()
     folder = Path(settings.model).resolve()
     manifest = None
     if (folder / artifact.MANIFEST_FILE).is_file():
@@ -62,10 +67,11 @@ def run(settings: ServeSettings) -> int:
         body_limits=BodyLimits.of(settings),
     )
     app = build_app(state)
+    sock = listen(settings)
     worker.start()
     config = uvicorn_config(app, settings, lifespan="off")
     server = LlmServer(config, state, drain_timeout=settings.drain_timeout)
-    server.run()
+    server.run(sockets=[sock])
     worker.stop(timeout=5.0)
     if worker.failed is not None:
         raise StartupError(f"the language model failed to load: {worker.failed}")
@@ -90,17 +96,6 @@ class LlmServer(uvicorn.Server):
         self.state.draining = True
         log.info("draining: finishing %d requests in flight", self.state.inflight)
 
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        for server in self.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                print(
-                    f"ondeck-server: serving model {self.state.name!r} on http://{host}:{port}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):
             return True
@@ -110,6 +105,7 @@ class LlmServer(uvicorn.Server):
         if worker.ready.is_set() and not self.announced:
             self.announced = True
             log.info("ready: model %r warmed up (context %d)", self.state.name, worker.context)
+            announce(self.state.name, self.servers)
         if self.drain_deadline is None:
             return False
         now = time.monotonic()
