@@ -12,7 +12,7 @@ from ondeck_server.serve import errors, threads, v2
 from ondeck_server.serve.datatypes import Datatype
 from ondeck_server.serve.model import ModelInfo
 from ondeck_server.serve.runtime import TensorSpec
-from ondeck_server.serve.settings import ServeSettings, model_name_for
+from ondeck_server.serve.settings import ServeSettings, model_name_for, ref_name
 
 
 @pytest.mark.parametrize(
@@ -88,6 +88,22 @@ def test_settings_defaults_and_names(tmp_path: Path) -> None:
     assert model_name_for(Path("/s/abc/model.onnx"), None) == "abc"
     assert model_name_for(Path("/s/My Model!.onnx"), None) == "My-Model"
     assert model_name_for(Path("/s/x/model.onnx"), "iris") == "iris"
+    assert model_name_for(Path("/s/x/model.onnx"), "x", ref="iris") == "iris"
+
+
+def test_ref_name_is_the_link_name_of_refs(tmp_path: Path) -> None:
+    """`--model <store>/refs/NAME` (or a path through it) serves NAME, not the name of
+    the file the artifact was converted from."""
+    store = tmp_path / "store"
+    (store / "abc123").mkdir(parents=True)
+    (store / "refs").mkdir()
+    (store / "refs" / "iris").symlink_to("../abc123")
+    assert ref_name(store / "refs" / "iris") == "iris"
+    assert ref_name(store / "refs" / "iris" / "model.onnx") == "iris"
+    assert ref_name(store / "abc123") is None
+    assert ref_name(store / "abc123" / "model.onnx") is None
+    (tmp_path / "refs" / "plain").mkdir(parents=True)  # a folder named refs, no link
+    assert ref_name(tmp_path / "refs" / "plain") is None
 
 
 MODEL = ModelInfo(

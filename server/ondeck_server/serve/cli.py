@@ -15,7 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ondeck_server.serve.settings import FLAGS, ServeSettings
+from ondeck_server.serve.settings import FLAGS, ServeSettings, model_name_for
 
 _HELP = {name: field.description or "" for name, field in ServeSettings.model_fields.items()}
 #: Every flag's default is the setting's: one place (settings.py) for defaults and bounds.
@@ -79,7 +79,9 @@ def serve(
 
     from ondeck_server.serve.errors import ServeError
 
-    local_model = _fetch_model(model, cache=model_cache, endpoint_url=s3_endpoint_url)
+    local_model, ref = _fetch_model(model, cache=model_cache, endpoint_url=s3_endpoint_url)
+    if name is None and ref is not None:  # s3://…/refs/NAME: served as NAME, like a local ref
+        name = model_name_for(local_model, None, ref=ref)
     values = {
         "model": local_model,
         "name": name,
@@ -116,15 +118,19 @@ def serve(
     raise typer.Exit(code)
 
 
-def _fetch_model(model: str, *, cache: Path | None, endpoint_url: str | None) -> Path:
-    """The local path of `--model`: as given, or an s3:// artifact downloaded first."""
+def _fetch_model(
+    model: str, *, cache: Path | None, endpoint_url: str | None
+) -> tuple[Path, str | None]:
+    """The local path of `--model` (as given, or an s3:// artifact downloaded first) and
+    the ref an s3:// URI names."""
     from ondeck_server.artifact import remote as remote_store
 
     if not remote_store.is_remote(model):
-        return Path(model)
+        return Path(model), None
     folder = cache or Path(tempfile.gettempdir()) / "ondeck-model-cache"
     try:
-        return remote_store.download(model, cache=folder, endpoint_url=endpoint_url)
+        ref = remote_store.parse_model(model)[1]
+        return remote_store.download(model, cache=folder, endpoint_url=endpoint_url), ref
     except remote_store.RemoteStoreError as exc:
         _die("StartupError", str(exc))
     except OSError as exc:

@@ -2,7 +2,8 @@
 
 Each field has exactly one command-line flag and one `ONDECK_…` environment variable
 (listed in `FLAGS`, the one table the CLI, the docs test and docs/server.md follow).
-This module validates values; it does not read files or start anything.
+This module validates values; it does not open files or start anything (`ref_name`
+only looks whether a path is a link).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ondeck_server.artifact import REFS_DIR
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -121,8 +124,21 @@ class ServeSettings(BaseModel):
         return self
 
 
-def model_name_for(path: Path, manifest_name: str | None) -> str:
-    """The default model name: the manifest's, else the file or folder name, made URL-safe."""
-    candidate = manifest_name or (path.parent.name if path.name == "model.onnx" else path.stem)
+def model_name_for(path: Path, manifest_name: str | None, *, ref: str | None = None) -> str:
+    """The default model name, made URL-safe: the ref's when `--model` is one (what the
+    user named the model: `convert --ref iris`, `ondeck run`'s refs), else the
+    manifest's (the source file's name), else the file or folder name."""
+    candidate = (
+        ref or manifest_name or (path.parent.name if path.name == "model.onnx" else path.stem)
+    )
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", candidate).strip("-._") or "model"
     return cleaned[:128]
+
+
+def ref_name(model: Path) -> str | None:
+    """NAME when `model` is a `<store>/refs/NAME` link or a path through one
+    (`<store>/refs/NAME/model.onnx`); else None."""
+    for candidate in (model, *model.parents):
+        if candidate.parent.name == REFS_DIR and candidate.is_symlink():
+            return candidate.name
+    return None

@@ -23,7 +23,7 @@ from ondeck_server.serve.errors import ModelNotFound, ModelNotReady, ServeError,
 from ondeck_server.serve.metrics import Metrics
 from ondeck_server.serve.model import ModelInfo
 from ondeck_server.serve.runtime import Arrays, OnnxRuntime, Runtime
-from ondeck_server.serve.settings import ServeSettings, model_name_for
+from ondeck_server.serve.settings import ServeSettings, model_name_for, ref_name
 from ondeck_server.serve.threads import cpu_limit
 
 log = logging.getLogger("ondeck.server")
@@ -54,7 +54,11 @@ def source_from_settings(settings: ServeSettings) -> ModelSource:
     except artifact.ArtifactError as exc:
         raise StartupError(str(exc)) from exc
     manifest = resolved.manifest
-    name = settings.name or model_name_for(resolved.model_path, manifest.name if manifest else None)
+    name = settings.name or model_name_for(
+        resolved.model_path,
+        manifest.name if manifest else None,
+        ref=ref_name(settings.model),
+    )
     version = manifest.digest[:12] if manifest else "1"
     threads = settings.threads or cpu_limit()
     path = resolved.model_path

@@ -33,7 +33,7 @@ from ondeck_server.serve.llm import chat
 from ondeck_server.serve.llm.app import LlmState, build_app
 from ondeck_server.serve.llm.engine import EngineWorker
 from ondeck_server.serve.llm.metrics import LlmMetrics
-from ondeck_server.serve.settings import ServeSettings, model_name_for
+from ondeck_server.serve.settings import ServeSettings, model_name_for, ref_name
 
 log = logging.getLogger("ondeck.llm")
 
@@ -48,7 +48,9 @@ def run(settings: ServeSettings) -> int:
         except artifact.ArtifactError as exc:
             raise StartupError(str(exc)) from None
     genai = folder / artifact.GENAI_DIR
-    name = settings.name or model_name_for(folder, manifest.name if manifest else None)
+    name = settings.name or model_name_for(
+        folder, manifest.name if manifest else None, ref=ref_name(Path(settings.model))
+    )
     token = auth.load_token(settings)
     worker = EngineWorker(
         genai,
