@@ -106,13 +106,6 @@ def test_unsupported_precisions_are_refused(
         convert(request)
 
 
-def test_int4_on_a_tensor_model_is_refused(tmp_path: Path) -> None:
-    onnx_file = tmp_path / "m.onnx"
-    onnx_file.write_bytes(b"not really")
-    with pytest.raises(InvalidSettings, match="int4 is for language models"):
-        convert(ConvertRequest(source=str(onnx_file), store=tmp_path / "s", quantize=Quantize.INT4))
-
-
 def test_cli_summary_line(fp32_artifact: Outcome, tiny_folder: Path) -> None:
     import sys
 

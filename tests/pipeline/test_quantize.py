@@ -13,14 +13,18 @@ from ondeck_server import artifact
 from ondeck_server.convert import (
     ConvertRequest,
     InvalidSettings,
+    Outcome,
     Quantize,
+    Thresholds,
     ValidationFailed,
     convert,
     parse_inputs,
 )
-from ondeck_server.convert.quantize import gemm_to_matmul
+from ondeck_server.convert.fetch import NoProgress
+from ondeck_server.convert.quantize import Int4Settings, gemm_to_matmul
 from pipeline import models
 from pipeline.conftest import Sources, assert_nothing_published, onnx_answers
+from pipeline.test_cli import run_convert
 
 
 def mlp_request(sources: Sources, store: Path, mode: Quantize, **extra: object) -> ConvertRequest:
@@ -35,6 +39,19 @@ def mlp_request(sources: Sources, store: Path, mode: Quantize, **extra: object) 
 
 def op_types(model: Path) -> set[str]:
     return {node.op_type for node in onnx.load_model(str(model)).graph.node}
+
+
+class StageLines:
+    """Events that keep each stage's detail line."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, str] = {}
+
+    def stage(self, name: str, seconds: float, detail: str) -> None:
+        self.lines[name] = detail
+
+    def bytes_progress(self) -> NoProgress:
+        return NoProgress()
 
 
 def test_int8_dynamic_shrinks_the_mlp_and_keeps_its_answers(sources: Sources, store: Path) -> None:
@@ -173,3 +190,171 @@ def test_gemm_is_rewritten_to_matmul_with_the_same_answers(sources: Sources) -> 
         onnx_answers(sources["mlp.onnx"], {"input": x})[0],
         atol=1e-5,
     )
+
+
+def int4_mlp(
+    sources: Sources, store: Path, *, events: StageLines | None = None, **extra: object
+) -> Outcome:
+    """The trained MLP through int4, validated on real digits."""
+    request = mlp_request(
+        sources, store, Quantize.INT4, calibration=str(sources["digits.npz"]), **extra
+    )
+    return convert(request, events=events)
+
+
+def test_int4_shrinks_the_mlp_into_matmul_nbits_and_keeps_its_answers(
+    sources: Sources, store: Path
+) -> None:
+    """Block 32 (the default) on real digits: ~6x smaller, every Linear layer a
+    MatMulNBits, the answers of the original. One flipped digit in 64 is 0.016, past the
+    default 0.01 on some CPUs (int4 x int8 kernels differ), so this gate allows 3."""
+    events = StageLines()
+    outcome = int4_mlp(
+        sources, store, events=events, thresholds=Thresholds(max_top1_disagreement=0.05)
+    )
+    manifest = outcome.manifest
+    assert manifest.settings["quantize"] == "int4"
+    assert manifest.settings["int4"] == {"blockSize": 32, "accuracyLevel": 4}
+    assert manifest.original_size_bytes / manifest.size_bytes > 4.5
+    ops = op_types(outcome.path / artifact.MODEL_FILE)
+    assert "MatMulNBits" in ops
+    assert not {"MatMul", "Gemm"} & ops
+    assert (
+        events.lines["quantize"]
+        == "int4 (block 32, accuracy level 4): 3 of 3 MatMul to MatMulNBits"
+    )
+    validation = manifest.validation
+    assert validation["sampleSource"] == "calibration"
+    assert validation["cosine"] >= 0.99
+    assert validation["top1Disagreement"] <= 0.05
+    # Weight-only: activations are quantized per row inside the kernel, rows never mix.
+    assert manifest.batching.independent is True
+    assert [t.datatype for t in manifest.inputs + manifest.outputs] == ["FP32", "FP32"]
+
+
+def test_int4_block_16_passes_the_default_gate(sources: Sources, store: Path) -> None:
+    """The smaller block the gate's message suggests: no flipped digit at the default
+    thresholds, at the price of a little size."""
+    manifest = int4_mlp(sources, store, int4=Int4Settings(block_size=16)).manifest
+    assert manifest.settings["int4"] == {"blockSize": 16, "accuracyLevel": 4}
+    assert manifest.validation["top1Disagreement"] == 0.0
+    assert manifest.validation["passed"] is True
+    assert manifest.original_size_bytes / manifest.size_bytes > 4.0
+
+
+def test_the_gate_refuses_int4_with_int8_activations_on_outliers(
+    sources: Sources, store: Path
+) -> None:
+    """Accuracy level 4 quantizes each block of a row's activations to int8 inside
+    MatMulNBits: an input channel 1000x the others rounds the rest to zero. The gate
+    refuses it, and the message names the setting that keeps activations in FP32."""
+    with pytest.raises(ValidationFailed) as info:
+        convert(
+            ConvertRequest(
+                source=str(sources["outlier.onnx"]),
+                store=store,
+                quantize=Quantize.INT4,
+                int4=Int4Settings(block_size=16),
+            )
+        )
+    message = info.value.message
+    assert message.startswith(
+        "the final model disagrees with the original (onnx-fp32) on 64 generated samples: cosine 0."
+    )
+    assert message.endswith(
+        "Nothing was published; use --int4-accuracy-level 1 (FP32 activations), a gentler "
+        "--quantize (int8, fp16, none) or, if this loss is acceptable, relax the threshold"
+    )
+    assert info.value.details is not None
+    assert info.value.details["cosine"] < 0.9
+    assert_nothing_published(store)
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        ("iris_forest.skops", ""),
+        ("outlier.onnx", " (1 MatMul: 1 weight under one block of 32 rows)"),
+    ],
+)
+def test_int4_without_a_matmul_to_quantize_leaves_the_model_unchanged(
+    sources: Sources, tmp_path: Path, source: str, found: str
+) -> None:
+    """A random forest (no MatMul at all) and a 16-row MatMul (under one block of 32):
+    the stage line says nothing was quantized, and the model is the unquantized one."""
+    events = StageLines()
+    int4 = convert(
+        ConvertRequest(source=str(sources[source]), store=tmp_path / "a", quantize=Quantize.INT4),
+        events=events,
+    )
+    assert events.lines["quantize"] == (
+        "int4 (block 32, accuracy level 4): nothing to quantize, no MatMul or Gemm with a "
+        f"constant weight of at least 32 rows{found}; the model is unchanged (FP32)"
+    )
+    none = convert(ConvertRequest(source=str(sources[source]), store=tmp_path / "b"))
+    assert same_graph(int4.path / artifact.MODEL_FILE, none.path / artifact.MODEL_FILE)
+    assert int4.manifest.size_bytes == none.manifest.size_bytes
+    assert "MatMulNBits" not in op_types(int4.path / artifact.MODEL_FILE)
+
+
+def same_graph(a: Path, b: Path) -> bool:
+    """The same model, but for the graph's name (skl2onnx draws a fresh uuid per run)."""
+    models_ = [onnx.load_model(str(p)) for p in (a, b)]
+    for model in models_:
+        model.graph.name = ""
+    return bool(models_[0].SerializeToString() == models_[1].SerializeToString())
+
+
+def test_int4_settings_change_the_digest_only_for_int4(sources: Sources, tmp_path: Path) -> None:
+    """Block size and accuracy level decide the artifact (and are in its manifest); other
+    modes ignore them, so their digests do not move."""
+    digests = {
+        (mode, block): convert(
+            mlp_request(
+                sources,
+                tmp_path / f"{mode.value}-{block}",
+                mode,
+                int4=Int4Settings(block_size=block),
+                thresholds=Thresholds(max_top1_disagreement=1.0),
+            )
+        ).manifest.digest
+        for mode in (Quantize.NONE, Quantize.INT4)
+        for block in (32, 64)
+    }
+    assert digests[(Quantize.NONE, 32)] == digests[(Quantize.NONE, 64)]
+    assert digests[(Quantize.INT4, 32)] != digests[(Quantize.INT4, 64)]
+
+
+def test_int4_settings_are_checked(sources: Sources, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="int4 block size 48 is not one of 16, 32, 64, 128, 256"):
+        Int4Settings(block_size=48)
+    with pytest.raises(ValueError, match="less than or equal to 4"):
+        Int4Settings(accuracy_level=5)
+    done = run_convert(
+        "--source", str(sources["mlp.onnx"]), "--store", str(tmp_path), "--quantize", "int4",
+        "--int4-block-size", "48",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "UsageError: Invalid value for '--int4-block-size' (env var: "
+        "'ONDECK_INT4_BLOCK_SIZE'): use one of 16, 32, 64, 128, 256"
+    )
+
+
+def test_language_models_get_the_same_int4_settings() -> None:
+    """The hf-causal-lm lane hands --int4-block-size/--int4-accuracy-level to
+    onnxruntime-genai's builder (and records them in the manifest)."""
+    from ondeck_server.convert.llm import build
+
+    assert build.builder_options("int4") == {
+        "precision": "int4",
+        "executionProvider": "cpu",
+        "blockSize": 32,
+        "accuracyLevel": 4,
+    }
+    options = build.builder_options("int4", Int4Settings(block_size=128, accuracy_level=1))
+    assert (options["blockSize"], options["accuracyLevel"]) == (128, 1)
+    assert build.builder_options("fp32", Int4Settings(block_size=128)) == {
+        "precision": "fp32",
+        "executionProvider": "cpu",
+    }

@@ -52,6 +52,7 @@ from ondeck_server.convert import (
 from ondeck_server.convert.bounds import default_bound
 from ondeck_server.convert.fetch import normalize_sha256
 from ondeck_server.convert.flags import BY_PARAM, FLAGS, REQUIRED, Flag
+from ondeck_server.convert.quantize import INT4_BLOCK_SIZES, Int4Settings
 
 TERMINATION_LOG_LIMIT = 4096
 _TERMINATION_FLAG = BY_PARAM["termination_log"].flag
@@ -126,6 +127,12 @@ def _ref_callback(value: str | None) -> str | None:
         raise typer.BadParameter(
             "use lower-case letters, digits, '.', '_' or '-' (at most 253 characters)"
         )
+    return value
+
+
+def _block_size_callback(value: int) -> int:
+    if value not in INT4_BLOCK_SIZES:
+        raise typer.BadParameter(f"use one of {', '.join(map(str, INT4_BLOCK_SIZES))}")
     return value
 
 
@@ -204,6 +211,7 @@ _CALLBACKS: dict[str, Callable[[Any], Any]] = {
     "sha256": _sha256_callback,
     "inputs": _inputs_callback,
     "ref": _ref_callback,
+    "int4_block_size": _block_size_callback,
 }
 
 
@@ -247,6 +255,7 @@ def convert_command(**values: Any) -> None:
         level=v["level"],
         quantize=v["quantize"],
         calibration=v["calibration"],
+        int4=Int4Settings(block_size=v["int4_block_size"], accuracy_level=v["int4_accuracy_level"]),
         thresholds=Thresholds(
             samples=v["validation_samples"],
             min_cosine=v["min_cosine"],

@@ -17,13 +17,14 @@ from typing import Any
 from ondeck_server.convert.fetch import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES
 from ondeck_server.convert.formats import Format
 from ondeck_server.convert.optimize import OptimizationLevel
-from ondeck_server.convert.quantize import Quantize
+from ondeck_server.convert.quantize import INT4_BLOCK_SIZES, Int4Settings, Quantize
 from ondeck_server.convert.validate import Thresholds
 
 #: "Required": the flag has no default and must be given (or its variable set).
 REQUIRED: Any = ...
 
 _THRESHOLDS = Thresholds()
+_INT4 = Int4Settings()
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,27 @@ FLAGS: tuple[Flag, ...] = (
         Quantize,
         Quantize.NONE,
         "int8 (dynamic), int8-static (needs --calibration), fp16 (FP32 inputs/outputs "
-        "kept), int4 (weight-only 4-bit, hf-causal-lm).",
+        "kept), int4 (weight-only 4-bit MatMul).",
+    ),
+    Flag(
+        "int4_block_size",
+        "--int4-block-size",
+        int,
+        _INT4.block_size,
+        "int4: weights of a column sharing one scale ("
+        + ", ".join(map(str, INT4_BLOCK_SIZES))
+        + "); smaller is more accurate and bigger.",
+        min=INT4_BLOCK_SIZES[0],
+        max=INT4_BLOCK_SIZES[-1],
+    ),
+    Flag(
+        "int4_accuracy_level",
+        "--int4-accuracy-level",
+        int,
+        _INT4.accuracy_level,
+        "int4: MatMul compute type, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.",
+        min=1,
+        max=4,
     ),
     Flag("calibration", "--calibration", str | None, None, "An .npz of input arrays."),
     Flag(

@@ -16,6 +16,13 @@
   onnxconverter-common 1.16 leaves `Cast(to=float)` nodes behind that make transformer
   exports fail to load. Halves the size; on CPUs without fp16 kernels
   onnxruntime inserts casts, so expect no speed-up (or a slow-down) there.
+- `int4`: weight-only 4-bit MatMul (onnxruntime's `MatMulNBitsQuantizer`, round to
+  nearest, asymmetric, `block_size` weights of a column share one scale and zero point):
+  every MatMul whose constant weight has at least one block of rows becomes a
+  `com.microsoft.MatMulNBits`; Gemm is rewritten to MatMul + Add first, as for int8.
+  Activations stay FP32 in the graph (`accuracy_level` 4 lets the kernel quantize them to
+  int8 per block of each row inside the MatMul: rows never mix). A model with no such
+  MatMul is left unchanged, and the stage line says so.
 
 `quant_pre_process` (shape inference) runs first; it falls back to skipping symbolic
 shape inference, which fails on some transformer exports. This module does not validate.
@@ -24,12 +31,14 @@ shape inference, which fails on some transformer exports. This module does not v
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ondeck_server.convert import onnx_tools
 from ondeck_server.convert.errors import InvalidSettings, QuantizationFailed
@@ -47,7 +56,46 @@ class Quantize(StrEnum):
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
     INT4 = "int4"
-    """Language models only (convert/llm): onnxruntime-genai's MatMulNBits."""
+    """Weight-only 4-bit MatMul (MatMulNBits); language models: onnxruntime-genai's builder."""
+
+
+#: Block sizes onnxruntime's CPU MatMulNBits kernels (MLAS) have fast paths for; the op
+#: takes any power of two from 16, others fall back to dequantizing the whole weight.
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+class Int4Settings(BaseModel):
+    """`--int4-block-size` and `--int4-accuracy-level` (MatMulNBits' attributes)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    block_size: int = Field(
+        default=32,
+        ge=INT4_BLOCK_SIZES[0],
+        le=INT4_BLOCK_SIZES[-1],
+        serialization_alias="blockSize",
+        description="Weights of one column quantized together (one scale, one zero point).",
+    )
+    accuracy_level: int = Field(
+        default=4,
+        ge=1,
+        le=4,
+        serialization_alias="accuracyLevel",
+        description="Compute type of the MatMul: 1 fp32, 2 fp16, 3 bf16, 4 int8 activations "
+        "(x86 CPUs compute 2 and 3 in fp32).",
+    )
+
+    @model_validator(mode="after")
+    def _block_size_is_supported(self) -> Self:
+        if self.block_size not in INT4_BLOCK_SIZES:
+            raise ValueError(
+                f"int4 block size {self.block_size} is not one of "
+                f"{', '.join(map(str, INT4_BLOCK_SIZES))}"
+            )
+        return self
+
+    def describe(self) -> str:
+        return f"block {self.block_size}, accuracy level {self.accuracy_level}"
 
 
 def quantize(
@@ -57,13 +105,15 @@ def quantize(
     out: Path,
     work: Path,
     calibration: Feeds | None = None,
-) -> None:
-    """Write the `mode`-quantized version of `src` to `out` (`none`: a copy)."""
+    int4: Int4Settings | None = None,
+) -> str:
+    """Write the `mode`-quantized version of `src` to `out` (`none`: a copy); returns what
+    was done, in words, for the stage line."""
     import onnx
 
     if mode is Quantize.NONE:
         onnx_tools.save(onnx.load_model(str(src)), out)
-        return
+        return mode.value
     if mode is Quantize.INT8_STATIC and calibration is None:
         raise InvalidSettings(
             "--quantize int8-static needs --calibration: an .npz with one array per model "
@@ -75,13 +125,16 @@ def quantize(
             warnings.simplefilter("ignore")
             if mode is Quantize.FP16:
                 _fp16(src, out)
-                return
+                return mode.value
+            if mode is Quantize.INT4:
+                return _int4(src, out, settings=int4 or Int4Settings())
             prepared = _pre_process(src, work / "pre.onnx", large=large)
             if mode is Quantize.INT8:
                 _int8_dynamic(prepared, out, work=work, large=large)
             else:
                 assert calibration is not None
                 _int8_static(prepared, out, calibration=calibration, large=large)
+            return mode.value
     except (InvalidSettings, QuantizationFailed, OSError):
         raise
     except Exception as exc:  # onnxruntime.quantization raises assorted classes
@@ -264,3 +317,94 @@ def _fp16(src: Path, out: Path) -> None:
     model = onnx.load_model(str(src))
     converted = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx_tools.save(converted, out)
+
+
+def _matmul_nbits_quantizer() -> Any:
+    """onnxruntime's MatMulNBitsQuantizer, imported without the side effect of its module:
+    it calls `logging.basicConfig(level=INFO)`, which would give the root logger a handler
+    and print every library's INFO lines on the conversion's stderr."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.getLogger(matmul_nbits_quantizer.__name__).setLevel(logging.WARNING)
+    return matmul_nbits_quantizer.MatMulNBitsQuantizer
+
+
+def int4_candidates(model: Any, *, block_size: int) -> tuple[list[str], dict[str, list[str]]]:
+    """(names of the MatMul nodes int4 quantizes, {why: names of those left in FP32}), in
+    graph order. A MatMul qualifies when its weight (input B) is a constant FP32 matrix
+    (or one with leading dimensions of 1) with at least `block_size` rows; a smaller one
+    would be padded to a whole block and gain nothing. Unnamed nodes are named first (in
+    place): the quantizer selects nodes by name."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    taken = {n.name for n in graph.node if n.name}
+    chosen: list[str] = []
+    skipped: dict[str, list[str]] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "MatMul":
+            continue
+        if not node.name:
+            name = f"MatMul_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+        weight = initializers.get(node.input[1])
+        dims = list(weight.dims) if weight is not None else []
+        if weight is None:
+            why = "multiply two activations"
+        elif (
+            weight.data_type != TensorProto.FLOAT or len(dims) < 2 or any(d != 1 for d in dims[:-2])
+        ):
+            why = "weight not an FP32 matrix"
+        elif dims[-2] < block_size:
+            why = f"weight under one block of {block_size} rows"
+        else:
+            chosen.append(node.name)
+            continue
+        skipped.setdefault(why, []).append(node.name)
+    return chosen, skipped
+
+
+def _int4(src: Path, out: Path, *, settings: Int4Settings) -> str:
+    import onnx
+
+    model = onnx.load_model(str(src))
+    gemm_to_matmul(model)
+    chosen, skipped = int4_candidates(model, block_size=settings.block_size)
+    left_out = sum(len(names) for names in skipped.values())
+    reasons = ", ".join(f"{len(names)} {why}" for why, names in skipped.items())
+    if not chosen:
+        onnx_tools.save(onnx.load_model(str(src)), out)
+        found = f" ({left_out} MatMul: {reasons})" if left_out else ""
+        return (
+            f"int4 ({settings.describe()}): nothing to quantize, no MatMul or Gemm with a "
+            f"constant weight of at least {settings.block_size} rows{found}; the model is "
+            "unchanged (FP32)"
+        )
+    quantizer = _matmul_nbits_quantizer()(
+        model,
+        bits=4,
+        block_size=settings.block_size,
+        is_symmetric=False,
+        accuracy_level=settings.accuracy_level,
+        nodes_to_exclude=[name for names in skipped.values() for name in names],
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    quantized = quantizer.model.model
+    done = sum(n.op_type == "MatMulNBits" for n in quantized.graph.node)
+    onnx_tools.save(quantized, out)
+    left = f"; {left_out} left in FP32 ({reasons})" if left_out else ""
+    return (
+        f"int4 ({settings.describe()}): {done} of {len(chosen) + left_out} MatMul to "
+        f"MatMulNBits{left}"
+    )

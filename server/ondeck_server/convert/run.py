@@ -58,9 +58,10 @@ from ondeck_server.convert.inputs_spec import InputSpec, render_inputs
 from ondeck_server.convert.llm import pipeline as llm_pipeline
 from ondeck_server.convert.onnx_tools import Feeds
 from ondeck_server.convert.optimize import OptimizationLevel, optimize
-from ondeck_server.convert.quantize import Quantize, quantize
+from ondeck_server.convert.quantize import INT4_BLOCK_SIZES, Int4Settings, Quantize, quantize
 from ondeck_server.convert.validate import (
     DYNAMIC_DIM,
+    GENTLER,
     MAX_BATCH,
     Thresholds,
     check_calibration,
@@ -91,6 +92,10 @@ class ConvertRequest(BaseModel):
     level: OptimizationLevel = OptimizationLevel.BASIC
     quantize: Quantize = Quantize.NONE
     calibration: str | None = None
+    int4: Int4Settings = Field(
+        default_factory=Int4Settings,
+        description="MatMulNBits block size and accuracy level; used by --quantize int4 only.",
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
     allow_unsafe_pickle: bool = False
     fetch: FetchSettings = Field(default_factory=FetchSettings)
@@ -163,8 +168,6 @@ def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome
         with store.work_dir(root) as work:
             if llm_pipeline.applies(request):
                 return llm_pipeline.convert_llm(request, work=work, events=events)
-            if request.quantize is Quantize.INT4:
-                raise InvalidSettings("--quantize int4 is for language models (hf-causal-lm)")
             return _convert(request, work=work, events=events)
     except OSError as exc:
         mapped = store.disk_error(exc, root)
@@ -281,10 +284,16 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         with store.locked_temp_dir(request.store, f".tmp-{digest[:12]}-") as staging:
             model = staging / artifact.MODEL_FILE
             with clock.stage("quantize") as detail:
-                quantize(
-                    optimized, mode=request.quantize, out=model, work=work, calibration=calibration
+                detail.append(
+                    quantize(
+                        optimized,
+                        mode=request.quantize,
+                        out=model,
+                        work=work,
+                        calibration=calibration,
+                        int4=request.int4,
+                    )
                 )
-                detail.append(request.quantize.value)
             with clock.stage("validate") as detail:
                 report, samples = _validate(
                     converted, model=model, request=request, calibration=calibration
@@ -401,7 +410,7 @@ def _manifest(
 def _settings(
     request: ConvertRequest, *, kind: SourceKind, calibration_sha: str | None
 ) -> dict[str, Any]:
-    return {
+    settings: dict[str, Any] = {
         "sourceKind": kind.value,
         "inputs": render_inputs(request.inputs) if request.inputs else None,
         "level": request.level.value,
@@ -409,6 +418,10 @@ def _settings(
         "calibrationSha256": calibration_sha,
         "validation": request.thresholds.model_dump(mode="json", by_alias=True),
     }
+    if request.quantize is Quantize.INT4:
+        # Only with int4, so the digests of every other mode stay what they were.
+        settings["int4"] = request.int4.model_dump(mode="json", by_alias=True)
+    return settings
 
 
 def _fetch_external_data(
@@ -495,6 +508,18 @@ def _run_converter(
     raise UnsupportedFormat(f"no converter for {kind.value}")  # pragma: no cover
 
 
+def _gentler(request: ConvertRequest) -> str:
+    """What a refused model's message suggests."""
+    if request.quantize is not Quantize.INT4:
+        return GENTLER
+    smaller = [b for b in INT4_BLOCK_SIZES if b < request.int4.block_size]
+    options = [f"a smaller --int4-block-size ({smaller[-1]})"] if smaller else []
+    if request.int4.accuracy_level != 1:
+        options.append("--int4-accuracy-level 1 (FP32 activations)")
+    options.append("a gentler --quantize (int8, fp16, none)")
+    return "use " + ", ".join(options)
+
+
 def _validate(
     converted: Converted, *, model: Path, request: ConvertRequest, calibration: Feeds | None
 ) -> tuple[Any, Feeds]:
@@ -526,6 +551,7 @@ def _validate(
             thresholds=request.thresholds,
             batch=batch,
             fixed_batch=fixed_batch,
+            gentler=_gentler(request),
         )
         return report, samples
     except PipelineError:

@@ -28,6 +28,8 @@ from ondeck_server.convert.onnx_tools import Feeds, Runner
 DYNAMIC_DIM = 16
 MAX_BATCH = 32
 _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
+#: What a refused model's message suggests, unless the caller knows better.
+GENTLER = "use a gentler --quantize (int8-static with --calibration, fp16, none)"
 
 
 class Thresholds(BaseModel):
@@ -234,8 +236,10 @@ def validate(
     thresholds: Thresholds,
     batch: int = MAX_BATCH,
     fixed_batch: bool = False,
+    gentler: str = GENTLER,
 ) -> ValidationReport:
-    """Compare the two models; raise ValidationFailed (with the report) below the gate."""
+    """Compare the two models; raise ValidationFailed (with the report) below the gate;
+    `gentler` is the advice its message gives."""
     ref_out = run_batched(reference, samples, batch=batch, fixed=fixed_batch)
     cand_out = run_batched(candidate, samples, batch=batch, fixed=fixed_batch)
     if len(ref_out) != len(cand_out) or len(cand_out) != len(output_names):
@@ -256,12 +260,13 @@ def validate(
     )
     if not report.passed:
         raise ValidationFailed(
-            gate_message(report), details=report.model_dump(mode="json", by_alias=True)
+            gate_message(report, gentler=gentler),
+            details=report.model_dump(mode="json", by_alias=True),
         )
     return report
 
 
-def gate_message(report: ValidationReport) -> str:
+def gate_message(report: ValidationReport, *, gentler: str = GENTLER) -> str:
     """Why the gate refused the model, and what to do."""
     parts: list[str] = []
     if report.cosine is not None and report.cosine < report.min_cosine:
@@ -276,6 +281,5 @@ def gate_message(report: ValidationReport) -> str:
     return (
         f"the final model disagrees with the original ({report.reference}) on "
         f"{report.samples} {report.sample_source} samples: {what}. Nothing was published; "
-        "use a gentler --quantize (int8-static with --calibration, fp16, none) or, if "
-        "this loss is acceptable, relax the threshold"
+        f"{gentler} or, if this loss is acceptable, relax the threshold"
     )

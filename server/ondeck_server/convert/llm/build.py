@@ -3,8 +3,9 @@
 `python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p fp32|int4 -e cpu -c CACHE`
 in a child process with `HF_HUB_OFFLINE=1` (the builder never reaches a hub), so a crash
 or a leak in the builder cannot take the pipeline with it. int4 is MatMulNBits with
-round-to-nearest, `block_size` (default 32) and `accuracy_level` (default 4: int8
-activations) passed as the builder's extra options.
+round-to-nearest, `block_size` and `accuracy_level` (`--int4-block-size`, default 32, and
+`--int4-accuracy-level`, default 4: int8 activations, as for tensor models) passed as the
+builder's extra options.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ondeck_server.convert.errors import ConversionFailed, ConverterMissing
+from ondeck_server.convert.quantize import Int4Settings
 
 BUILDER = "onnxruntime_genai.models.builder"
-DEFAULT_BLOCK_SIZE = 32
-DEFAULT_ACCURACY_LEVEL = 4
 _TAIL = 600
 
 
@@ -34,12 +34,13 @@ def genai_version() -> str:
         ) from None
 
 
-def builder_options(precision: str) -> dict[str, Any]:
+def builder_options(precision: str, int4: Int4Settings | None = None) -> dict[str, Any]:
     """The builder options recorded in the manifest (and part of the digest)."""
     options: dict[str, Any] = {"precision": precision, "executionProvider": "cpu"}
     if precision == "int4":
-        options["blockSize"] = DEFAULT_BLOCK_SIZE
-        options["accuracyLevel"] = DEFAULT_ACCURACY_LEVEL
+        int4 = int4 or Int4Settings()
+        options["blockSize"] = int4.block_size
+        options["accuracyLevel"] = int4.accuracy_level
     return options
 
 

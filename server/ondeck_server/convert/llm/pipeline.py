@@ -100,7 +100,7 @@ def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outco
     _lap(timings, "fetch", start, events, f"{path.name} ({source.size_bytes} bytes, {arch})")
 
     version = build.genai_version()
-    options = build.builder_options(precision)
+    options = build.builder_options(precision, request.int4)
     thresholds = gate.default_thresholds(precision)
     settings = {
         "sourceKind": "hf-folder",
