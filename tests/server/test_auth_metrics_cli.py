@@ -42,6 +42,10 @@ def test_auth_required_on_every_model_route(auth_url: str, zoo: dict[str, Path])
         ("GET", "/v2/models/mlp/ready", None),
         ("GET", "/v2", None),
         ("GET", "/v1/models", None),
+        ("GET", "/v2/models/mlp/config", None),
+        ("GET", "/v2/models/mlp/stats", None),
+        ("GET", "/v2/models/stats", None),
+        ("POST", "/v2/repository/index", b""),
     ]
     for method, path, content in routes:
         for headers in (

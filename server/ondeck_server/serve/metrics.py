@@ -14,11 +14,19 @@
 Each app gets its own registry, so several apps in one process (tests) never collide.
 Requests for unknown model names are counted under model="" (names from URLs would
 let any client create unbounded label values). This module records; it serves nothing.
+
+`counters(model)` reads the same series back for Triton's statistics route (triton.py):
+requests by outcome from `ondeck_requests_total`, rows and runs from `ondeck_batch_size`.
+The one thing Prometheus does not hold is the time of successful and failed requests
+apart (the duration histogram has no `code` label): each request series adds its
+seconds to a plain float next to its counter.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -30,6 +38,34 @@ _LATENCY_BUCKETS = (
     2.5, 5.0, 10.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class _RequestSeries:
+    """The label children of one (model, protocol, code), looked up once, and the
+    seconds its requests took."""
+
+    __slots__ = ("count", "duration", "seconds")
+
+    def __init__(self, count: Counter, duration: Histogram) -> None:
+        self.count = count
+        self.duration = duration
+        self.seconds = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCounters:
+    """One model's totals since start-up, in Triton's units."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    #: rows run (a request of 3 rows counts 3)
+    inference_count: int = 0
+    #: onnxruntime runs (a batch of several requests counts 1)
+    execution_count: int = 0
+    #: milliseconds since the epoch of the last successful run; 0 before the first
+    last_inference_ms: int = 0
 
 
 class Metrics:
@@ -70,29 +106,67 @@ class Metrics:
         )  # fmt: skip
         self._ready = Gauge("ondeck_model_ready", "1 when the model serves.", ["model"], registry=r)
         # Label children are looked up once, not on every request.
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._request_series: dict[tuple[str, str, int], _RequestSeries] = {}
+        self._last_inference: dict[str, float] = {}
 
     def observe_request(self, model: str, protocol: str, code: int, seconds: float) -> None:
         key = (model, protocol, code)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
+        series = self._request_series.get(key)
+        if series is None:
+            series = _RequestSeries(
                 self._requests.labels(model, protocol, str(code)),
                 self._request_seconds.labels(model, protocol),
             )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+            self._request_series[key] = series
+        series.count.inc()
+        series.duration.observe(seconds)
+        series.seconds += seconds
 
     def batch_observer(self, model: str) -> Callable[[int, float], None]:
         size = self._batch_size.labels(model)
         seconds = self._inference_seconds.labels(model)
+        last = self._last_inference
 
         def observe(rows: int, elapsed: float) -> None:
             size.observe(rows)
             seconds.observe(elapsed)
+            last[model] = time.time()
 
         return observe
+
+    def counters(self, model: str) -> ModelCounters:
+        """`model`'s totals, read from the series above (not the hot path)."""
+        counts = {
+            (s.labels["protocol"], int(s.labels["code"])): s.value
+            for metric in self._requests.collect()
+            for s in metric.samples
+            if s.name == "ondeck_requests_total" and s.labels["model"] == model
+        }
+        ok_count = fail_count = 0
+        ok_seconds = fail_seconds = 0.0
+        for (name, protocol, code), series in list(self._request_series.items()):
+            if name != model:
+                continue
+            count = int(counts.get((protocol, code), 0))
+            if code == 200:
+                ok_count, ok_seconds = ok_count + count, ok_seconds + series.seconds
+            else:
+                fail_count, fail_seconds = fail_count + count, fail_seconds + series.seconds
+        batches = {
+            s.name: s.value
+            for metric in self._batch_size.collect()
+            for s in metric.samples
+            if s.labels.get("model") == model
+        }
+        return ModelCounters(
+            success_count=ok_count,
+            success_ns=round(ok_seconds * 1e9),
+            fail_count=fail_count,
+            fail_ns=round(fail_seconds * 1e9),
+            inference_count=int(batches.get("ondeck_batch_size_sum", 0)),
+            execution_count=int(batches.get("ondeck_batch_size_count", 0)),
+            last_inference_ms=round(self._last_inference.get(model, 0.0) * 1000),
+        )
 
     def track_queue(self, model: str, depth: Callable[[], float]) -> None:
         self._queue_depth.labels(model).set_function(depth)

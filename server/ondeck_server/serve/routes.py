@@ -1,5 +1,6 @@
 """The FastAPI app for every route but the two hot ones: health, server and model
-metadata, readiness, V1 model status and Prometheus metrics. Routes only format what
+metadata, readiness, V1 model status, Triton's model configuration, statistics and
+repository index (triton.py), and Prometheus metrics. Routes only format what
 `ServerState` knows; the lifespan starts the background model load."""
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from ondeck_server import __version__
-from ondeck_server.serve import v2
-from ondeck_server.serve.errors import ServeError
+from ondeck_server.serve import triton, v2
+from ondeck_server.serve.errors import InvalidInput, ServeError
 from ondeck_server.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ondeck_server.serve.state import ServerState
 
@@ -99,6 +100,30 @@ def build_api(state: ServerState) -> FastAPI:
             {"name": SERVER_NAME, "version": __version__, "extensions": [v2.BINARY_EXTENSION]}
         )
 
+    def config(name: str, version: str | None = None) -> Response:
+        model, batcher = state.target(name, version)
+        settings = state.settings
+        return _json(
+            triton.model_config(
+                model,
+                max_batch_size=settings.max_batch_size,
+                stacked=batcher.stack,
+                max_delay_ms=settings.max_delay_ms,
+            )
+        )
+
+    def stats(name: str | None = None, version: str | None = None) -> Response:
+        if name is not None:
+            state.check(name, version)
+        source = state.source
+        counters = state.metrics.counters(source.name)
+        return _json({"model_stats": [triton.model_stats(source.name, source.version, counters)]})
+
+    # Before /v2/models/{name}, which would take "stats" for a model name.
+    @api.get("/v2/models/stats", summary="Triton: statistics of every model")
+    def all_stats() -> Response:
+        return stats()
+
     @api.get("/v2/models/{name}", summary="Model metadata")
     def model_metadata(name: str) -> Response:
         return metadata(name)
@@ -116,6 +141,41 @@ def build_api(state: ServerState) -> FastAPI:
         if version != state.source.version:
             state.target(name, version)  # raises the 404
         return model_ready(name, version)
+
+    @api.get("/v2/models/{name}/config", summary="Triton: model configuration")
+    def model_config(name: str) -> Response:
+        return config(name)
+
+    @api.get(
+        "/v2/models/{name}/versions/{version}/config", summary="Triton: model version configuration"
+    )
+    def model_version_config(name: str, version: str) -> Response:
+        return config(name, version)
+
+    @api.get("/v2/models/{name}/stats", summary="Triton: model statistics")
+    def model_stats(name: str) -> Response:
+        return stats(name)
+
+    @api.get(
+        "/v2/models/{name}/versions/{version}/stats", summary="Triton: model version statistics"
+    )
+    def model_version_stats(name: str, version: str) -> Response:
+        return stats(name, version)
+
+    @api.post("/v2/repository/index", summary="Triton: the models this server has")
+    async def repository_index(request: Request) -> Response:
+        body = await request.body()
+        try:
+            ask = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the body is not JSON: {exc}") from None
+        if not isinstance(ask, dict) or not isinstance(ask.get("ready", False), bool):
+            raise InvalidInput('the body must be empty or {"ready": true|false}')
+        if ask.get("ready", False) and not state.ready:
+            return _json([])
+        source = state.source
+        reason = str(state.fatal) if state.fatal is not None else ""
+        return _json([triton.index_entry(source.name, source.version, state.phase, reason)])
 
     @api.get("/v1/models", summary="V1: served models")
     def v1_models() -> Response:

@@ -96,16 +96,15 @@ class ServerState:
         self.phase = Phase.DRAINING
         self.metrics.model_ready(self.source.name, False)
 
+    def check(self, name: str, version: str | None) -> None:
+        """Raise ModelNotFound unless `name` (and `version`, when given) is the model served."""
+        if name != self.source.name or (version is not None and version != self.source.version):
+            raise self._not_found(name, version)
+
     def target(self, name: str, version: str | None) -> tuple[ModelInfo, Batcher]:
-        if name != self.source.name:
-            raise ModelNotFound(
-                f"model {name!r} not found; this server serves {self.source.name!r}"
-            )
-        if version is not None and version != self.source.version:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version!r}; it serves version"
-                f" {self.source.version!r}"
-            )
+        # Inline, not check(): this runs for every inference request.
+        if name != self.source.name or (version is not None and version != self.source.version):
+            raise self._not_found(name, version)
         if self.model is None or self.batcher is None:
             if self.phase is Phase.FAILED:
                 raise ModelNotReady(f"model {name!r} failed to load: {self.fatal}")
@@ -113,6 +112,15 @@ class ServerState:
                 f"model {name!r} is still loading; retry when /v2/health/ready answers 200"
             )
         return self.model, self.batcher
+
+    def _not_found(self, name: str, version: str | None) -> ModelNotFound:
+        if name != self.source.name:
+            return ModelNotFound(
+                f"model {name!r} not found; this server serves {self.source.name!r}"
+            )
+        return ModelNotFound(
+            f"model {name!r} has no version {version!r}; it serves version {self.source.version!r}"
+        )
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
