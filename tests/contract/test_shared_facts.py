@@ -28,10 +28,11 @@ from ondeck_operator.api import spec as api
 from ondeck_operator.reconcile import status
 from ondeck_server import artifact
 from ondeck_server.convert import errors as convert_errors
+from ondeck_server.convert import quantize
 from ondeck_server.convert.formats import Format
 from ondeck_server.convert.inputs_spec import DType
 from ondeck_server.convert.optimize import OptimizationLevel
-from ondeck_server.convert.quantize import Quantize
+from ondeck_server.convert.quantize import Int4Settings, Quantize
 from ondeck_server.convert.validate import Thresholds
 from ondeck_server.serve import asgi
 from ondeck_server.serve.settings import ServeSettings
@@ -85,6 +86,8 @@ SETTINGS: list[tuple[type[BaseModel], str, type[BaseModel], str, bool]] = [
     (api.ValidationSpec, "samples", Thresholds, "samples", True),
     (api.ValidationSpec, "min_cosine", Thresholds, "min_cosine", True),
     (api.ValidationSpec, "max_top1_disagreement", Thresholds, "max_top1_disagreement", True),
+    (api.Int4Spec, "block_size", Int4Settings, "block_size", True),
+    (api.Int4Spec, "accuracy_level", Int4Settings, "accuracy_level", True),
 ]
 
 
@@ -109,6 +112,42 @@ def test_setting_defaults_and_bounds(
     assert _within((spec_range[0], spec_range[1]), (server_range[0], server_range[1])), (
         f"spec allows {spec_range}, the server only {server_range}"
     )
+
+
+def test_int4_block_sizes_match() -> None:
+    assert fields.INT4_BLOCK_SIZES == quantize.INT4_BLOCK_SIZES
+
+
+@pytest.mark.parametrize(
+    ("int4", "block_size", "accuracy_level"),
+    [(None, 32, 4), ({"blockSize": 128, "accuracyLevel": 1}, 128, 1)],
+)
+def test_int4_settings_reach_the_convert_command(
+    int4: dict[str, int] | None, block_size: int, accuracy_level: int
+) -> None:
+    """`optimize.int4` (or its defaults, when omitted) is what `convert` parses."""
+    import typer.main
+
+    from ondeck_operator.render.args import convert_args
+    from ondeck_server import cli
+
+    optimize: dict[str, Any] = {"quantize": "int4"}
+    if int4 is not None:
+        optimize["int4"] = int4
+    spec = api.ModelDeploymentSpec.model_validate(
+        {"model": {"uri": "file:///m/model.onnx"}, "optimize": optimize}
+    )
+    argv = convert_args(spec, store="/store", ref=None)
+    cli._register()
+    command = typer.main.get_command(cli.app).commands["convert"]  # type: ignore[attr-defined]
+    params = command.make_context("convert", argv[1:]).params
+    assert (params["int4_block_size"], params["int4_accuracy_level"]) == (
+        block_size,
+        accuracy_level,
+    )
+    # Other modes pass no int4 flags: the server's defaults are never relied on for int4.
+    plain = api.ModelDeploymentSpec.model_validate({"model": {"uri": "file:///m/model.onnx"}})
+    assert not [a for a in convert_args(plain, store="/s", ref=None) if a.startswith("--int4")]
 
 
 def test_every_conversion_failure_has_a_deliberate_condition_reason() -> None:

@@ -48,6 +48,11 @@ class Quantize(StrEnum):
     INT4 = "int4"
 
 
+#: `optimize.int4.blockSize`: the block sizes onnxruntime's CPU MatMulNBits kernels have
+#: fast paths for (`--int4-block-size`).
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
 class TensorDType(StrEnum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"

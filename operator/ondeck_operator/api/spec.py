@@ -35,6 +35,7 @@ from ondeck_operator.api.fields import (
     HOST_RE,
     HTTP_URL_RE,
     INPUT_NAME_RE,
+    INT4_BLOCK_SIZES,
     LABEL_KEY_RE,
     LIST_MAP_BY_NAME,
     PVC_URI_RE,
@@ -88,6 +89,7 @@ __all__ = [
     "IngressSpec",
     "IngressTLS",
     "InputSpec",
+    "Int4Spec",
     "KeySelector",
     "ModelDeployment",
     "ModelDeploymentSpec",
@@ -232,6 +234,37 @@ class ValidationSpec(ApiModel):
     )
 
 
+class Int4Spec(ApiModel):
+    """Weight-only 4-bit MatMul (quantize int4): onnxruntime's MatMulNBits settings."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="blockSize",
+            cel="!has(self.blockSize) || self.blockSize in ["
+            + ", ".join(map(str, INT4_BLOCK_SIZES))
+            + "]",
+            message="blockSize must be one of " + ", ".join(map(str, INT4_BLOCK_SIZES)),
+            check=lambda m: m.block_size in INT4_BLOCK_SIZES,
+        ),
+    )
+
+    block_size: int = Field(
+        default=32,
+        ge=INT4_BLOCK_SIZES[0],
+        le=INT4_BLOCK_SIZES[-1],
+        description="Weights of one column that share a scale and zero point (16, 32, 64, "
+        "128 or 256); smaller is more accurate and a little bigger.",
+    )
+    accuracy_level: int = Field(
+        default=4,
+        ge=1,
+        le=4,
+        description="Compute type of the 4-bit MatMul: 1 fp32, 2 fp16, 3 bf16 (x86 CPUs "
+        "compute both in fp32), 4 int8 activations (fastest; 1 when activations have "
+        "outliers the gate refuses).",
+    )
+
+
 class OptimizeSpec(ApiModel):
     """How the conversion Job optimizes and checks the model."""
 
@@ -254,6 +287,12 @@ class OptimizeSpec(ApiModel):
                 or bool(re.match(PVC_URI_RE, m.calibration))
             ),
         ),
+        Rule(
+            field="int4",
+            cel="!has(self.int4) || (has(self.quantize) && self.quantize == 'int4')",
+            message="int4 settings need quantize int4",
+            check=lambda m: m.int4 is None or m.quantize == Quantize.INT4,
+        ),
     )
 
     level: OptimizationLevel = Field(
@@ -261,6 +300,10 @@ class OptimizeSpec(ApiModel):
         description="onnxruntime graph optimization level; basic is hardware independent.",
     )
     quantize: Quantize = Field(default=Quantize.NONE, description="Weight quantization.")
+    int4: Int4Spec | None = Field(
+        default=None,
+        description="Settings of quantize int4; blockSize 32 and accuracyLevel 4 when omitted.",
+    )
     calibration: str | None = Field(
         default=None,
         min_length=1,

@@ -52,6 +52,7 @@ USED_LOCALLY: frozenset[tuple[str, ...]] = frozenset(
         ("model", "allowUnsafePickle"),
         ("optimize", "level"),
         ("optimize", "quantize"),
+        ("optimize", "int4"),
         ("optimize", "calibration"),
         ("optimize", "validation"),
         ("server", "batching"),

@@ -14,7 +14,7 @@ import json
 
 from ondeck_operator import __version__
 from ondeck_operator.api.constants import SERVER_PORT
-from ondeck_operator.api.spec import InputSpec, ModelDeploymentSpec
+from ondeck_operator.api.spec import InputSpec, Int4Spec, ModelDeploymentSpec, Quantize
 
 #: Bump when the meaning of an artifact changes without any spec field changing.
 ARTIFACT_KEY_SCHEMA = 1
@@ -72,6 +72,14 @@ def convert_args(
     if model.inputs:
         args += ["--inputs", inputs_arg(model.inputs)]
     args += ["--level", optimize.level.value, "--quantize", optimize.quantize.value]
+    if optimize.quantize is Quantize.INT4:
+        int4 = optimize.int4 or Int4Spec()
+        args += [
+            "--int4-block-size",
+            str(int4.block_size),
+            "--int4-accuracy-level",
+            str(int4.accuracy_level),
+        ]
     if optimize.calibration is not None:
         args += ["--calibration", optimize.calibration]
     validation = optimize.validation
