@@ -250,7 +250,13 @@ def test_converter_image_converts_and_server_image_serves_onnx_int8(
 ) -> None:
     from modelzoo import reference
 
-    manifest = md("mlp", f"file://{SOURCES}/mlp.onnx", optimize={"quantize": "int8"})
+    # A random MLP on generated samples has near-tied logits: 7-bit int8 weights flip
+    # 2 of 64 top-1 picks at cosine 0.9998 on an AVX2 CPU. The images are under test here.
+    manifest = md(
+        "mlp",
+        f"file://{SOURCES}/mlp.onnx",
+        optimize={"quantize": "int8", "validation": {"maxTop1Disagreement": 0.1}},
+    )
     report = convert(images.converter, manifest, sources=sources, store=store, workdir=tmp_path)
     digest = report["digest"]
     artifact = store / digest / "model.onnx"
