@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ondeck_operator.api import hints
 from ondeck_operator.api.constants import API_VERSION, GROUP, KIND
 from ondeck_operator.api.fields import pattern_hint
 from ondeck_operator.api.operator_config import ConfigError, OperatorConfig
@@ -73,9 +74,9 @@ def _schema_error_lines(error: Any) -> list[str]:
     instance, kind = error.instance, error.validator
     if kind == "additionalProperties" and isinstance(instance, dict):
         known = set(error.schema.get("properties", {}))
+        parent = list(error.absolute_path)
         return [
-            f"{_path([*error.absolute_path, key])}: unknown field (check the spelling; see "
-            "docs/reference/modeldeployment.md)"
+            f"{_path([*parent, key])}: {hints.unknown_field_message(ModelDeployment, parent, key)}"
             for key in sorted(set(instance) - known)
         ]
     if kind == "required" and isinstance(instance, dict):

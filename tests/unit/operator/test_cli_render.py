@@ -136,6 +136,32 @@ def test_validate_names_field_and_rule(app: typer.Typer, tmp_path: Path, bad: Ba
         assert any(bad.words in line for line in ours), ours
 
 
+def test_validate_suggests_the_field_a_typo_resembles(app: typer.Typer, tmp_path: Path) -> None:
+    """The same hint `ondeck run` gives (hints.unknown_field_message), at every level."""
+    path = write(
+        tmp_path,
+        "md.yaml",
+        [
+            manifest(
+                {
+                    "model": {"uri": "s3://b/iris.onnx", "sha265": "0" * 64},
+                    "optimise": {"level": "basic"},
+                    "server": {"batching": {"maxBatch": 8}},
+                }
+            )
+        ],
+    )
+    result = run(app, "validate", "-f", str(path))
+    assert result.exit_code == 1
+    see = "(see docs/reference/modeldeployment.md)"
+    assert result.stderr.splitlines() == [
+        f"SpecError: {path}: spec.optimise: unknown field; did you mean `optimize`? {see}",
+        f"SpecError: {path}: spec.model.sha265: unknown field; did you mean `sha256`? {see}",
+        f"SpecError: {path}: spec.server.batching.maxBatch: unknown field; did you mean"
+        f" `maxBatchSize`? {see}",
+    ]
+
+
 def test_validate_exit_code_through_the_real_entry_point(tmp_path: Path) -> None:
     bad = next(b for b in BAD if b.id == "min-above-max")
     path = write(tmp_path, "md.yaml", [bad.manifest()])
