@@ -22,7 +22,6 @@ CLUSTER_ONLY: dict[tuple[str, ...], str] = {
     ("server", "imagePullSecrets"): "no images locally",
     ("server", "replicas"): "one local server process",
     ("server", "resources"): "no resource limits locally",
-    ("server", "auth"): "the local server asks for no token (the Secret exists only in clusters)",
     ("server", "env"): "the server process gets this shell's environment",
     ("server", "nodeSelector"): "no nodes locally",
     ("server", "tolerations"): "no nodes locally",
@@ -60,6 +59,8 @@ USED_LOCALLY: frozenset[tuple[str, ...]] = frozenset(
         ("server", "maxBodyBytes"),
         ("server", "maxQueue"),
         ("server", "drainTimeoutSeconds"),
+        # the local server asks for a token too: --auth-token, or one made for the run
+        ("server", "auth"),
     }
 )
 #: Read from elsewhere locally, with a note saying so.
