@@ -33,17 +33,6 @@ pytestmark = pytest.mark.e2e
 RESYNC_SECONDS = 30
 WATCH_DEADLINE = 20.0
 
-#: Found by these tests, in ondeck_operator/runtime (not fixed here): in about half the
-#: runs, the watch streams the operator re-opens in the restarted API server's first
-#: seconds stay open but deliver nothing (its last log lines are a 403/503 "reconcile ...
-#: failed (retry in Ns)" from those seconds), so the ModelDeployments it waits on never
-#: become Ready, not even at the 30 s resync. Details: docs/reliability.md, "Chaos".
-SILENT_WATCH_AFTER_RESTART = pytest.mark.xfail(
-    reason="runtime: watch streams re-opened right after an API server restart can stay "
-    "silent (see SILENT_WATCH_AFTER_RESTART)",
-    strict=False,
-)
-
 
 @pytest.fixture
 def cluster(admin_api: Any, namespace: str) -> Cluster:
@@ -115,7 +104,6 @@ def _statuses(cluster: Cluster, names: list[str]) -> dict[str, Any]:
     return {name: cluster.md(name)["status"] for name in names}
 
 
-@SILENT_WATCH_AFTER_RESTART
 def test_api_server_restart_mid_reconcile(
     cluster: Cluster,
     control_plane: ControlPlane,
@@ -134,7 +122,6 @@ def test_api_server_restart_mid_reconcile(
     print(f"apiserver down {down:.1f}s; change after it acted on in {took:.1f}s")
 
 
-@SILENT_WATCH_AFTER_RESTART
 def test_api_server_killed_while_the_operator_writes_status(
     cluster: Cluster,
     control_plane: ControlPlane,

@@ -6,8 +6,10 @@ apply` an iris ModelDeployment whose scikit-learn model is served over HTTP from
 bridge address → the Job's container converts it and its termination message reaches the
 status → the server pods pass their readiness probes under restricted Pod Security, which
 the namespace enforces → a V2 request to the Service's ClusterIP (kube-proxy's iptables
-rules) gives scikit-learn's answers → `kubectl logs` reaches the kubelet → deleting the
-ModelDeployment garbage-collects everything it owned.
+rules) gives scikit-learn's answers → `kubectl logs` reaches the kubelet → a corrupt
+model and a wrong sha256 fail in the real converter container with their reasons and
+error lines in the status while iris keeps serving → deleting the ModelDeployments
+garbage-collects everything they owned.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     folder = tmp_path / "www"
     folder.mkdir()
     models.save_skops(models.sklearn_models()["iris_pipeline"], folder / "iris.skops")
+    (folder / "broken.onnx").write_bytes(b"this is not an ONNX model\n" * 40)
     from controlplane import free_port
 
     port = free_port()
@@ -318,8 +321,51 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
         logs = kubectl(cluster, "logs", "-n", namespace, server_pod["metadata"]["name"])
         assert logs.strip()
 
-        # 5. delete: everything the ModelDeployment owned is garbage collected.
-        kubectl(cluster, "delete", "modeldeployment", "iris", "-n", namespace, "--wait=true")
+        # 5. bad models fail in the real converter container, their error line reaches
+        #    the status through the termination message, and iris keeps serving.
+        broken = {
+            "broken": {"uri": f"{model_server}/broken.onnx", "format": "onnx"},
+            "wrongsum": {
+                "uri": f"{model_server}/iris.skops",
+                "format": "sklearn",
+                "sha256": "0" * 64,
+            },
+        }
+        for name, model in broken.items():
+            bad = {
+                **manifest,
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {**manifest["spec"], "model": model},
+            }
+            kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(bad))
+
+        def failed(name: str) -> dict[str, Any] | None:
+            md = get(cluster, "modeldeployment", name, "-n", namespace)
+            status = md.get("status") or {}
+            if status.get("phase") != "Failed":
+                return None
+            return {c["type"]: c for c in status.get("conditions", [])}["Ready"]
+
+        expect = {
+            "broken": ("ConversionFailed", "broken.onnx is not a valid ONNX model"),
+            "wrongsum": ("ChecksumMismatch", f"expected {'0' * 64}"),
+        }
+        for name, (reason, text) in expect.items():
+            ready_condition = wait_until(
+                f"{name} to fail", lambda n=name: failed(n), timeout=300, node=cluster.node
+            )
+            assert ready_condition["status"] == "False"
+            assert ready_condition["reason"] == reason, ready_condition
+            assert text in ready_condition["message"], ready_condition
+        assert answer()["outputs"]  # iris still answers
+        timings["bad models → Failed"] = time.monotonic() - started - sum(timings.values())
+
+        # 6. delete: everything the ModelDeployment owned is garbage collected.
+        kubectl(
+            cluster,
+            *("delete", "modeldeployment", "iris", "broken", "wrongsum", "-n", namespace),
+            "--wait=true",
+        )
 
         def collected() -> bool:
             left = []
