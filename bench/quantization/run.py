@@ -258,12 +258,15 @@ def machine_facts() -> list[str]:
         for p in ("onnxruntime", "onnx", "torch", "scikit-learn", "skl2onnx", "numpy")
     )
     lscpu = sh("lscpu | grep -E 'Model name|^CPU\\(s\\)'")
-    vnni = "yes" if "avx512_vnni" in sh("grep -m1 flags /proc/cpuinfo") else "no"
+    flags = set(sh("grep -m1 flags /proc/cpuinfo").split())
+    vnni = [f for f in ("avx512_vnni", "avx_vnni") if f in flags]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return [
         f"- `nproc`: {sh('nproc')}; load average at start: {load}",
         *[f"- {line.strip()}" for line in lscpu.splitlines()],
-        f"- AVX-512 VNNI (fast int8 dot products): {vnni}",
+        f"- AVX2: {'yes' if 'avx2' in flags else 'no'}; AVX-512: "
+        f"{'yes' if 'avx512f' in flags else 'no'}; VNNI (fast int8 dot products): "
+        f"{', '.join(vnni) if vnni else 'no'}",
         f"- Python {platform.python_version()}; {versions}",
     ]
 
@@ -278,7 +281,8 @@ def render(results: dict[str, list[dict[str, Any]]], facts: list[str]) -> str:
         'same threads before and after. Size: `model.onnx`; "x" = FP32 size / this size.',
         "Gate: the default validation gate (mean cosine ≥ 0.99 and top-1 disagreement ≤ 1 %",
         'against the original, on the calibration samples); "refused" = the pipeline would',
-        "not have published it.",
+        "not have published it. int4: the defaults, block 32 and accuracy level 4 (int8",
+        "activations inside MatMulNBits).",
         "",
         "## Machine",
         "",
