@@ -7,7 +7,8 @@ next to this script.
 A multi-layer perceptron rather than a LogisticRegression, because int8 quantization
 works on matrix multiplications: skl2onnx turns a LogisticRegression into a single
 `LinearClassifier` operator of the ONNX-ML domain, which int8 leaves as it is.
-The committed `model.skops` was made by this script; rerun it to check or replace it.
+The committed `model.skops` and `samples.npz` (the gate's samples) were made by this
+script; rerun it to check or replace them.
 It does not convert or serve anything: `ondeck run -f examples/iris/modeldeployment.yaml`
 does that.
 """
@@ -47,6 +48,22 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     sio.dump(model, out)
     print(f"wrote {out} ({out.stat().st_size} bytes), training accuracy {accuracy:.3f}")
+    samples = out.with_name(SAMPLES)
+    write_samples(samples)
+    print(f"wrote {samples} (the 150 iris measurements, the gate's samples)")
+
+
+#: Real inputs for the accuracy gate (`spec.optimize.calibration`): the int8 model is
+#: compared with the original on iris measurements, not on N(0, 1) noise, where the
+#: classes of this network nearly tie and a flipped pick says nothing about accuracy.
+SAMPLES = "samples.npz"
+
+
+def write_samples(path: Path) -> None:
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    np.savez(path, input=load_iris().data.astype("float32"))
 
 
 if __name__ == "__main__":

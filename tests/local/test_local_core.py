@@ -40,7 +40,7 @@ def test_loads_the_iris_example() -> None:
 
 def test_embedded_default_is_the_iris_example() -> None:
     embedded = local.default_manifest().parent
-    for name in ("modeldeployment.yaml", "model.skops"):
+    for name in ("modeldeployment.yaml", "model.skops", "samples.npz"):
         assert (embedded / name).read_bytes() == (IRIS / name).read_bytes(), name
 
 

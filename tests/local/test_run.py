@@ -130,7 +130,8 @@ def test_cluster_only_fields_are_listed_and_auth_gets_a_local_token(tmp_path: Pa
         text.replace("  server:\n", "  server:\n    replicas: 3\n    auth: {secretName: tok}\n")
         + "  ingress: {host: iris.example.com}\n"
     )
-    shutil.copy(EXAMPLES / "iris" / "model.skops", tmp_path / "model.skops")
+    for name in ("model.skops", "samples.npz"):
+        shutil.copy(EXAMPLES / "iris" / name, tmp_path / name)
     run = _run(manifest, tmp_path / "store")
     try:
         run.wait_banner()
@@ -369,6 +370,7 @@ def test_ctrl_c_during_conversion_stops_it_and_exits_130(tmp_path: Path) -> None
 def test_pinned_sha256_reuses_the_artifact_without_fetching(tmp_path: Path) -> None:
     model = tmp_path / "model.skops"
     shutil.copy(EXAMPLES / "iris" / "model.skops", model)
+    shutil.copy(EXAMPLES / "iris" / "samples.npz", tmp_path / "samples.npz")
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     manifest = tmp_path / "md.yaml"
     text = (EXAMPLES / "iris" / "modeldeployment.yaml").read_text()

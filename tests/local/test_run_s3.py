@@ -41,11 +41,12 @@ def s3_endpoint() -> Iterator[str]:
             aws_secret_access_key="ondeck-test-secret",
         )
         client.create_bucket(Bucket="ondeck-examples")
-        client.put_object(
-            Bucket="ondeck-examples",
-            Key="iris/model.skops",
-            Body=(ROOT / "examples" / "iris" / "model.skops").read_bytes(),
-        )
+        for name in ("model.skops", "samples.npz"):
+            client.put_object(
+                Bucket="ondeck-examples",
+                Key=f"iris/{name}",
+                Body=(ROOT / "examples" / "iris" / name).read_bytes(),
+            )
         yield endpoint
     finally:
         server.stop()
