@@ -55,7 +55,11 @@ class StageLines:
 
 
 def test_int8_dynamic_shrinks_the_mlp_and_keeps_its_answers(sources: Sources, store: Path) -> None:
-    outcome = convert(mlp_request(sources, store, Quantize.INT8))
+    # Judged on real digits: on N(0, 1) noise this MLP's classes nearly tie and 7-bit
+    # weights flip 1 pick in 64 on an AVX2 CPU, which says nothing about its accuracy.
+    outcome = convert(
+        mlp_request(sources, store, Quantize.INT8, calibration=str(sources["digits.npz"]))
+    )
     manifest = outcome.manifest
     assert manifest.settings["quantize"] == "int8"
     assert manifest.original_size_bytes / manifest.size_bytes > 3.0

@@ -140,3 +140,17 @@ def test_calibration_shape_must_fit() -> None:
         "--calibration array 'x' has shape [10, 3], the input is [-1, 2]; give samples along "
         "the first dimension"
     )
+
+
+@pytest.mark.parametrize(
+    ("cosine", "shown"), [(0.9812, "0.9812"), (0.99999999991, "0.9999999999"), (0.99996, "0.99996")]
+)
+def test_a_refused_cosine_never_reads_as_the_threshold(cosine: float, shown: str) -> None:
+    from ondeck_server.convert.validate import ValidationReport, gate_message
+
+    report = ValidationReport(
+        reference="onnx-fp32", samples=64, sample_source="calibration", outputs=[],
+        cosine=cosine, top1_disagreement=None, min_cosine=1.0, max_top1_disagreement=0.01,
+        passed=False,
+    )  # fmt: skip
+    assert f"cosine {shown} < --min-cosine 1.0" in gate_message(report)

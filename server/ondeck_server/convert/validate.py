@@ -266,11 +266,23 @@ def validate(
     return report
 
 
+def _below(value: float, bound: float) -> str:
+    """`value` with 4 decimals, or as many more as it takes not to read as `bound`
+    ("cosine 1.0000 < 1.0" said nothing)."""
+    for digits in range(4, 13):
+        text = f"{value:.{digits}f}"
+        if float(text) < bound:
+            return text
+    return repr(value)
+
+
 def gate_message(report: ValidationReport, *, gentler: str = GENTLER) -> str:
     """Why the gate refused the model, and what to do."""
     parts: list[str] = []
     if report.cosine is not None and report.cosine < report.min_cosine:
-        parts.append(f"cosine {report.cosine:.4f} < --min-cosine {report.min_cosine}")
+        parts.append(
+            f"cosine {_below(report.cosine, report.min_cosine)} < --min-cosine {report.min_cosine}"
+        )
     disagreement = report.top1_disagreement
     if disagreement is not None and disagreement > report.max_top1_disagreement:
         parts.append(
