@@ -181,30 +181,34 @@ def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def artifact_volume(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
-    """A hostPath PersistentVolume (no storage class) the artifact claim binds to."""
-    folder = real_cluster.node.workdir / f"pv-{uuid.uuid4().hex[:6]}"
-    folder.mkdir()
-    os.chown(folder, UID, UID)
-    name = folder.name
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": name},
-        "spec": {
-            "capacity": {"storage": "20Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "hostPath": {"path": str(folder), "type": "Directory"},
-        },
-    }
-    kubectl(real_cluster, "apply", "-f", "-", stdin=json.dumps(pv))
-    yield name
-    kubectl(real_cluster, "delete", "pv", name, "--wait=false", check=False)
+def artifact_volume(real_cluster: RealCluster, tmp_path: Path) -> Iterator[list[str]]:
+    """hostPath PersistentVolumes (no storage class) the artifact claims bind to, one per
+    ModelDeployment a test makes (each has its own claim)."""
+    names = []
+    for _ in range(3):
+        folder = real_cluster.node.workdir / f"pv-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        os.chown(folder, UID, UID)
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": folder.name},
+            "spec": {
+                "capacity": {"storage": "20Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(folder), "type": "Directory"},
+            },
+        }
+        kubectl(real_cluster, "apply", "-f", "-", stdin=json.dumps(pv))
+        names.append(folder.name)
+    yield names
+    for name in names:
+        kubectl(real_cluster, "delete", "pv", name, "--wait=false", check=False)
 
 
 def test_chart_operator_job_pods_and_service_on_a_real_node(
-    real_cluster: RealCluster, model_server: str, artifact_volume: str, tmp_path: Path
+    real_cluster: RealCluster, model_server: str, artifact_volume: list[str], tmp_path: Path
 ) -> None:
     from pipeline import models
 
@@ -391,7 +395,7 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
 
 
 def test_a_spec_change_rolls_out_with_no_failed_request(
-    real_cluster: RealCluster, model_server: str, artifact_volume: str, tmp_path: Path
+    real_cluster: RealCluster, model_server: str, artifact_volume: list[str], tmp_path: Path
 ) -> None:
     """While a client loops on the Service's ClusterIP, a serving setting changes: the
     Deployment rolls (maxSurge 1, maxUnavailable 0, preStop sleep, readiness probes) and
