@@ -58,8 +58,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 READY_TIMEOUT_S = 120.0
 EXIT_INTERRUPTED = 130
-#: The notice `manifest.notices` gives for spec.server.auth; local mode serves with a
-#: token instead (see `LocalRunner.run`), so that notice is not printed.
+#: Where local mode says how it serves a manifest that asks for auth (`_token`).
 AUTH_FIELD = "spec.server.auth"
 #: A line a child prints as its error: `ErrorType: message` (a CamelCase type).
 ERROR_LINE = re.compile(r"^[A-Z][A-Za-z]+: \S")
@@ -254,8 +253,7 @@ class LocalRunner:
         md = loaded.md
         name = md.metadata.name
         for notice in notices(loaded.raw):
-            if notice.field != AUTH_FIELD:
-                self._say(notice.line())
+            self._say(notice.line())
         spec = localize(md.spec, loaded.base_dir)
         self._open_store()
         token = self._token(spec)
