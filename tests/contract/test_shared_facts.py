@@ -83,6 +83,8 @@ SETTINGS: list[tuple[type[BaseModel], str, type[BaseModel], str, bool]] = [
     (api.ServerSpec, "max_body_bytes", ServeSettings, "max_body_bytes", False),
     (api.ServerSpec, "max_queue", ServeSettings, "max_queue", False),
     (api.ServerSpec, "drain_timeout_seconds", ServeSettings, "drain_timeout", True),
+    (api.LlmSpec, "max_context_length", ServeSettings, "max_context_length", True),
+    (api.LlmSpec, "max_batch_size", ServeSettings, "max_batch_size", False),
     (api.ValidationSpec, "samples", Thresholds, "samples", True),
     (api.ValidationSpec, "min_cosine", Thresholds, "min_cosine", True),
     (api.ValidationSpec, "max_top1_disagreement", Thresholds, "max_top1_disagreement", True),
@@ -112,6 +114,15 @@ def test_setting_defaults_and_bounds(
     assert _within((spec_range[0], spec_range[1]), (server_range[0], server_range[1])), (
         f"spec allows {spec_range}, the server only {server_range}"
     )
+
+
+def test_served_model_name_pattern_matches() -> None:
+    """spec.llm.servedModelName becomes `serve --name`: the same pattern on both sides."""
+    from ondeck_operator.api.fields import SERVED_NAME_RE
+    from ondeck_server.serve import settings
+
+    assert settings._NAME.pattern == SERVED_NAME_RE
+    assert _bounds(api.LlmSpec, "served_model_name")[0] is None
 
 
 def test_int4_block_sizes_match() -> None:
@@ -267,3 +278,8 @@ def test_every_flag_the_operator_writes_is_one_the_server_reads() -> None:
     )
     served = {a.split("=", 1)[0] for a in serve if a.startswith("--")}
     assert served <= {flag for flag, _ in SERVE_FLAGS.values()} | {"--model-cache"}
+    raw = yaml.safe_load((root / "examples/tinyllm/modeldeployment.yaml").read_text())
+    llm = serve_args(ModelDeployment.from_manifest(raw).spec, model_path="/a/r", name="m")
+    llm_flags = {a for a in llm if a.startswith("--")}
+    assert "--max-context-length" in llm_flags
+    assert llm_flags <= {flag for flag, _ in SERVE_FLAGS.values()}

@@ -142,6 +142,8 @@ HTTP_URL_RE = r"^https?://\S+$"
 SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
 ENV_NAME_RE = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 URL_PATH_RE = r"^/\S*$"
+#: A served model name (`ondeck-server serve --name`): the server's own pattern.
+SERVED_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 REASON_RE = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 _QUANTITY = re.compile(QUANTITY_RE)
 LABEL_KEY_RE = (
@@ -177,6 +179,8 @@ PATTERN_HINTS: dict[str, str] = {
     "starting with a digit",
     URL_PATH_RE: "a path starting with '/'",
     REASON_RE: "a CamelCase reason",
+    SERVED_NAME_RE: "a model name: letters, digits, '.', '_' and '-', starting with a letter"
+    " or digit",
     LABEL_KEY_RE: "a label key: an optional DNS-subdomain prefix and '/', then at most 63 "
     "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
     LABEL_VALUE_RE: "a label value: at most 63 letters, digits, '-', '_' or '.', starting "

@@ -41,6 +41,7 @@ from ondeck_operator.api.fields import (
     PVC_URI_RE,
     S3_STORE_RE,
     SECRET_KEY_RE,
+    SERVED_NAME_RE,
     SHA256_RE,
     URI_RE,
     URL_PATH_RE,
@@ -91,6 +92,7 @@ __all__ = [
     "InputSpec",
     "Int4Spec",
     "KeySelector",
+    "LlmSpec",
     "ModelDeployment",
     "ModelDeploymentSpec",
     "ModelDeploymentStatus",
@@ -350,6 +352,32 @@ class BatchingSpec(ApiModel):
     )
     max_delay_ms: float = Field(
         default=2.0, ge=0.0, le=1000.0, description="Longest wait to fill a batch."
+    )
+
+
+class LlmSpec(ApiModel):
+    """Serving a language model (model format hf-causal-lm)."""
+
+    max_context_length: int | None = Field(
+        default=None,
+        ge=16,
+        le=1 << 20,
+        description="Most tokens of a prompt plus its output (`--max-context-length`); "
+        "the model's own context when omitted, and never more than it.",
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Most sequences decoding together (`--max-batch-size`; each holds its "
+        "own KV cache); server.batching.maxBatchSize when omitted.",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=SERVED_NAME_RE,
+        description="The model name of the OpenAI API (`model` in requests, "
+        "`/v1/models`); metadata.name when omitted.",
     )
 
 
@@ -720,6 +748,14 @@ class ModelDeploymentSpec(ApiModel):
             "(the CPU target is a percentage of it)",
             check=lambda m: m.autoscaling is None or "cpu" in (m.server.resources.requests or {}),
         ),
+        Rule(
+            field="llm",
+            cel="!has(self.llm) || (has(self.model.format) && self.model.format == '"
+            + Format.HF_CAUSAL_LM.value
+            + "')",
+            message="llm settings need model.format " + Format.HF_CAUSAL_LM.value,
+            check=lambda m: m.llm is None or m.model.format == Format.HF_CAUSAL_LM,
+        ),
     )
 
     model: ModelSource = Field(description="The model to serve.")
@@ -732,6 +768,11 @@ class ModelDeploymentSpec(ApiModel):
         default_factory=ServerSpec,
         json_schema_extra={"default": {}},
         description="The inference server.",
+    )
+    llm: LlmSpec | None = Field(
+        default=None,
+        description="Language-model serving (context, concurrent sequences, served name); "
+        "only with model.format hf-causal-lm.",
     )
     autoscaling: AutoscalingSpec | None = Field(
         default=None, description="Scale the server with a HorizontalPodAutoscaler."

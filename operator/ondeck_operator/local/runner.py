@@ -51,7 +51,7 @@ from ondeck_operator.local.banner import banner, size
 from ondeck_operator.local.errors import ConvertFailed, PortInUse, ServeFailed, StoreFailed
 from ondeck_operator.local.flags import in_manifest_terms
 from ondeck_operator.local.manifest import ConvertSummary, Loaded, localize, notices
-from ondeck_operator.render.args import artifact_key, convert_args, serve_args
+from ondeck_operator.render.args import artifact_key, convert_args, serve_args, served_name
 
 DEFAULT_STORE = Path("~/.cache/ondeck")
 DEFAULT_HOST = "127.0.0.1"
@@ -484,7 +484,7 @@ class LocalRunner:
             if not self._wait_ready(proc, base_url):
                 return 0  # stopped by a signal while starting: a clean stop
             shown = banner(
-                name=name,
+                name=served_name(spec, name),
                 base_url=base_url,
                 summary=summary,
                 spill_dir=self.store / "requests",

@@ -107,6 +107,14 @@ def convert_args(
     return args
 
 
+def served_name(spec: ModelDeploymentSpec, name: str) -> str:
+    """The name the server serves the model under: spec.llm.servedModelName, else `name`
+    (metadata.name)."""
+    if spec.llm is not None and spec.llm.served_model_name is not None:
+        return spec.llm.served_model_name
+    return name
+
+
 def serve_args(
     spec: ModelDeploymentSpec,
     *,
@@ -118,8 +126,13 @@ def serve_args(
     model_cache: str | None = None,
 ) -> list[str]:
     """argv of `ondeck-server serve` after the program name (starts with "serve");
-    `model_cache`: where an s3:// `model_path` is downloaded to."""
-    server = spec.server
+    `model_cache`: where an s3:// `model_path` is downloaded to. `spec.llm` (a language
+    model) names the model, caps its context and sets the sequences decoding together."""
+    server, llm = spec.server, spec.llm
+    name = served_name(spec, name)
+    max_batch_size = server.batching.max_batch_size
+    if llm is not None and llm.max_batch_size is not None:
+        max_batch_size = llm.max_batch_size
     args = [
         "serve",
         "--model",
@@ -131,10 +144,12 @@ def serve_args(
         "--port",
         str(port),
         "--max-batch-size",
-        str(server.batching.max_batch_size),
+        str(max_batch_size),
         "--max-delay-ms",
         _num(server.batching.max_delay_ms),
     ]
+    if llm is not None and llm.max_context_length is not None:
+        args += ["--max-context-length", str(llm.max_context_length)]
     if server.threads is not None:
         args += ["--threads", str(server.threads)]
     if auth_token_file is not None:

@@ -492,6 +492,10 @@ def render_deployment(
         "env": list(env.values()),
         **({"envFrom": store_env} if (store_env := _store_env_from(md)) else {}),
         "ports": [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        # A language model's memory (weights + KV cache: 2 x layers x KV heads x head size
+        # x context x sequences x bytes per element) is not sized here: the layers, KV heads,
+        # head size and context are in the artifact's manifest.json (`llm`) only, and reach
+        # neither the conversion Job's summary nor status.artifact. The spec's memory stands.
         "resources": _resources(server.resources),
         "startupProbe": _http_probe(
             HEALTH_READY_PATH, period=5, failures=config.startup_failure_threshold, timeout=2

@@ -55,6 +55,7 @@ def serve(
     header_timeout: Annotated[float, _option("header_timeout")] = _DEFAULT["header_timeout"],
     body_timeout: Annotated[float, _option("body_timeout")] = _DEFAULT["body_timeout"],
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT["max_connections"],
+    max_context_length: Annotated[int | None, _option("max_context_length")] = None,
     model_cache: Annotated[
         Path | None,
         typer.Option(
@@ -98,6 +99,7 @@ def serve(
         "max_tensor_elements": max_tensor_elements,
         "header_timeout": header_timeout,
         "body_timeout": body_timeout,
+        "max_context_length": max_context_length,
         "max_connections": max_connections,
     }
     try:

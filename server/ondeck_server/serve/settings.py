@@ -35,7 +35,12 @@ FLAGS: dict[str, tuple[str, str]] = {
     "header_timeout": ("--header-timeout", "ONDECK_HEADER_TIMEOUT"),
     "body_timeout": ("--body-timeout", "ONDECK_BODY_TIMEOUT"),
     "max_connections": ("--max-connections", "ONDECK_MAX_CONNECTIONS"),
+    "max_context_length": ("--max-context-length", "ONDECK_MAX_CONTEXT_LENGTH"),
 }
+
+#: Bounds of `--max-context-length` (tokens; a language model's prompt plus its output).
+MIN_CONTEXT_LENGTH = 16
+MAX_CONTEXT_LENGTH = 1 << 20
 
 #: Default bound on the elements of any one input, and of any output the model would
 #: make from a request (2^26: 256 MiB of float32); past it a request gets 400.
@@ -105,6 +110,13 @@ class ServeSettings(BaseModel):
         le=1_000_000,
         description="open connections (and requests in progress) before idle connections are"
         " closed and new requests get 503; probes are always answered",
+    )
+    max_context_length: int | None = Field(
+        default=None,
+        ge=MIN_CONTEXT_LENGTH,
+        le=MAX_CONTEXT_LENGTH,
+        description="language models: most tokens of a prompt plus its output, at most the"
+        " model's own context; default: the model's context (tensor models ignore it)",
     )
 
     @field_validator("name")

@@ -33,6 +33,12 @@ def _spec(doc: Doc) -> Doc:
     return spec
 
 
+def _llm(doc: Doc, **llm: object) -> None:
+    """A language model (format hf-causal-lm) with these `spec.llm` settings."""
+    _spec(doc)["model"]["format"] = "hf-causal-lm"
+    _spec(doc)["llm"] = llm
+
+
 BAD: tuple[Bad, ...] = (
     # Cross-field rules (CEL in the CRD, model validators in pydantic).
     Bad("min-above-max", lambda d: _spec(d)["autoscaling"].update(minReplicas=9),
@@ -124,6 +130,8 @@ BAD: tuple[Bad, ...] = (
         lambda d: _spec(d)["server"]["tolerations"][0].update(tolerationSeconds=30),
         "spec.server.tolerations[0].tolerationSeconds",
         "tolerationSeconds needs effect NoExecute", True),
+    Bad("llm-without-hf-causal-lm", lambda d: _spec(d).update(llm={"maxContextLength": 512}),
+        "spec.llm", "llm settings need model.format hf-causal-lm", True),
     Bad("name-not-dns-1035", lambda d: d["metadata"].update(name="1-iris"),
         "metadata.name", "is not a DNS-1035 label"),
     # Field constraints (the CRD's OpenAPI schema, pydantic field types).
@@ -158,6 +166,18 @@ BAD: tuple[Bad, ...] = (
         "spec.service.port", "greater than or equal to 1"),
     Bad("batch-size-zero", lambda d: _spec(d)["server"]["batching"].update(maxBatchSize=0),
         "spec.server.batching.maxBatchSize", "greater than or equal to 1"),
+    Bad("llm-context-too-short", lambda d: _llm(d, maxContextLength=8),
+        "spec.llm.maxContextLength", "greater than or equal to 16"),
+    Bad("llm-context-too-long", lambda d: _llm(d, maxContextLength=(1 << 20) + 1),
+        "spec.llm.maxContextLength", "less than or equal to 1048576"),
+    Bad("llm-batch-size-zero", lambda d: _llm(d, maxBatchSize=0),
+        "spec.llm.maxBatchSize", "greater than or equal to 1"),
+    Bad("llm-batch-size-too-big", lambda d: _llm(d, maxBatchSize=4097),
+        "spec.llm.maxBatchSize", "less than or equal to 4096"),
+    Bad("llm-served-name-with-slash", lambda d: _llm(d, servedModelName="org/tiny"),
+        "spec.llm.servedModelName", "is not a model name"),
+    Bad("llm-served-name-too-long", lambda d: _llm(d, servedModelName="m" * 129),
+        "spec.llm.servedModelName", "at most 128 characters"),
     Bad("pod-label-value-too-long", lambda d: _spec(d)["server"]["podLabels"].update(team="x" * 64),
         "spec.server.podLabels.team", "at most 63 characters"),
     Bad("credentials-secret-bad-name",

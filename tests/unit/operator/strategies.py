@@ -239,6 +239,18 @@ def artifacts(draw: st.DrawFn) -> Doc:
 
 
 @st.composite
+def llm(draw: st.DrawFn) -> Doc:
+    doc: Doc = {}
+    if draw(st.booleans()):
+        doc["maxContextLength"] = draw(st.integers(16, 1 << 20))
+    if draw(st.booleans()):
+        doc["maxBatchSize"] = draw(st.integers(1, 4096))
+    if draw(st.booleans()):
+        doc["servedModelName"] = draw(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z"))
+    return doc
+
+
+@st.composite
 def spec(draw: st.DrawFn) -> Doc:
     auto = draw(st.none() | autoscaling())
     doc: Doc = {"model": draw(model())}
@@ -249,6 +261,8 @@ def spec(draw: st.DrawFn) -> Doc:
         doc["server"] = srv
     if auto is not None:
         doc["autoscaling"] = auto
+    if doc["model"].get("format") == "hf-causal-lm" and draw(st.booleans()):
+        doc["llm"] = draw(llm())
     if draw(st.booleans()):
         doc["service"] = {
             "type": draw(st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"])),

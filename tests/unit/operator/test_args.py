@@ -108,3 +108,31 @@ def test_artifact_key_changes_with_model_and_optimize() -> None:
     keys = {artifact_key(make_md(spec).spec) for spec in changed}
     assert key not in keys
     assert len(keys) == len(changed)
+
+
+#: Like examples/tinyllm/modeldeployment.yaml, with every `spec.llm` setting.
+TINYLLM_SPEC = {
+    "model": {"uri": "pvc://models/tinyllm/", "format": "hf-causal-lm"},
+    "optimize": {"quantize": "int4"},
+    "server": {"batching": {"maxBatchSize": 8}},
+    "llm": {"maxContextLength": 512, "maxBatchSize": 4, "servedModelName": "tiny-chat"},
+}
+
+
+def test_serve_args_of_a_language_model() -> None:
+    """spec.llm names the model, caps the context and wins over batching.maxBatchSize."""
+    spec = make_md(TINYLLM_SPEC, name="tinyllm").spec
+    assert serve_args(spec, model_path="/a/r", name="tinyllm") == [
+        "serve", "--model", "/a/r", "--name", "tiny-chat", "--host", "0.0.0.0", "--port", "8080",
+        "--max-batch-size", "4", "--max-delay-ms", "2.0", "--max-context-length", "512",
+        "--drain-timeout", "30",
+    ]  # fmt: skip
+
+
+def test_serve_args_of_a_language_model_without_llm_settings() -> None:
+    """Without them: metadata.name, server.batching.maxBatchSize, the model's context."""
+    spec = make_md({**TINYLLM_SPEC, "llm": {}}, name="tinyllm").spec
+    args = serve_args(spec, model_path="/a/r", name="tinyllm")
+    assert args[args.index("--name") + 1] == "tinyllm"
+    assert args[args.index("--max-batch-size") + 1] == "8"
+    assert "--max-context-length" not in args

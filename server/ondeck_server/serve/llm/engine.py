@@ -102,8 +102,18 @@ class QueueFull(Exception):
 
 
 class EngineWorker:
-    def __init__(self, genai: Path, *, max_batch: int, max_queue: int, threads: int | None) -> None:
+    def __init__(
+        self,
+        genai: Path,
+        *,
+        max_batch: int,
+        max_queue: int,
+        threads: int | None,
+        max_context: int | None = None,
+    ) -> None:
         self.genai = genai
+        self.max_context = max_context
+        """`--max-context-length`: caps the model's context (prompt + output tokens)"""
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.threads = threads
@@ -197,6 +207,8 @@ class EngineWorker:
         self._eos = {int(t) for t in self._tokenizer.eos_token_ids}
         genai_config = json.loads((self.genai / "genai_config.json").read_text())
         self.context = int(genai_config["model"]["context_length"])
+        if self.max_context is not None:
+            self.context = min(self.context, self.max_context)
 
     def _warm_up(self) -> None:
         loop: Any = _NullLoop()

@@ -57,6 +57,7 @@ def run(settings: ServeSettings) -> int:
         max_batch=settings.max_batch_size,
         max_queue=settings.max_queue,
         threads=settings.threads or 1,
+        max_context=settings.max_context_length,
     )
     metrics = LlmMetrics(name)
     metrics.watch(lambda: worker.running, lambda: worker.waiting)
