@@ -32,6 +32,8 @@ from ondeck_server.convert.errors import (
 )
 
 CHUNK = 1 << 20
+#: Local files this large get a progress bar while they are hashed.
+LOCAL_BAR_BYTES = 256 << 20
 DEFAULT_MAX_BYTES = 64 << 30
 DEFAULT_DEADLINE_S = 3600.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -185,8 +187,11 @@ def _read_local(uri: str, path: Path, *, settings: FetchSettings, progress: Prog
         size = path.stat().st_size
         if size > settings.max_bytes:
             raise FetchFailed(f"{uri} is {size} bytes, over the limit of {settings.max_bytes}")
+        # Hashing a local file is quick: a bar (with a meaningless transfer speed) only
+        # where it takes long enough to be worth watching.
+        bar = progress if size >= LOCAL_BAR_BYTES else NoProgress()
         with path.open("rb") as handle:
-            digest = _hash_stream(handle, total=size, label=path.name, progress=progress)
+            digest = _hash_stream(handle, total=size, label=f"sha256 {path.name}", progress=bar)
     except FileNotFoundError:
         raise FetchFailed(f"{uri}: no such file ({path}); check the path") from None
     except PermissionError:

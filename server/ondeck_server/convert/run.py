@@ -64,6 +64,7 @@ from ondeck_server.convert.validate import (
     GENTLER,
     MAX_BATCH,
     Thresholds,
+    ValidationReport,
     check_calibration,
     make_samples,
     validate,
@@ -274,7 +275,8 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         _check_loads(converted.onnx_path)
         if calibration is not None:
             check_calibration(converted.inputs, calibration)
-        detail.append(f"{kind.value} → ONNX, inputs {render_inputs(converted.inputs)}")
+        how = "checked" if kind is SourceKind.ONNX else f"{kind.value} → ONNX"
+        detail.append(f"{how}, inputs {render_inputs(converted.inputs)}")
     with clock.stage("optimize") as detail:
         optimized = work / "optimized.onnx"
         optimize(converted.onnx_path, level=request.level, out=optimized)
@@ -300,11 +302,12 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                 )
                 batching = batch_check.check(model, samples)
                 detail.append(
-                    f"{report.samples} samples, cosine {report.cosine}, "
-                    f"top-1 disagreement {report.top1_disagreement}; batch independent: "
+                    f"{report.samples} {report.sample_source} samples, {_figures(report)}; "
+                    "batch independent: "
                     f"{'yes' if batching.independent else 'no (' + batching.explain() + ')'}"
                 )
-            with clock.stage("write"):
+            with clock.stage("write") as detail:
+                detail.append(f"{request.store / digest}")
                 manifest = _manifest(
                     request,
                     digest=digest,
@@ -348,6 +351,17 @@ def _remote_ref(request: ConvertRequest, digest: str) -> str:
         return f"{remote_store.parse_store(request.remote.uri).uri}/{digest}"
     except remote_store.RemoteStoreError as exc:
         raise StoreFailed(str(exc)) from None
+
+
+def _figures(report: ValidationReport) -> str:
+    """The gate's figures for a person: 4 decimals, and only those the model has (a
+    regression model has no top-1)."""
+    parts = []
+    if report.cosine is not None:
+        parts.append(f"cosine {report.cosine:.4f}")
+    if report.top1_disagreement is not None:
+        parts.append(f"top-1 disagreement {report.top1_disagreement:.4f}")
+    return ", ".join(parts) or "outputs compared"
 
 
 def _upload(request: ConvertRequest, folder: Path, *, digest: str, clock: _Clock) -> str | None:
