@@ -8,8 +8,10 @@ status → the server pods pass their readiness probes under restricted Pod Secu
 the namespace enforces → a V2 request to the Service's ClusterIP (kube-proxy's iptables
 rules) gives scikit-learn's answers → `kubectl logs` reaches the kubelet → a corrupt
 model and a wrong sha256 fail in the real converter container with their reasons and
-error lines in the status while iris keeps serving → deleting the ModelDeployments
-garbage-collects everything they owned.
+error lines in the status while iris keeps serving → iris itself updated to the corrupt
+model fails its new Job while its old pod keeps answering → a model from moto's S3 on the
+node's bridge, with credentials from a Secret, goes Ready and answers → deleting the
+ModelDeployments garbage-collects everything they owned.
 """
 
 from __future__ import annotations
@@ -181,11 +183,50 @@ def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def s3_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
+    """moto's S3 server on the node's bridge address, bucket `models` holding iris.skops;
+    its endpoint URL. Credentials: any key (moto does not check them here)."""
+    boto3 = pytest.importorskip("boto3")
+    sys.path.insert(0, str(REPO / "tests"))
+    from controlplane import free_port
+
+    from pipeline import models
+
+    port = free_port()
+    log = tmp_path / "moto.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", real_cluster.node.ip, "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://{real_cluster.node.ip}:{port}"
+    try:
+        wait_until(
+            "the moto S3 server",
+            lambda: urllib.request.urlopen(f"{url}/moto-api/", timeout=2).status == 200,
+            timeout=60,
+        )
+        client = boto3.client(
+            "s3", endpoint_url=url, region_name="us-east-1",
+            aws_access_key_id="node-test", aws_secret_access_key="node-test-secret",
+        )  # fmt: skip
+        client.create_bucket(Bucket="models")
+        skops = tmp_path / "iris.skops"
+        models.save_skops(models.sklearn_models()["iris_pipeline"], skops)
+        client.upload_file(str(skops), "models", "team/iris.skops")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
 def artifact_volume(real_cluster: RealCluster, tmp_path: Path) -> Iterator[list[str]]:
     """hostPath PersistentVolumes (no storage class) the artifact claims bind to, one per
     ModelDeployment a test makes (each has its own claim)."""
     names = []
-    for _ in range(3):
+    for _ in range(5):  # one claim per artifact: iris (twice), broken, wrongsum, iris-s3
         folder = real_cluster.node.workdir / f"pv-{uuid.uuid4().hex[:6]}"
         folder.mkdir()
         os.chown(folder, UID, UID)
@@ -208,7 +249,11 @@ def artifact_volume(real_cluster: RealCluster, tmp_path: Path) -> Iterator[list[
 
 
 def test_chart_operator_job_pods_and_service_on_a_real_node(
-    real_cluster: RealCluster, model_server: str, artifact_volume: list[str], tmp_path: Path
+    real_cluster: RealCluster,
+    model_server: str,
+    s3_server: str,
+    artifact_volume: list[str],
+    tmp_path: Path,
 ) -> None:
     from pipeline import models
 
@@ -364,10 +409,93 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
         assert answer()["outputs"]  # iris still answers
         timings["bad models → Failed"] = time.monotonic() - started - sum(timings.values())
 
-        # 6. delete: everything the ModelDeployment owned is garbage collected.
+        # 6. iris itself gets a broken model: its new Job fails, its old pods keep serving.
         kubectl(
             cluster,
-            *("delete", "modeldeployment", "iris", "broken", "wrongsum", "-n", namespace),
+            *("patch", "modeldeployment", "iris", "-n", namespace, "--type", "merge"),
+            *("-p", json.dumps({"spec": {"model": broken["broken"]}})),
+        )
+
+        def not_ready(name: str) -> dict[str, Any] | None:
+            md = get(cluster, "modeldeployment", name, "-n", namespace)
+            status = md.get("status") or {}
+            ready = {c["type"]: c for c in status.get("conditions", [])}.get("Ready", {})
+            generation = md["metadata"]["generation"]
+            if ready.get("status") != "False" or ready.get("observedGeneration") != generation:
+                return None
+            if ready.get("reason") in ("Converting", "Deploying"):
+                return None  # not decided yet
+            return {"phase": status.get("phase"), **ready}
+
+        ready_condition = wait_until(
+            "iris's new model to fail", lambda: not_ready("iris"), timeout=300, node=cluster.node
+        )
+        assert ready_condition["reason"] == "ConversionFailed", ready_condition
+        # The old version serves on: phase stays Ready, the condition says why not the new.
+        assert ready_condition["phase"] == "Ready", ready_condition
+        assert "is still serving" in ready_condition["message"], ready_condition
+        served_pods = get(
+            cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=server"
+        )["items"]
+        assert [p["metadata"]["name"] for p in served_pods] == [server_pod["metadata"]["name"]]
+        still = answer()
+        assert (
+            np.asarray(next(o for o in still["outputs"] if o["name"] == "label")["data"])
+            == models.sklearn_models()["iris_pipeline"].predict(rows)
+        ).all()
+        timings["broken update, old pods serve"] = (
+            time.monotonic() - started - sum(timings.values())
+        )
+
+        # 7. a model from S3 (moto on the node's bridge) with credentials from a Secret.
+        kubectl(
+            cluster,
+            *("create", "secret", "generic", "s3-reader", "-n", namespace),
+            "--from-literal=AWS_ACCESS_KEY_ID=node-test",
+            "--from-literal=AWS_SECRET_ACCESS_KEY=node-test-secret",
+            "--from-literal=AWS_REGION=us-east-1",
+        )
+        from_s3 = {
+            **manifest,
+            "metadata": {"name": "iris-s3", "namespace": namespace},
+            "spec": {
+                **manifest["spec"],
+                "model": {
+                    "uri": "s3://models/team/iris.skops",
+                    "format": "sklearn",
+                    "credentialsSecret": "s3-reader",
+                    "s3EndpointURL": s3_server,
+                },
+            },
+        }
+        kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(from_s3))
+
+        def s3_ready() -> bool:
+            md = get(cluster, "modeldeployment", "iris-s3", "-n", namespace)
+            conditions = {c["type"]: c for c in (md.get("status") or {}).get("conditions", [])}
+            return conditions.get("Ready", {}).get("status") == "True"
+
+        wait_until("iris-s3 to be Ready", s3_ready, timeout=600, node=cluster.node)
+        s3_service = get(cluster, "service", "iris-s3", "-n", namespace)
+        request = urllib.request.Request(
+            f"http://{s3_service['spec']['clusterIP']}:{port}/v2/models/iris-s3/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        s3_answer = wait_until(
+            "an answer from iris-s3",
+            lambda: json.loads(urllib.request.urlopen(request, timeout=10).read()),
+            timeout=60,
+        )
+        s3_labels = next(o for o in s3_answer["outputs"] if o["name"] == "label")["data"]
+        assert s3_labels == models.sklearn_models()["iris_pipeline"].predict(rows).tolist()
+        timings["S3 model → Ready"] = time.monotonic() - started - sum(timings.values())
+
+        # 8. delete: everything the ModelDeployments owned is garbage collected.
+        kubectl(
+            cluster,
+            *("delete", "modeldeployment", "iris", "broken", "wrongsum", "iris-s3"),
+            *("-n", namespace),
             "--wait=true",
         )
 
