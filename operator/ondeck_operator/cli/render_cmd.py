@@ -86,6 +86,11 @@ def _schema_error_lines(error: Any) -> list[str]:
             if key not in instance
         ]
     message = error.message
+    if kind == "type" and error.validator_value == "string":
+        key = str(error.absolute_path[-1]) if error.absolute_path else "value"
+        hint = hints.yaml_scalar_hint(key, instance)
+        if hint is not None:  # the line `ondeck run` prints for the same mistake
+            return [f"{where}: {hint}"]
     if kind == "pattern":
         message = f"{shown(instance)} is not {pattern_hint(error.validator_value)}"
     elif kind == "maxLength":
@@ -159,14 +164,56 @@ def render_command(
     typer.echo(yaml_out.dump_all(objects), nl=False)
 
 
-def validate_command(file: FileOption) -> None:
+FilesOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--file",
+        "-f",
+        help="ModelDeployment YAML file, or a folder (its *.yaml and *.yml files, in all "
+        "subfolders); repeat -f for more; '-' for stdin.",
+    ),
+]
+
+
+def validate_command(files: FilesOption) -> None:
     """Check ModelDeployment manifests against the CRD schema and the API rules."""
+    code = 0
+    for path, from_folder in _manifest_paths(files):
+        code = max(code, _validate_file(path, from_folder=from_folder))
+    if code:
+        raise typer.Exit(code)
+
+
+def _manifest_paths(files: list[Path]) -> list[tuple[Path, bool]]:
+    """Each -f as given, a folder as its YAML files (sorted); (path, came from a folder)."""
+    paths: list[tuple[Path, bool]] = []
+    for given in files:
+        if str(given) != "-" and given.is_dir():
+            found = sorted(
+                p for p in given.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+            )
+            if not found:
+                raise _fail(InputError(f"{given}: a folder without .yaml or .yml files"))
+            paths += [(p, True) for p in found]
+        else:
+            paths.append((given, False))
+    return paths
+
+
+def _validate_file(file: Path, *, from_folder: bool) -> int:
+    """Print each document's result; the exit code it asks for: 0 valid, 1 invalid, a
+    ManifestError's own (2: unreadable, as `ondeck run`). A folder's YAML files that hold
+    no ModelDeployment (a Secret, a values file) are passed over."""
     try:
         docs = [(i, d) for i, d in read_documents(file) if _ours(d)]
     except ManifestError as exc:
-        raise _fail_input(exc) from None
+        typer.echo(exc.one_line(), err=True)
+        return exc.exit_code
     if not docs:
-        raise _fail(InputError(f"{file} holds no {API_VERSION} {KIND}"))
+        if from_folder:
+            return 0
+        typer.echo(f"InputError: {file} holds no {API_VERSION} {KIND}", err=True)
+        return 1
     failed = False
     for index, doc in docs:
         prefix = f"{file}" + (f" (document {index + 1})" if len(docs) > 1 else "")
@@ -177,8 +224,7 @@ def validate_command(file: FileOption) -> None:
         if not problems:
             name = doc.get("metadata", {}).get("name")
             typer.echo(f"{prefix}: {KIND} {name} is valid")
-    if failed:
-        raise typer.Exit(1)
+    return 1 if failed else 0
 
 
 def _write_or_check(root: Path, files: dict[str, str], *, check: bool, command: str) -> None:

@@ -61,6 +61,10 @@ USED_LOCALLY: frozenset[tuple[str, ...]] = frozenset(
         ("server", "drainTimeoutSeconds"),
         # the local server asks for a token too: --auth-token, or one made for the run
         ("server", "auth"),
+        # serve_args passes them to the language-model server, locally as in a cluster
+        ("llm", "maxContextLength"),
+        ("llm", "maxBatchSize"),
+        ("llm", "servedModelName"),
     }
 )
 #: Read from elsewhere locally, with a note saying so.
@@ -239,10 +243,21 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
+#: Zip (skops, TorchScript, .npz), pickle protocol 2+, ONNX/protobuf has no magic, so
+#: the model suffixes as well.
+_BINARY_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+_MODEL_SUFFIXES = {".onnx", ".skops", ".pt", ".pt2", ".pth", ".pkl", ".joblib", ".npz", ".bin"}
+
+
 def _decode(path: Path, data: bytes) -> str:
     """UTF-8 (a BOM allowed), or UTF-16/UTF-32 with a BOM, as YAML allows; else one line."""
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
     if encoding == "utf-8" and b"\x00" in data:
+        if data.startswith(_BINARY_MAGIC) or path.suffix.lower() in _MODEL_SUFFIXES:
+            raise ManifestError(
+                f"{path}: is a binary file (a model?), not a ModelDeployment manifest; "
+                "pass the manifest with -f and name the model in its spec.model.uri"
+            )
         raise ManifestError(
             f"{path}: holds NUL bytes (UTF-16 or UTF-32 without a byte order mark?); "
             "save the file as UTF-8"

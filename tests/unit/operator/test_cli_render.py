@@ -203,3 +203,56 @@ def test_docs_reference_writes_and_checks(app: typer.Typer, tmp_path: Path) -> N
 def test_repository_copies_are_current(app: typer.Typer) -> None:
     assert run(app, "crd", "--root", str(ROOT), "--check").exit_code == 0
     assert run(app, "docs-reference", "--root", str(ROOT), "--check").exit_code == 0
+
+
+def test_validate_takes_several_files_and_folders(app: typer.Typer, tmp_path: Path) -> None:
+    """`-f a -f b` checks both (it checked only b); `-f folder/` checks every ModelDeployment
+    in its YAML files and passes over other YAML (a Secret)."""
+    good = write(tmp_path, "a.yaml", [manifest()])
+    bad_one = next(b for b in BAD if b.id == "min-above-max")
+    bad = write(tmp_path, "b.yaml", [bad_one.manifest()])
+    result = run(app, "validate", "-f", str(good), "-f", str(bad))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [f"{good}: ModelDeployment iris is valid"]
+    assert result.stderr.startswith(f"SpecError: {bad}: ")
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    write(folder, "md.yaml", [manifest()])
+    write(folder / "sub", "md.yml", [manifest(name="other")])
+    (folder / "secret.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n")
+    (folder / "README.md").write_text("not yaml: [")
+    result = run(app, "validate", "-f", str(folder))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"{folder / 'md.yaml'}: ModelDeployment iris is valid",
+        f"{folder / 'sub' / 'md.yml'}: ModelDeployment other is valid",
+    ]
+
+
+def test_validate_hints_at_quotes_for_a_sha256_yaml_read_as_a_number(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    path = tmp_path / "md.yaml"
+    path.write_text(
+        "apiVersion: ondeck.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: a}\n"
+        f"spec:\n  model: {{uri: m.onnx, sha256: {'0' * 64}}}\n"
+    )
+    result = run(app, "validate", "-f", str(path))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"SpecError: {path}: spec.model.sha256: must be a string, but YAML read the value "
+        'as a number; put it in quotes: sha256: "…"'
+    )
+
+
+def test_a_model_file_given_as_the_manifest_is_named_for_what_it_is(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    model = tmp_path / "model.skops"
+    model.write_bytes(b"PK\x03\x04" + bytes(64))
+    result = run(app, "validate", "-f", str(model))
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"ManifestError: {model}: is a binary file (a model?), not a ModelDeployment "
+        "manifest; pass the manifest with -f and name the model in its spec.model.uri"
+    )
