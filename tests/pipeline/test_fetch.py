@@ -41,9 +41,7 @@ def test_plain_path_and_file_uri_are_read_in_place(sources: Sources, tmp_path: P
 def test_missing_local_file(tmp_path: Path) -> None:
     with pytest.raises(FetchFailed) as info:
         fetch(str(tmp_path / "nope.onnx"), dest=tmp_path, settings=FetchSettings())
-    assert info.value.message == (
-        f"{tmp_path / 'nope.onnx'}: no such file ({tmp_path / 'nope.onnx'}); check the path"
-    )
+    assert info.value.message == (f"{tmp_path / 'nope.onnx'}: no such file; check the path")
 
 
 def test_folder_is_not_a_model(tmp_path: Path) -> None:

@@ -193,7 +193,9 @@ def _read_local(uri: str, path: Path, *, settings: FetchSettings, progress: Prog
         with path.open("rb") as handle:
             digest = _hash_stream(handle, total=size, label=f"sha256 {path.name}", progress=bar)
     except FileNotFoundError:
-        raise FetchFailed(f"{uri}: no such file ({path}); check the path") from None
+        # The path only when it says more than the URI did (file://, pvc://).
+        where = "" if str(path) == uri else f" ({path})"
+        raise FetchFailed(f"{uri}: no such file{where}; check the path") from None
     except PermissionError:
         raise FetchFailed(f"{uri}: permission denied reading {path}") from None
     except OSError as exc:
