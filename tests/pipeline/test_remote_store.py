@@ -116,10 +116,11 @@ def test_convert_to_s3_then_serve_from_the_ref(
     assert again["cached"] is True
     assert again["digest"] == digest
 
-    # Served from the ref, over HTTP: the scikit-learn model's own answers.
+    # Served from the ref, over HTTP, under the ref's name: the scikit-learn model's own
+    # answers.
     x, _ = models.iris()
     url = serve_s3(f"s3://{s3.bucket}/{STORE}/refs/iris")  # type: ignore[operator]
-    answers = infer(url, "iris_pipeline", {"input": x[:30].astype(np.float32)})
+    answers = infer(url, "iris", {"input": x[:30].astype(np.float32)})
     estimator = models.sklearn_models()["iris_pipeline"]
     assert (answers["label"] == estimator.predict(x[:30])).all()
     # The download landed in the cache, as a complete artifact folder.
