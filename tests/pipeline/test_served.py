@@ -93,8 +93,8 @@ def test_served_artifacts_give_the_validated_answers(
 
     # scikit-learn, served through the ref link the operator would mount.
     url = serve(store / "refs" / "digits")  # type: ignore[operator]
-    # The default model name is the manifest's: the source file's stem.
-    answers = infer(url, "digits_pipeline", {"input": x[:50]})
+    # Served through refs/digits, the model is named after the ref.
+    answers = infer(url, "digits", {"input": x[:50]})
     estimator = models.sklearn_models()["digits_pipeline"]
     assert (answers["label"] == estimator.predict(x[:50])).all()
     np.testing.assert_allclose(answers["probabilities"], estimator.predict_proba(x[:50]), atol=1e-4)
