@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -118,8 +119,12 @@ def test_probes_answer_while_large_bodies_are_decoded(
     assert probe.failures == []
     # Decoded on the loop, the four bodies stalled it for 2.9 s here (issue 15: one 60 MB
     # body 1.6 s). Off the loop the probe waits for the GIL: for one orjson parse (a single
-    # C call) and a handover per loop callback; generous for a loaded 2-core CI machine.
-    assert probe.worst < 2.0, f"liveness took {probe.worst:.2f} s"
+    # C call) and a handover per loop callback. 2 s on a machine with no more runnable
+    # work than cores; scaled by the load past that (other jobs take the CPU the
+    # decoding threads and the loop share: 4.2 s at load 8 on 2 cores).
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    bound = 2.0 * max(1.0, load)
+    assert probe.worst < bound, f"liveness took {probe.worst:.2f} s (bound {bound:.1f} s)"
     server.terminate()
 
 
