@@ -260,3 +260,11 @@ def test_the_command_has_exactly_the_flags_of_the_table() -> None:
             assert option.default == flag.default, flag.flag
         if flag.min is not None:
             assert option.min == flag.min, flag.flag
+
+
+def test_a_plain_flag_shows_no_value_in_help() -> None:
+    """`--allow-unsafe-pickle` takes no value (issue 16: help showed `<bool>` after it)."""
+    done = run_convert("--help")
+    (line,) = [ln for ln in done.stdout.splitlines() if "--allow-unsafe-pickle" in ln]
+    assert "<bool>" not in line
+    assert "<" in next(ln for ln in done.stdout.splitlines() if "--min-cosine" in ln)
