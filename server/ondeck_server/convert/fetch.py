@@ -352,33 +352,59 @@ def _reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------- s3
 
 
-def _fetch_s3(uri: str, *, dest: Path, settings: FetchSettings, progress: Progress) -> Fetched:
+def s3_client(settings: FetchSettings) -> Any:
+    """A boto3 S3 client with the fetch timeouts and `--s3-endpoint-url` (credentials
+    from the AWS_* environment). Shared by single objects and prefixes (folders.py)."""
     import boto3
     from botocore.config import Config
+
+    config = Config(
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"max_attempts": 2, "mode": "standard"},
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=settings.s3_endpoint_url, config=config
+    )
+
+
+def s3_failure(
+    uri: str, exc: Exception, *, bucket: str, key: str, settings: FetchSettings
+) -> FetchFailed:
+    """The one-line FetchFailed for a botocore error while reading `uri`."""
     from botocore.exceptions import (
-        BotoCoreError,
         ClientError,
         EndpointConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
     )
 
+    where = f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return FetchFailed(
+            f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(spec.model.credentialsSecret mounts them in the cluster)"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return FetchFailed(
+            f"{uri}: cannot connect to the S3 endpoint{where}; check --s3-endpoint-url"
+        )
+    if isinstance(exc, ClientError):
+        return FetchFailed(_s3_error_message(uri, bucket, key, exc.response))
+    return FetchFailed(f"{uri}: S3 download failed{where}: {_reason(exc)}")
+
+
+def _fetch_s3(uri: str, *, dest: Path, settings: FetchSettings, progress: Progress) -> Fetched:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     parts = urlsplit(uri)
     bucket, key = parts.netloc, unquote(parts.path).lstrip("/")
     if not bucket or not key:
         raise FetchFailed(f"{uri}: write s3://<bucket>/<key>")
     target = _target(dest, key, uri)
-    where = f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
-    config = Config(
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        retries={"max_attempts": 2, "mode": "standard"},
-    )
     sink = _Sink(uri, target, settings=settings, progress=progress)
     try:
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=settings.s3_endpoint_url, config=config
-        )
+        client = s3_client(settings)
         head = client.head_object(Bucket=bucket, Key=key)
         total = int(head.get("ContentLength", 0))
         _check_size(uri, total, settings)
@@ -389,19 +415,8 @@ def _fetch_s3(uri: str, *, dest: Path, settings: FetchSettings, progress: Progre
                 sink.write_all(iter(lambda: body.read(CHUNK), b""))
             finally:
                 progress.finish()
-    except (NoCredentialsError, PartialCredentialsError):
-        raise FetchFailed(
-            f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(spec.model.credentialsSecret mounts them in the cluster)"
-        ) from None
-    except EndpointConnectionError:
-        raise FetchFailed(
-            f"{uri}: cannot connect to the S3 endpoint{where}; check --s3-endpoint-url"
-        ) from None
-    except ClientError as exc:
-        raise FetchFailed(_s3_error_message(uri, bucket, key, exc.response)) from None
-    except BotoCoreError as exc:
-        raise FetchFailed(f"{uri}: S3 download failed{where}: {_reason(exc)}") from None
+    except (BotoCoreError, ClientError) as exc:
+        raise s3_failure(uri, exc, bucket=bucket, key=key, settings=settings) from None
     return sink.result()
 
 

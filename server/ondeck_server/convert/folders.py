@@ -36,6 +36,8 @@ from ondeck_server.convert.fetch import (
     _local_path,
     _pvc_path,
     fetch,
+    s3_client,
+    s3_failure,
 )
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -233,27 +235,16 @@ def _copy(source: IO[bytes], target: Path, *, archive: str, limit: int) -> int:
 
 
 def _fetch_prefix(uri: str, *, dest: Path, settings: FetchSettings) -> Path:
-    import boto3
     from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    from ondeck_server.convert.fetch import _reason, _s3_error_message
+    from botocore.exceptions import BotoCoreError, ClientError
 
     parts = urlsplit(uri)
     bucket, prefix = parts.netloc, unquote(parts.path).lstrip("/")
     if not bucket:
         raise FetchFailed(f"{uri}: write s3://<bucket>/<prefix>/")
-    config = Config(
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        retries={"max_attempts": 2, "mode": "standard"},
-    )
     out = dest / "prefix"
     try:
-        client = boto3.session.Session().client(
-            "s3", endpoint_url=settings.s3_endpoint_url, config=config
-        )
+        client = s3_client(settings)
         objects: list[tuple[str, PurePosixPath, int]] = []
         total = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -279,13 +270,6 @@ def _fetch_prefix(uri: str, *, dest: Path, settings: FetchSettings) -> Path:
             target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target), Config=transfer)
-    except NoCredentialsError:
-        raise FetchFailed(
-            f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(spec.model.credentialsSecret mounts them in the cluster)"
-        ) from None
-    except ClientError as exc:
-        raise FetchFailed(_s3_error_message(uri, bucket, prefix, exc.response)) from None
-    except BotoCoreError as exc:
-        raise FetchFailed(f"{uri}: S3 download failed: {_reason(exc)}") from None
+    except (BotoCoreError, ClientError) as exc:
+        raise s3_failure(uri, exc, bucket=bucket, key=prefix, settings=settings) from None
     return out
