@@ -188,25 +188,10 @@ def s3_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     its endpoint URL. Credentials: any key (moto does not check them here)."""
     boto3 = pytest.importorskip("boto3")
     sys.path.insert(0, str(REPO / "tests"))
-    from controlplane import free_port
-
+    from moto_server import moto_server
     from pipeline import models
 
-    port = free_port()
-    log = tmp_path / "moto.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", real_cluster.node.ip, "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://{real_cluster.node.ip}:{port}"
-    try:
-        wait_until(
-            "the moto S3 server",
-            lambda: urllib.request.urlopen(f"{url}/moto-api/", timeout=2).status == 200,
-            timeout=60,
-        )
+    with moto_server(tmp_path / "moto.log", host=real_cluster.node.ip) as url:
         client = boto3.client(
             "s3", endpoint_url=url, region_name="us-east-1",
             aws_access_key_id="node-test", aws_secret_access_key="node-test-secret",
@@ -216,9 +201,6 @@ def s3_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
         models.save_skops(models.sklearn_models()["iris_pipeline"], skops)
         client.upload_file(str(skops), "models", "team/iris.skops")
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
+from moto_server import moto_server
 from pipeline import models
 
 
@@ -155,27 +156,9 @@ def s3(sources: Sources, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     """moto in server mode, as a separate process, with IAM authentication enforced
     after the first three requests (which create the user, its key and its policy)."""
     boto3 = pytest.importorskip("boto3")
-    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "AWS_DEFAULT_REGION": "us-east-1"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto server did not start: {log.read_text()}")
-                time.sleep(0.1)
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3", "AWS_DEFAULT_REGION": "us-east-1"}
+    with moto_server(log, env=env) as endpoint:
         setup = {
             "endpoint_url": endpoint,
             "region_name": "us-east-1",
@@ -208,13 +191,6 @@ def s3(sources: Sources, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             str(sources["external/mlp.onnx.weights"]), info.bucket, "external/mlp.onnx.weights"
         )
         yield info
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
