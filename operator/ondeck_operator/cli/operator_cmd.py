@@ -190,7 +190,18 @@ def operator(
         raise typer.Exit(2) from None
 
     _setup_logging(settings.log_level, settings.log_format)
+    # kopf imports the `kubernetes` package's generated client (~26 MiB resident) whenever
+    # it is importable, only to recognise that client's objects; the operator never hands
+    # kopf any (its credentials come from runtime/credentials.py), so it is not loaded.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from ondeck_operator.runtime import handlers
+    from ondeck_operator.runtime.credentials import CredentialsError, load_credentials
+
+    try:
+        load_credentials(settings.kubeconfig, settings.context)
+    except CredentialsError as exc:
+        print(f"CredentialsError: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(handlers.run(settings))

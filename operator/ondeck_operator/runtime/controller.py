@@ -54,7 +54,8 @@ from ondeck_operator.reconcile.kinds import (
 )
 from ondeck_operator.reconcile.plan import Plan, invalid_plan, plan, progress_only, rfc3339
 from ondeck_operator.runtime.cache import Entry, index_id, trim, unpack, unpack_all
-from ondeck_operator.runtime.kube_client import HttpKube, load_configuration
+from ondeck_operator.runtime.credentials import load_credentials
+from ondeck_operator.runtime.kube_client import HttpKube
 from ondeck_operator.runtime.metrics import Metrics, serve_routes
 from ondeck_operator.runtime.peering import is_active_peer
 from ondeck_operator.runtime.settings import OperatorSettings
@@ -133,9 +134,8 @@ class Controller:
 
     async def start(self, indices: Mapping[str, Any]) -> None:
         self.indices = dict(indices)
-        configuration = load_configuration(self.settings.kubeconfig, self.settings.context)
         self.kube = HttpKube(
-            configuration,
+            load_credentials(self.settings.kubeconfig, self.settings.context),
             timeout=self.settings.request_timeout,
             on_request=self.metrics.on_request,
             connections=self.settings.max_connections,

@@ -41,7 +41,7 @@ from ondeck_operator.reconcile.kinds import (
 )
 from ondeck_operator.runtime.cache import Entry, entry, index_id
 from ondeck_operator.runtime.controller import Controller, Key, new_controller
-from ondeck_operator.runtime.kube_client import connection_info, load_configuration
+from ondeck_operator.runtime.credentials import load_credentials
 from ondeck_operator.runtime.settings import OperatorSettings
 
 __all__ = ["build_registry", "kopf_settings", "run"]
@@ -105,7 +105,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> Any:
         settings = controller.settings
-        return connection_info(load_configuration(settings.kubeconfig, settings.context))
+        return load_credentials(settings.kubeconfig, settings.context).connection_info()
 
     @kopf.on.startup(registry=registry)
     async def startup(**kwargs: Any) -> None:

@@ -1,16 +1,14 @@
 """`HttpKube`: the `KubeApi` of reconcile/kinds.py over aiohttp, with the credentials of a
-kubeconfig or of the pod's ServiceAccount (loaded by the official `kubernetes` package, so
-exec plugins and token rotation work as in kubectl). `connection_info()` hands the same
-credentials to kopf, so both always agree. No watch (kopf does), no cache, no retry."""
+kubeconfig or of the pod's ServiceAccount (runtime/credentials.py; kopf's login handler
+gets the same ones, so both always agree). No watch (kopf does), no cache, no retry."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,57 +22,9 @@ from ondeck_operator.reconcile.kinds import (
     error_for,
     kind_of,
 )
+from ondeck_operator.runtime.credentials import Credentials
 
 Obj = dict[str, Any]
-
-
-# ------------------------------------------------------------------- credentials
-
-
-def load_configuration(kubeconfig: Path | None = None, context: str | None = None) -> Any:
-    """A `kubernetes.client.Configuration`: the pod's ServiceAccount when running in a
-    cluster (and no kubeconfig is given), else the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig) if kubeconfig else None,
-            context=context,
-            client_configuration=configuration,
-        )
-    return configuration
-
-
-def _authorization(configuration: Any) -> str | None:
-    # The kubernetes client keeps the bearer token under one of two names depending on
-    # its version; calling the getter also runs its refresh hook (token rotation, exec).
-    header = configuration.get_api_key_with_prefix(
-        "BearerToken"
-    ) or configuration.get_api_key_with_prefix("authorization")
-    return str(header) if header else None
-
-
-def connection_info(configuration: Any) -> Any:
-    """The same credentials as a `kopf.ConnectionInfo` for kopf's login handler."""
-    import kopf
-
-    header = _authorization(configuration)
-    scheme, token = None, None
-    if header:
-        first, _, rest = header.partition(" ")
-        scheme, token = (first, rest) if rest else (None, first)
-    return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        scheme=scheme,
-        token=token,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
-    )
 
 
 # ------------------------------------------------------------------- aiohttp client
@@ -91,14 +41,14 @@ class HttpKube:
 
     def __init__(
         self,
-        configuration: Any,
+        credentials: Credentials,
         *,
         timeout: float = 30.0,
         on_request: RequestHook | None = None,
         connections: int = 64,
     ) -> None:
-        self._configuration = configuration
-        self._server = str(configuration.host).rstrip("/")
+        self._credentials = credentials
+        self._server = credentials.server.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._on_request = on_request or (lambda verb, status, seconds: None)
         self._connections = connections
@@ -106,22 +56,23 @@ class HttpKube:
         self._auth_header: str | None = None
         self._auth_until = 0.0
 
-    def _auth(self) -> str | None:
-        # Asking the kubernetes client re-reads the kubeconfig (or token file) each time;
-        # once a minute is plenty for rotated tokens, which stay valid for an hour or more.
+    async def _auth(self) -> str | None:
+        # A token file is re-read (an exec plugin re-run when its token is due) once a
+        # minute: plenty for rotated tokens, which stay valid for an hour or more. Off the
+        # event loop, as both touch the disk or spawn a process.
         now = time.monotonic()
         if self._auth_until <= now:
-            self._auth_header = _authorization(self._configuration)
+            self._auth_header = await asyncio.to_thread(self._credentials.auth.header)
             self._auth_until = now + AUTH_REFRESH_SECONDS
         return self._auth_header
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        cfg = self._configuration
-        if not cfg.verify_ssl:
+        creds = self._credentials
+        if creds.insecure:
             return False
-        context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-        if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        context = ssl.create_default_context(cafile=creds.ca_path or None)
+        if creds.cert_path:
+            context.load_cert_chain(creds.cert_path, creds.key_path)
         return context
 
     def _client(self) -> aiohttp.ClientSession:
@@ -148,7 +99,7 @@ class HttpKube:
         """One request; None for a 404 on GET, the decoded reply otherwise."""
         url = self._server + path + (f"?{urlencode(params)}" if params else "")
         headers = {"Accept": "application/json"}
-        auth = self._auth()
+        auth = await self._auth()
         if auth:
             headers["Authorization"] = auth
         data = None
