@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import itertools
+import json
 import logging
 import threading
 import time
@@ -196,20 +197,24 @@ class KubeletSimulator:
                 # written around the restart, and nothing else would bring them back.
                 if resource_version is None or time.monotonic() - listed > RELIST_SECONDS:
                     listed = time.monotonic()
-                    listing = self._core.list_pod_for_all_namespaces()
-                    resource_version = listing.metadata.resource_version
-                    for item in listing.items:
-                        self._dispatch(self._api.sanitize_for_serialization(item))
+                    # Plain JSON, not the client's models: decoding thousands of pods into
+                    # models every relist took more CPU than the operator under test.
+                    raw = self._core.list_pod_for_all_namespaces(_preload_content=False)
+                    listing = json.loads(raw.data)
+                    resource_version = listing["metadata"]["resourceVersion"]
+                    for item in listing["items"]:
+                        self._dispatch(item)
                 stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                     self._core.list_pod_for_all_namespaces,
                     resource_version=resource_version,
                     timeout_seconds=5,
                     allow_watch_bookmarks=True,
+                    deserialize=False,
                 )
                 for event in stream:
                     if self._stop.is_set():
                         break
-                    pod = self._api.sanitize_for_serialization(event["object"])
+                    pod = event["object"]
                     resource_version = pod["metadata"].get("resourceVersion", resource_version)
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self._dispatch(pod)

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from ondeck_operator import local
-from ondeck_operator.local.client import Client, ClientError
+
+# numpy and the client (httpx) are imported by the command only: every `ondeck` command,
+# the operator's among them, imports this module to register it, and they would add
+# ~9 MiB to the operator's resident memory.
 
 
 class UsageProblem(Exception):
@@ -29,6 +31,8 @@ def read_data(data: str | None, data_file: Path | None) -> Any:
             return json.loads(data)
         except ValueError as exc:
             raise UsageProblem(f"--data is not JSON ({exc})") from None
+    import numpy as np
+
     path = data_file if data_file is not None else Path(str(data)[1:])
     suffix = path.suffix.lower()
     try:
@@ -107,6 +111,8 @@ def predict(
     ] = False,
 ) -> None:
     """Send one inference request (V2 protocol) to a served model and print its outputs."""
+    from ondeck_operator.local.client import Client, ClientError
+
     try:
         name = model
         if name is None:

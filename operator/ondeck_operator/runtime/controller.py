@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import math
 import random
 import socket
 import time
@@ -81,6 +82,9 @@ SERVICE_WRITE_SLOTS = 16
 #: A status patch that only says how a rollout progresses (replica counts) waits this long
 #: for the next change, so "1 replica, 0 ready" and "Ready" are one write, not two.
 STATUS_COALESCE_SECONDS = 1.0
+#: A resync pass requests only keys not reconciled in the last half interval, so every key
+#: is still reconciled at least once every 1.5 intervals with no event at all.
+RESYNC_RECENT_FRACTION = 0.5
 
 
 @dataclass
@@ -100,6 +104,12 @@ class Controller:
     expectations: dict[Key, dict[tuple[str, str], tuple[str, float]]] = field(default_factory=dict)
     last_resync: float = 0.0
     progress_since: dict[Key, float] = field(default_factory=dict)
+    # The resourceVersion our last status patch of each ModelDeployment returned: the watch
+    # event carrying exactly that version is our own write's echo: nothing to reconcile.
+    own_status: dict[Key, str] = field(default_factory=dict)
+    # When each key's last reconcile finished (monotonic), so a resync pass skips keys an
+    # event reconciled moments ago: a resync is there for lost events, not to redo work.
+    reconciled_at: dict[Key, float] = field(default_factory=dict)
     filled: bool = False
     active: bool = True
     started: bool = False
@@ -204,17 +214,24 @@ class Controller:
             self.metrics.queue_depth.set(len(self.queue))
 
     def observe_md(self, event_type: str | None, key: Key, body: Mapping[str, Any]) -> None:
-        self._seen(
-            key, MODEL_DEPLOYMENT, key[1], (body.get("metadata") or {}).get("resourceVersion")
-        )
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        self._seen(key, MODEL_DEPLOYMENT, key[1], version)
         if event_type == "DELETED":
             self.phases.pop(key, None)
             self.pods.pop(key, None)
             self.expectations.pop(key, None)
             self.progress_since.pop(key, None)
+            self.own_status.pop(key, None)
+            self.reconciled_at.pop(key, None)
             if self.queue is not None:
                 self.queue.forget(key)
             self.metrics.set_phases(self.phases.values())
+            return
+        if version is not None and self.own_status.get(key) == version:
+            # The echo of our own status patch: the spec, the children and the caches are
+            # as the reconcile that wrote it left them (any other change has its own,
+            # newer, version).
+            self.metrics.reconciles.labels(result="echo").inc()
             return
         self.request(key)
 
@@ -314,6 +331,7 @@ class Controller:
             if self.queue is not None:
                 self.metrics.queue_depth.set(len(self.queue))
         self.metrics.reconciles.labels(result="ok").inc()
+        self.reconciled_at[key] = time.monotonic()
         if decided.status.phase is not None:
             self.phases[key] = decided.status.phase.value
             self.metrics.set_phases(self.phases.values())
@@ -438,8 +456,10 @@ class Controller:
                 continue
             index = self.indices.get(index_id(MODEL_DEPLOYMENT))
             keys = list(index.keys()) if index is not None else []
+            recent = time.monotonic() - interval * RESYNC_RECENT_FRACTION
             for key in keys:
-                self.request(key)
+                if self.reconciled_at.get(key, -math.inf) < recent:
+                    self.request(key)
             self.last_resync = time.time()
 
 
@@ -518,6 +538,9 @@ class _Recording:
         self._controller.metrics.writes.labels(verb="status").inc()
         reply = await self._kube.patch_status(kind, namespace, name, patch)
         self._controller._expect(self._key, MODEL_DEPLOYMENT, name, reply)
+        version = (reply.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._controller.own_status[self._key] = str(version)
         return reply
 
 

@@ -61,8 +61,8 @@ class OperatorSettings(BaseModel):
     resync_seconds: float = Field(
         default=300.0,
         ge=1.0,
-        description="Every ModelDeployment is reconciled at least this often, even with "
-        "no event (an idle resync writes nothing).",
+        description="Resync interval: a pass reconciles every ModelDeployment no event "
+        "reconciled in the last half interval (an idle resync writes nothing).",
     )
     watch_server_timeout: int = Field(
         default=300,
