@@ -283,3 +283,15 @@ def test_every_flag_the_operator_writes_is_one_the_server_reads() -> None:
     llm_flags = {a for a in llm if a.startswith("--")}
     assert "--max-context-length" in llm_flags
     assert llm_flags <= {flag for flag, _ in SERVE_FLAGS.values()}
+
+
+@pytest.mark.parametrize("n", [0, 1, 1023, 1024, 21_139, 486_071, 90 * 2**20, 3 * 2**30, 2**52])
+def test_one_unit_convention_for_sizes(n: int) -> None:
+    """Both halves print sizes in binary units (KiB, MiB), the same way: a stage line and
+    the banner of one run never mix kB and KiB."""
+    from ondeck_operator.local.banner import size
+    from ondeck_server.convert.bounds import human
+
+    assert size(n) == human(n)
+    assert human(21_139) == "20.6 KiB"
+    assert human(512) == "512 B"

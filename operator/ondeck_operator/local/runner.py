@@ -47,7 +47,7 @@ from typing import IO, Any, TextIO
 
 from ondeck_operator.api.spec import ModelDeploymentSpec
 from ondeck_operator.local import store as local_store
-from ondeck_operator.local.banner import banner, size
+from ondeck_operator.local.banner import banner, sizes
 from ondeck_operator.local.errors import ConvertFailed, PortInUse, ServeFailed, StoreFailed
 from ondeck_operator.local.flags import in_manifest_terms
 from ondeck_operator.local.manifest import ConvertSummary, Loaded, localize, notices
@@ -270,8 +270,7 @@ class LocalRunner:
                 if self.convert_only:
                     print(
                         f"ondeck: {name} is converted: {summary.path} "
-                        f"({size(summary.original_size_bytes)} → {size(summary.size_bytes)}, "
-                        f"quantize {summary.quantize}); refs/{name} points at it",
+                        f"({sizes(summary)}); refs/{name} points at it",
                         file=self.out,
                         flush=True,
                     )
