@@ -58,6 +58,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 READY_TIMEOUT_S = 120.0
 EXIT_INTERRUPTED = 130
+#: What a Ctrl-C during the conversion prints (the line `ondeck-server convert` prints
+#: when stopped; the child's own copy is held back, so it shows once).
+INTERRUPTED = "Interrupted: conversion stopped; nothing was written"
 #: Where local mode says how it serves a manifest that asks for auth (`_token`).
 AUTH_FIELD = "spec.server.auth"
 #: A line a child prints as its error: `ErrorType: message` (a CamelCase type).
@@ -264,7 +267,7 @@ class LocalRunner:
             with self._signals():
                 summary = self._convert(spec, name=name)
                 if summary is None:
-                    self._say("ondeck: stopped before the model was served")
+                    self._say(INTERRUPTED)
                     return EXIT_INTERRUPTED
                 self._name_ref(name, summary.digest)
                 if self.convert_only:
