@@ -174,8 +174,6 @@ def _parameter(flag: Flag) -> inspect.Parameter:
         callback=_CALLBACKS.get(flag.param),
         min=flag.min,
         max=flag.max,
-        # A plain flag takes no value; typer would still show "<bool>" after it.
-        metavar=" " if flag.type is bool else None,
     )
     return inspect.Parameter(
         flag.param,
