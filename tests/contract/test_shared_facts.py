@@ -295,3 +295,21 @@ def test_one_unit_convention_for_sizes(n: int) -> None:
     assert size(n) == human(n)
     assert human(21_139) == "20.6 KiB"
     assert human(512) == "512 B"
+
+
+def test_both_halves_print_one_stop_line_and_the_docs_quote_it() -> None:
+    """A Ctrl-C during `ondeck run`'s conversion and one during `ondeck-server convert`
+    print the same line (the child's copy is held back); the docs quote what runs."""
+    from ondeck_operator.local.runner import INTERRUPTED
+    from ondeck_server.convert.cli import interrupted_line
+    from ondeck_server.convert.run import NOTHING_QUANTIZED
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+
+    def flat(name: str) -> str:
+        return " ".join((docs / name).read_text().split())
+
+    assert interrupted_line(written=False) == INTERRUPTED
+    for name in ("quickstart.md", "conversion.md", "architecture.md"):
+        assert f"`{INTERRUPTED}`" in flat(name), name
+    assert f"`{NOTHING_QUANTIZED.format(mode='int8')}`" in flat("conversion.md")

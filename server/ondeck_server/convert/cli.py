@@ -6,7 +6,7 @@ progress goes to stderr; stdout carries exactly one JSON summary line on success
 on success (or when the artifact already exists), 1 with one line `ErrorType: message`
 on a pipeline error, 2 on a usage error, 130 (Ctrl-C) or 143 (SIGTERM) with the line
 `Interrupted: …` when stopped, leaving no temporary files. With `--termination-log
-PATH`, the error line (or, on success, the summary, at most 4 KB) is also written
+PATH`, the error line (or, on success, the summary, at most 4 KiB) is also written
 there, where Kubernetes picks it up for the pod status.
 
 This module parses and prints; it does not convert anything itself.
