@@ -4,7 +4,7 @@ imports nothing heavy (onnxruntime, torch) before a command runs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -37,9 +37,26 @@ def _root(
     """ondeck's data plane: convert a model into an artifact, or serve one."""
 
 
+def _plain_flags_show_no_type() -> None:
+    """typer 0.29 writes `<bool>` after every on/off flag (`--help <bool>`), as if it took
+    a value; a flag takes none, so its help shows no type."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_ondeck", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_bool_flag else shown(self, ctx)
+
+    display_type_rich._ondeck = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def _register() -> None:
     # The list is the whole CLI surface; each module keeps its heavy imports inside its
     # commands, so importing them here stays cheap.
+    _plain_flags_show_no_type()
     from ondeck_server.convert import cli as convert_cli
     from ondeck_server.serve import cli as serve_cli
 

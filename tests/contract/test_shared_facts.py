@@ -283,3 +283,33 @@ def test_every_flag_the_operator_writes_is_one_the_server_reads() -> None:
     llm_flags = {a for a in llm if a.startswith("--")}
     assert "--max-context-length" in llm_flags
     assert llm_flags <= {flag for flag, _ in SERVE_FLAGS.values()}
+
+
+@pytest.mark.parametrize("n", [0, 1, 1023, 1024, 21_139, 486_071, 90 * 2**20, 3 * 2**30, 2**52])
+def test_one_unit_convention_for_sizes(n: int) -> None:
+    """Both halves print sizes in binary units (KiB, MiB), the same way: a stage line and
+    the banner of one run never mix kB and KiB."""
+    from ondeck_operator.local.banner import size
+    from ondeck_server.convert.bounds import human
+
+    assert size(n) == human(n)
+    assert human(21_139) == "20.6 KiB"
+    assert human(512) == "512 B"
+
+
+def test_both_halves_print_one_stop_line_and_the_docs_quote_it() -> None:
+    """A Ctrl-C during `ondeck run`'s conversion and one during `ondeck-server convert`
+    print the same line (the child's copy is held back); the docs quote what runs."""
+    from ondeck_operator.local.runner import INTERRUPTED
+    from ondeck_server.convert.cli import interrupted_line
+    from ondeck_server.convert.run import NOTHING_QUANTIZED
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+
+    def flat(name: str) -> str:
+        return " ".join((docs / name).read_text().split())
+
+    assert interrupted_line(written=False) == INTERRUPTED
+    for name in ("quickstart.md", "conversion.md", "architecture.md"):
+        assert f"`{INTERRUPTED}`" in flat(name), name
+    assert f"`{NOTHING_QUANTIZED.format(mode='int8')}`" in flat("conversion.md")

@@ -41,13 +41,18 @@ def _md(model: dict[str, object]) -> ModelDeployment:
 def test_pt2_rule_in_the_conversion_guide_is_what_the_api_does() -> None:
     text = _flat(_doc("conversion.md"))
     assert (
-        "In a ModelDeployment leave `format` out for a `.pt2`: `format: pytorch` without "
-        "`inputs` is refused (`spec.model.inputs: format pytorch needs inputs …`)"
+        "In a ModelDeployment `format: pytorch` needs no `inputs` when the `uri` ends in "
+        "`.pt2` (or leave `format` out); with any other name `inputs` are required "
+        "(`spec.model.inputs: format pytorch needs inputs …`)"
     ) in text
-    with pytest.raises(SpecError) as refused:
-        _md({"uri": "model.pt2", "format": "pytorch"})
-    assert refused.value.problems[0].startswith("spec.model.inputs: format pytorch needs inputs")
+    assert _md({"uri": "model.pt2", "format": "pytorch"}).spec.model.inputs is None
     assert _md({"uri": "model.pt2"}).spec.model.format is None  # inferred from the file
+    with pytest.raises(SpecError) as refused:
+        _md({"uri": "model.pt", "format": "pytorch"})
+    assert refused.value.problems == [
+        "spec.model.inputs: format pytorch needs inputs (name, dtype and shape of each input) "
+        "unless the uri is a torch.export program (.pt2)"
+    ]
 
 
 def test_conversion_guide_says_the_server_runs_on_cpu_only() -> None:

@@ -3,8 +3,12 @@ the developer commands apart, help text without the docstrings' line breaks."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from ondeck_operator import __version__
 from ondeck_operator.cli import help_text
@@ -54,3 +58,29 @@ def test_help_text_joins_paragraph_lines() -> None:
     assert help_text("First line\n    goes on.\n\n    Second\n    paragraph.") == (
         "First line goes on.\n\nSecond paragraph."
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ondeck", "--help"],
+        ["ondeck", "run", "--help"],
+        ["ondeck", "gc", "--help"],
+        ["ondeck-server", "--help"],
+        ["ondeck-server", "serve", "--help"],
+        ["ondeck-server", "convert", "--help"],
+    ],
+)
+def test_no_plain_flag_shows_a_value_in_help(argv: list[str]) -> None:
+    """Issue 16: `--help <bool>`, `--convert-only <bool>`: a flag takes no value."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--help" in done.stdout
+    assert "<bool>" not in done.stdout

@@ -360,7 +360,8 @@ def test_ctrl_c_during_conversion_stops_it_and_exits_130(tmp_path: Path) -> None
     while not list(store.glob(".tmp-work-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert run.stop(signal.SIGINT) == 130
-    assert run.err[-1] == "ondeck: stopped before the model was served"
+    assert run.err[-1] == "Interrupted: conversion stopped; nothing was written"
+    assert run.err.count(run.err[-1]) == 1, run.err
     assert run.out == []
     assert _processes_mentioning(str(store)) == []
     assert not (store / "refs").exists()

@@ -175,6 +175,31 @@ def save_torch_pickle(path: Path) -> Path:
     return path
 
 
+def save_torch_state_dict(path: Path) -> Path:
+    """`torch.save(model.state_dict())`: weights only, no architecture."""
+    import torch
+
+    torch.save(torch.nn.Linear(4, 2).state_dict(), str(path))
+    return path
+
+
+def save_eigh(path: Path) -> Path:
+    """A model whose operator (linalg.eigh) ONNX cannot express: TorchScript (.pt) or a
+    torch.export program (.pt2), for the conversion errors that must name it."""
+    import torch
+
+    class Eigh(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.eigh(x @ x.transpose(-1, -2))[0]
+
+    module = Eigh()
+    if path.suffix == ".pt2":
+        torch.export.save(torch.export.export(module, (torch.randn(2, 8, 8),)), str(path))
+    else:
+        torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
 def _example(name: str) -> Any:
     import torch
 

@@ -4,14 +4,20 @@ the exit codes of docs/architecture.md."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from ondeck_server.convert import console
 from ondeck_server.convert.cli import fit_termination_log
 from pipeline.conftest import Sources, store_entries
 
@@ -268,3 +274,109 @@ def test_a_plain_flag_shows_no_value_in_help() -> None:
     (line,) = [ln for ln in done.stdout.splitlines() if "--allow-unsafe-pickle" in ln]
     assert "<bool>" not in line
     assert "<" in next(ln for ln in done.stdout.splitlines() if "--min-cosine" in ln)
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_leaves_nothing(
+    sources: Sources, tmp_path: Path
+) -> None:
+    """Stopped during the (slow) torch export: one line, the shell's status for SIGINT,
+    the line in the termination log, no temporary folder in the store."""
+    store = tmp_path / "store"
+    log = tmp_path / "termination-log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "ondeck_server", "convert"),
+            *("--source", str(sources["mlp.pt2"]), "--store", str(store)),
+            *("--termination-log", str(log)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean,
+    )
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the fetch line: the export has begun
+    assert first.startswith("fetch"), first
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=300)
+    assert proc.returncode == 130, rest
+    assert rest == "Interrupted: conversion stopped; nothing was written\n"
+    assert stdout == ""
+    assert log.read_text() == "Interrupted: conversion stopped; nothing was written"
+    assert store_entries(store) == []
+
+
+def test_the_exporters_own_output_is_kept_off_both_streams(
+    sources: Sources, tmp_path: Path
+) -> None:
+    """torch's TorchScript exporter dumps its graph on stdout (which carries only the
+    summary) and the dynamo one warns that torchvision is missing: neither reaches the
+    user, whose screen shows the stage line and the one error line."""
+    for name, inputs in (("eigh.pt", ["--inputs", "x:float32:[-1,8,8]"]), ("eigh.pt2", [])):
+        done = run_convert(
+            "--source", str(sources[name]), "--store", str(tmp_path / "store"), *inputs
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stdout == ""
+        fetch, error = done.stderr.splitlines()
+        kind = "torchscript" if name == "eigh.pt" else "torch-export"
+        assert re.fullmatch(rf"fetch +\d+\.\d\d s  {name} \(\d+\.\d KiB, {kind}\)", fetch), fetch
+        assert error.startswith(f"ConversionFailed: torch.onnx could not export {name}: ")
+
+
+def test_int8_on_a_tree_model_says_it_changed_nothing(sources: Sources, tmp_path: Path) -> None:
+    done = run_convert(
+        "--source", str(sources["iris_forest.skops"]), "--store", str(tmp_path / "store"),
+        "--quantize", "int8",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("quantize")]
+    assert line.endswith(
+        "s  int8: changed nothing, the model has no MatMul, Gemm or Conv to quantize (its "
+        "operators stay FP32)"
+    ), line
+    fetch = done.stderr.splitlines()[0]
+    # Sizes in binary units, as everywhere else.
+    assert fetch.endswith(" KiB, skops)"), fetch
+
+
+def test_a_long_stage_shows_a_spinner_with_its_time_on_a_terminal() -> None:
+    """On a terminal, a stage past SPINNER_AFTER_S gets a spinner naming it and the time
+    so far; the stage line then replaces it. Off a terminal, only the stage line."""
+    for terminal in (True, False):
+        out = io.StringIO()
+        events = console.ConsoleEvents(
+            Console(file=out, force_terminal=terminal, width=100), spinner_after_s=0.0
+        )
+        events.begin("convert")
+        deadline = time.monotonic() + 30
+        while terminal and "convert" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        events.stage("convert", 3.5, "skops → ONNX")
+        events.close()
+        text = out.getvalue()
+        line = "convert      3.50 s  skops → ONNX\n"
+        if terminal:
+            spinner = re.search(r"convert +\d+\.\d s", text)
+            assert spinner is not None, text
+            assert text.index(line) > spinner.start(), "the stage line comes after it"
+        else:
+            assert text == line
+
+
+def test_library_output_is_shown_once_tidy_without_known_noise() -> None:
+    captured = "\n".join(
+        [
+            "W1203 09:14:05.900000 6429 torch/onnx/_internal/exporter/_registration.py:107] "
+            "torchvision is not installed. Skipping torchvision::nms",
+            "Torch IR graph at exception: graph(%x.1 : Float(*, 8, 8)):",
+            "  %7 : Tensor = aten::linalg_eigh(%6, %4)",
+            "  return (%7)",
+            "",
+            "[torch.onnx] Run decomposition... ✅",
+            "UserWarning: \x1b[96mconstant folding\x1b[0m skipped",
+            "UserWarning: constant folding skipped",
+        ]
+    )
+    assert console.tidy(captured) == ["UserWarning: constant folding skipped"]

@@ -83,10 +83,47 @@ def test_inputs_that_do_not_fit_the_model(sources: Sources, store: Path) -> None
                 inputs=parse_inputs("input:float32:[-1,3]"),
             )
         )
-    assert info.value.message.startswith(
-        "mlp.pt fails on inputs shaped like --inputs (input:float32:[-1,3]): "
+    # torch's own line, with the shapes, from the end of its TorchScript traceback.
+    assert info.value.message == (
+        "mlp.pt fails on inputs shaped like --inputs (input:float32:[-1,3]): mat1 and mat2 "
+        "shapes cannot be multiplied (2x3 and 64x256); check the names, dtypes and shapes"
     )
-    assert info.value.message.endswith("; check the names, dtypes and shapes")
+    assert_nothing_published(store)
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "why"),
+    [
+        (
+            "eigh.pt",
+            "x:float32:[-1,8,8]",
+            "Exporting the operator 'aten::linalg_eigh' to ONNX opset version 17 is not supported",
+        ),
+        (
+            "eigh.pt2",
+            None,
+            "No ONNX function found for aten._linalg_eigh. Failure message: No "
+            "decompositions registered for the real-valued input",
+        ),
+    ],
+)
+def test_an_operator_onnx_cannot_express_is_named(
+    sources: Sources, store: Path, name: str, inputs: str | None, why: str
+) -> None:
+    """Both exporters bury the operator: the TorchScript one after a graph dump, the
+    dynamo one under a page of advice; the one line keeps it (and no colour codes)."""
+    with pytest.raises(ConversionFailed) as info:
+        convert(
+            ConvertRequest(
+                source=str(sources[name]),
+                store=store,
+                inputs=parse_inputs(inputs) if inputs else None,
+            )
+        )
+    assert info.value.one_line() == (
+        f"ConversionFailed: torch.onnx could not export {name}: {why}; the model may use an "
+        "operator ONNX cannot express"
+    )
     assert_nothing_published(store)
 
 
@@ -100,8 +137,24 @@ def test_plain_torch_save_pickle_is_refused(sources: Sources, store: Path) -> No
             )
         )
     assert info.value.message == (
-        "eager.pt is a torch.save pickle of a Python module, which needs its source code to "
-        "load; save the model with torch.jit.save(torch.jit.script(model)) or "
-        "torch.export.save(torch.export.export(model, example_args))"
+        "eager.pt is a torch.save pickle of a whole Python module, which needs its source "
+        "code to load (and runs code when loaded); save the model with "
+        "torch.export.save(torch.export.export(model, example_args), 'model.pt2') or "
+        "torch.jit.save(torch.jit.script(model), 'model.pt')"
+    )
+    assert_nothing_published(store)
+
+
+def test_a_state_dict_is_called_one(sources: Sources, store: Path) -> None:
+    """`torch.save(model.state_dict())`, the most common way to save torch weights: told
+    apart from a pickled module by the names in its pickle (never unpickled)."""
+    with pytest.raises(UnsupportedFormat) as info:
+        convert(ConvertRequest(source=str(sources["state_dict.pt"]), store=store))
+    assert info.value.message == (
+        "state_dict.pt is a torch.save of a state_dict: weights only, without the model's "
+        "architecture, so there is nothing to run; load it into your model "
+        "(model.load_state_dict(...)) and save the whole model with "
+        "torch.export.save(torch.export.export(model, example_args), 'model.pt2') or "
+        "torch.jit.save(torch.jit.script(model), 'model.pt')"
     )
     assert_nothing_published(store)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -58,6 +59,11 @@ MLP_CASES = {
         400,
         "input 'input' has datatype 'FP33'; use one of BOOL, UINT8, UINT16, UINT32, UINT64,"
         " INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES",
+    ),
+    "no datatype": (
+        json.dumps({"inputs": [{"name": "input", "shape": [1, 256], "data": MLP_ROW}]}).encode(),
+        400,
+        "input 'input' has no 'datatype'; add \"datatype\": \"FP32\", the model's type for it",
     ),
     "wrong datatype": (
         mlp_body(datatype="FP64"),
@@ -464,3 +470,24 @@ def test_still_serving_after_bad_input(mlp_url: str, zoo: dict[str, Path]) -> No
     assert_same(
         decode_response(answer.content, answer.headers)[1], modelzoo.reference(zoo["mlp"], feeds)
     )
+
+
+def test_a_token_id_past_the_vocabulary_names_the_input_and_the_range(
+    start_server: Any, zoo: dict[str, Path]
+) -> None:
+    """onnxruntime's own words (`Non-zero status code returned while running Gather node
+    … idx=100 must be within the inclusive range [-100,99]`) become a 400 that names the
+    input and the ids the model takes, in V2 and V1, and the server keeps serving."""
+    url = start_server(zoo["sequence"]).wait_ready()
+    message = (
+        "input 'tok' holds the id 100, past the model's lookup table (Gather) of 100 rows: "
+        "ids must be from 0 to 99"
+    )
+    doc = {"inputs": [{"name": "tok", "shape": [1, 3], "datatype": "INT64", "data": [1, 100, 2]}]}
+    answer = httpx.post(f"{url}/v2/models/sequence/infer", json=doc)
+    assert (answer.status_code, answer.json()) == (400, {"error": message})
+    answer = httpx.post(f"{url}/v1/models/sequence:predict", json={"instances": [[1, 100, 2]]})
+    assert answer.status_code == 400
+    assert message in answer.text
+    doc["inputs"][0]["data"] = [1, 99, 2]
+    assert httpx.post(f"{url}/v2/models/sequence/infer", json=doc).status_code == 200

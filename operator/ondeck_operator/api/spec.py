@@ -167,11 +167,13 @@ class ModelSource(ApiModel):
             check=lambda m: not m.uri.startswith("pvc://") or bool(re.match(PVC_URI_RE, m.uri)),
         ),
         Rule(
+            # A torch.export program (.pt2) records its inputs; TorchScript does not.
             field="inputs",
             cel="!has(self.format) || self.format != 'pytorch' || "
-            "(has(self.inputs) && size(self.inputs) > 0)",
-            message="format pytorch needs inputs (name, dtype and shape of each input)",
-            check=lambda m: m.format != Format.PYTORCH or bool(m.inputs),
+            "(has(self.inputs) && size(self.inputs) > 0) || self.uri.endsWith('.pt2')",
+            message="format pytorch needs inputs (name, dtype and shape of each input) unless "
+            "the uri is a torch.export program (.pt2)",
+            check=lambda m: m.format != Format.PYTORCH or bool(m.inputs) or m.uri.endswith(".pt2"),
         ),
         unique_names_rule("inputs"),
     )
@@ -209,7 +211,8 @@ class ModelSource(ApiModel):
         default=None,
         max_length=64,
         json_schema_extra=LIST_MAP_BY_NAME,
-        description="Model inputs; required for pytorch, optional otherwise.",
+        description="Model inputs; required for pytorch TorchScript, optional otherwise "
+        "(a torch.export .pt2 program records its own).",
     )
     allow_unsafe_pickle: bool = Field(
         default=False,

@@ -6,7 +6,7 @@ Every failure exits non-zero with one readable line."""
 from __future__ import annotations
 
 import inspect
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,9 +58,26 @@ def help_text(doc: str | None) -> str | None:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
 
 
+def _plain_flags_show_no_type() -> None:
+    """typer 0.29 writes `<bool>` after every on/off flag (`--help <bool>`), as if it took
+    a value; a flag takes none, so its help shows no type."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_ondeck", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_bool_flag else shown(self, ctx)
+
+    display_type_rich._ondeck = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def _register() -> None:
     # The list is the whole CLI surface; each module keeps its heavy imports inside its
     # commands, so importing them here stays cheap.
+    _plain_flags_show_no_type()
     from ondeck_operator.cli import operator_cmd as cli_operator
     from ondeck_operator.cli import predict_cmd as cli_predict
     from ondeck_operator.cli import render_cmd as cli_render

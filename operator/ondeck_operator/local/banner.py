@@ -120,8 +120,7 @@ def banner(
         f"ondeck: serving {name} at {base_url}/v2/models/{name}",
         "  inputs:  " + ", ".join(t.describe() for t in summary.inputs),
         "  outputs: " + ", ".join(t.describe() for t in summary.outputs),
-        f"  artifact: {summary.path} ({size(summary.original_size_bytes)} → "
-        f"{size(summary.size_bytes)}, quantize {summary.quantize})",
+        f"  artifact: {summary.path} ({sizes(summary)})",
     ]
     files: dict[Path, str] = {}
     for protocol, body in bodies.items():
@@ -140,11 +139,26 @@ def banner(
     return Banner(lines=lines, files=files)
 
 
+#: Modes that shrink a model they apply to: when it came out no smaller, they found
+#: nothing to quantize (int8 on a tree model has no MatMul, Gemm or Conv).
+_SHRINKING = {"int8", "int8-static", "int4"}
+
+
+def sizes(summary: ConvertSummary) -> str:
+    """`20.6 KiB → 12.1 KiB, quantize int8`, or what the quantization did not do."""
+    before, after = summary.original_size_bytes, summary.size_bytes
+    text = f"{size(before)} → {size(after)}, quantize {summary.quantize}"
+    if summary.quantize in _SHRINKING and after >= before:
+        text += " (changed nothing: no operator it quantizes)"
+    return text
+
+
 def size(n: int) -> str:
-    """Bytes in binary units (KiB = 1024 B), one decimal: `19.5 KiB`."""
+    """Bytes in binary units (KiB = 1024 B), one decimal: `19.5 KiB`; the one unit
+    convention of everything ondeck prints (the server's bounds.human is the same)."""
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"

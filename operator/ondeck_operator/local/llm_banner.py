@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ondeck_operator.local.banner import Banner, curl_line, size
+from ondeck_operator.local.banner import Banner, curl_line, sizes
 from ondeck_operator.local.manifest import ConvertSummary
 
 LLM_FORMAT = "hf-causal-lm"
@@ -22,8 +22,7 @@ def llm_banner(
     key = repr(token) if token else '"none"'
     lines = [
         f"ondeck: serving {name} (language model, OpenAI API) at {base_url}/v1",
-        f"  artifact: {summary.path} ({size(summary.original_size_bytes)} → "
-        f"{size(summary.size_bytes)}, quantize {summary.quantize})",
+        f"  artifact: {summary.path} ({sizes(summary)})",
         "  chat: " + curl_line(f"{base_url}/v1/chat/completions", json.dumps(body), token),
         "  python:",
         "    from openai import OpenAI",

@@ -47,7 +47,7 @@ from typing import IO, Any, TextIO
 
 from ondeck_operator.api.spec import ModelDeploymentSpec
 from ondeck_operator.local import store as local_store
-from ondeck_operator.local.banner import banner, size
+from ondeck_operator.local.banner import banner, sizes
 from ondeck_operator.local.errors import ConvertFailed, PortInUse, ServeFailed, StoreFailed
 from ondeck_operator.local.flags import in_manifest_terms
 from ondeck_operator.local.manifest import ConvertSummary, Loaded, localize, notices
@@ -58,6 +58,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 READY_TIMEOUT_S = 120.0
 EXIT_INTERRUPTED = 130
+#: What a Ctrl-C during the conversion prints (the line `ondeck-server convert` prints
+#: when stopped; the child's own copy is held back, so it shows once).
+INTERRUPTED = "Interrupted: conversion stopped; nothing was written"
 #: Where local mode says how it serves a manifest that asks for auth (`_token`).
 AUTH_FIELD = "spec.server.auth"
 #: A line a child prints as its error: `ErrorType: message` (a CamelCase type).
@@ -264,14 +267,13 @@ class LocalRunner:
             with self._signals():
                 summary = self._convert(spec, name=name)
                 if summary is None:
-                    self._say("ondeck: stopped before the model was served")
+                    self._say(INTERRUPTED)
                     return EXIT_INTERRUPTED
                 self._name_ref(name, summary.digest)
                 if self.convert_only:
                     print(
                         f"ondeck: {name} is converted: {summary.path} "
-                        f"({size(summary.original_size_bytes)} → {size(summary.size_bytes)}, "
-                        f"quantize {summary.quantize}); refs/{name} points at it",
+                        f"({sizes(summary)}); refs/{name} points at it",
                         file=self.out,
                         flush=True,
                     )

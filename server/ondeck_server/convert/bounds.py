@@ -54,11 +54,13 @@ def default_bound() -> int:
 
 
 def human(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+    """Bytes in binary units (KiB = 1024 B), one decimal: `19.5 KiB`; the one unit
+    convention of everything ondeck prints (the operator's banner.size is the same)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n} bytes"  # pragma: no cover
+    return f"{n} B"  # pragma: no cover
 
 
 def check_zip(path: Path, *, limit: int, what: str) -> None:

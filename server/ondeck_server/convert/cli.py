@@ -4,34 +4,28 @@ mode runs on a laptop). A thin shell over ondeck_server.convert.
 Contract (docs/architecture.md): every flag also reads an `ONDECK_…` variable; human
 progress goes to stderr; stdout carries exactly one JSON summary line on success; exit 0
 on success (or when the artifact already exists), 1 with one line `ErrorType: message`
-on a pipeline error, 2 on a usage error. With `--termination-log PATH`, the error line
-(or, on success, the summary, at most 4 KB) is also written there, where Kubernetes
-picks it up for the pod status.
+on a pipeline error, 2 on a usage error, 130 (Ctrl-C) or 143 (SIGTERM) with the line
+`Interrupted: …` when stopped, leaving no temporary files. With `--termination-log
+PATH`, the error line (or, on success, the summary, at most 4 KiB) is also written
+there, where Kubernetes picks it up for the pod status.
 
 This module parses and prints; it does not convert anything itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from typer._click import Context as ClickContext
 from typer._click import exceptions as click_errors
 from typer.core import TyperCommand
@@ -50,6 +44,7 @@ from ondeck_server.convert import (
     parse_inputs,
 )
 from ondeck_server.convert.bounds import default_bound
+from ondeck_server.convert.console import stage_console
 from ondeck_server.convert.fetch import normalize_sha256
 from ondeck_server.convert.flags import BY_PARAM, FLAGS, REQUIRED, Flag
 from ondeck_server.convert.quantize import INT4_BLOCK_SIZES, Int4Settings
@@ -136,50 +131,6 @@ def _block_size_callback(value: int) -> int:
     return value
 
 
-class _ConsoleEvents:
-    """Stage lines and a download bar on stderr."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def stage(self, name: str, seconds: float, detail: str) -> None:
-        self.console.print(
-            f"{name:<9} {seconds:7.2f} s  {detail}", markup=False, highlight=False, soft_wrap=True
-        )
-
-    def bytes_progress(self) -> _RichBar:
-        return _RichBar(self.console)
-
-
-class _RichBar:
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress: Progress | None = None
-        self.task: TaskID | None = None
-
-    def start(self, label: str, total: int | None) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(label, total=total)
-
-    def advance(self, n: int) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task, n)
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
 def fit_termination_log(summary: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
     """The summary as compact JSON of at most `limit` bytes, dropping detail as needed:
     per-output validation first, then tensor shapes, then the tensor lists."""
@@ -223,8 +174,6 @@ def _parameter(flag: Flag) -> inspect.Parameter:
         callback=_CALLBACKS.get(flag.param),
         min=flag.min,
         max=flag.max,
-        # A plain flag takes no value; typer would still show "<bool>" after it.
-        metavar=" " if flag.type is bool else None,
     )
     return inspect.Parameter(
         flag.param,
@@ -245,7 +194,6 @@ def _with_flags(func: Callable[..., None]) -> Callable[..., None]:
 @_with_flags
 def convert_command(**values: Any) -> None:
     """Fetch a model, convert it to ONNX, optimize, quantize, validate, and write the artifact."""
-    console = Console(stderr=True)
     v = values
     store: str = v["store"]
     request = ConvertRequest(
@@ -276,23 +224,52 @@ def convert_command(**values: Any) -> None:
     )
     log = str(v["termination_log"]) if v["termination_log"] else None
     if not remote_store.is_remote(store):
-        _run(request, console=console, log=log)
+        _run(request, log=log)
         return
     endpoint = v["store_endpoint_url"] or v["s3_endpoint_url"]
     remote = RemoteStore(uri=store, endpoint_url=endpoint)
     with tempfile.TemporaryDirectory(prefix="ondeck-build-") as build:
         _run(
             request.model_copy(update={"store": Path(build), "remote": remote}),
-            console=console,
             log=log,
         )
 
 
-def _run(request: ConvertRequest, *, console: Console, log: str | None) -> None:
+class _Terminated(BaseException):
+    """SIGTERM (a deleted pod, `ondeck run` stopping its child), raised like Ctrl-C's
+    KeyboardInterrupt so that every temporary folder is removed on the way out."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_line(*, written: bool) -> str:
+    """The one line a stopped conversion prints."""
+    if written:
+        return (
+            "Interrupted: conversion stopped after the artifact was written; run it again "
+            "to finish (the artifact is reused)"
+        )
+    return "Interrupted: conversion stopped; nothing was written"
+
+
+def _run(request: ConvertRequest, *, log: str | None) -> None:
     """Run the pipeline; print the summary (or the error line) and write the log."""
     ref = request.ref
+    done: list[str] = []
     try:
-        outcome = convert(request, events=_ConsoleEvents(console))
+        with _sigterm_raises(), stage_console() as events:
+            done = events.done
+            outcome = convert(request, events=events)
     except PipelineError as exc:
         line = exc.one_line()
         if exc.details:
@@ -301,6 +278,12 @@ def _run(request: ConvertRequest, *, console: Console, log: str | None) -> None:
         sys.stderr.write(line + "\n")
         _write_termination_log(log, line)
         raise typer.Exit(1) from None
+    except (KeyboardInterrupt, _Terminated) as exc:
+        line = interrupted_line(written="write" in done)
+        sys.stderr.write(line + "\n")
+        _write_termination_log(log, line)
+        signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+        raise typer.Exit(128 + signum) from None
     summary = artifact.summary(
         outcome.manifest, path=outcome.uri or outcome.path, ref=ref, cached=outcome.cached
     )

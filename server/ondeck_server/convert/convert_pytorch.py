@@ -12,6 +12,7 @@ imported only inside these functions; this module does not optimize or quantize.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -236,6 +237,37 @@ def _describe(specs: list[InputSpec]) -> str:
     return ";".join(s.render() for s in specs)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# `RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x32 and 64x10)`: the line of
+# a TorchScript traceback that says what went wrong (the last one).
+_ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:Error|Exception)): (\S.*)$")
+# The dynamo exporter names an operator as `<OpOverload(op='aten.x', overload='default')>`.
+_OVERLOAD = re.compile(r"<OpOverload\(op='([^']+)', overload='([^']+)'\)>")
+_SUMMARY = "## Exception summary"
+_LIMIT = 400
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """The part of a torch error that says what failed (the operator, the shapes), on one
+    line. torch puts it in different places: first (TorchScript's exporter), last after a
+    TorchScript traceback, or under "## Exception summary" after a page of advice (the
+    dynamo exporter)."""
+    text = _ANSI.sub("", str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = lines[0]
+    if _SUMMARY in text:
+        after = text.split(_SUMMARY, 1)[1].splitlines()
+        causes = [line.strip() for line in after if line.strip().startswith("<class ")]
+        if causes:
+            found = re.sub(r"^<class '[^']*'>: ", "", causes[0])
+    elif "Traceback of TorchScript" in text:
+        errors = [m.group(1) for m in map(_ERROR_LINE.match, lines) if m]
+        if errors:
+            found = errors[-1]
+    found = _OVERLOAD.sub(
+        lambda m: m.group(1) if m.group(2) == "default" else f"{m.group(1)}.{m.group(2)}", found
+    )
+    found = " ".join(found.split())
+    return found if len(found) <= _LIMIT else found[: _LIMIT - 1] + "…"

@@ -166,7 +166,7 @@ FLAGS: tuple[Flag, ...] = (
         "--termination-log",
         Path | None,
         None,
-        "Gets the error line on failure, the JSON summary (<= 4 KB) on success.",
+        "Gets the error line on failure, the JSON summary (<= 4 KiB) on success.",
     ),
     Flag(
         "max_download_bytes",

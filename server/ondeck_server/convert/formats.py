@@ -2,12 +2,14 @@
 
 Zip archives are told apart by their members (skops: `schema.json`; TorchScript:
 `<name>/code/`; `torch.export`: `<name>/archive_format`; a plain `torch.save` pickle:
-`<name>/data.pkl` only), pickles by their first opcode, ONNX by parsing the protobuf.
-This module only reads the file; it loads nothing and converts nothing.
+`<name>/data.pkl` only, a state_dict when its pickle names no class beyond tensors and
+dicts), pickles by their first opcode, ONNX by parsing the protobuf. This module only
+reads the file (pickle opcodes are listed, never executed); it converts nothing.
 """
 
 from __future__ import annotations
 
+import pickletools
 import zipfile
 from enum import StrEnum
 from pathlib import Path
@@ -50,6 +52,16 @@ _PICKLE_EXT = {".pkl", ".pickle", ".joblib"}
 _TORCH_EXT = {".pt", ".pth", ".pt2", ".torchscript", ".ts"}
 # joblib's compressors: zlib, gzip, bz2, lzma/xz.
 _COMPRESSED = (b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00")
+# What a `torch.save` of weights only (a state_dict, or a checkpoint dict holding some)
+# names in its pickle: containers and tensor rebuilders, no module class.
+_WEIGHTS_ONLY_MODULES = ("collections", "torch", "torch._utils", "builtins", "__builtin__")
+# A state_dict's pickle holds names and tensor references only (the tensors are other
+# members): a bigger one is not read.
+_MAX_PICKLE_SCAN = 64 * 2**20
+_SAVE_AS = (
+    "torch.export.save(torch.export.export(model, example_args), 'model.pt2') or "
+    "torch.jit.save(torch.jit.script(model), 'model.pt')"
+)
 _HELP = (
     "give an ONNX model (.onnx), a TorchScript (torch.jit.save) or torch.export (.pt2) "
     "file, or a scikit-learn model saved with skops (.skops) or joblib/pickle"
@@ -108,13 +120,37 @@ def _detect_zip(path: Path) -> SourceKind | None:
         return SourceKind.TORCH_EXPORT
     if any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names):
         return SourceKind.TORCHSCRIPT
-    if any(n.endswith("/data.pkl") for n in names):
+    pickled = [n for n in names if n.endswith("/data.pkl")]
+    if pickled:
+        if _weights_only(path, pickled[0]):
+            raise UnsupportedFormat(
+                f"{path.name} is a torch.save of a state_dict: weights only, without the "
+                "model's architecture, so there is nothing to run; load it into your model "
+                f"(model.load_state_dict(...)) and save the whole model with {_SAVE_AS}"
+            )
         raise UnsupportedFormat(
-            f"{path.name} is a torch.save pickle of a Python module, which needs its source "
-            "code to load; save the model with torch.jit.save(torch.jit.script(model)) or "
-            "torch.export.save(torch.export.export(model, example_args))"
+            f"{path.name} is a torch.save pickle of a whole Python module, which needs its "
+            f"source code to load (and runs code when loaded); save the model with {_SAVE_AS}"
         )
     return None
+
+
+def _weights_only(path: Path, member: str) -> bool:
+    """True when the pickle `member` names only containers and tensors (a state_dict)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.getinfo(member).file_size > _MAX_PICKLE_SCAN:
+                return False
+            data = archive.read(member)
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError):
+        return False
+    # Protocol 4's STACK_GLOBAL takes its names from the stack: such a pickle counts as
+    # a module (torch.save writes protocol 2, whose GLOBAL carries them).
+    if any(name == "STACK_GLOBAL" for name, _ in ops):
+        return False
+    modules = {str(arg).split(" ", 1)[0] for name, arg in ops if name == "GLOBAL"}
+    return bool(modules) and modules <= set(_WEIGHTS_ONLY_MODULES)
 
 
 def _parses_as_onnx(path: Path) -> bool:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -132,6 +132,13 @@ class Events(Protocol):
     def bytes_progress(self) -> Progress: ...
 
 
+@runtime_checkable
+class Begins(Protocol):
+    """Events that also want to know when a stage starts (the CLI's spinner)."""
+
+    def begin(self, name: str) -> None: ...
+
+
 class _Silent:
     def stage(self, name: str, seconds: float, detail: str) -> None:
         pass
@@ -148,6 +155,8 @@ class _Clock:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[list[str]]:
         detail: list[str] = []
+        if isinstance(self.events, Begins):
+            self.events.begin(name)
         start = time.perf_counter()
         yield detail
         seconds = time.perf_counter() - start
@@ -196,6 +205,26 @@ def convert(request: ConvertRequest, *, events: Events | None = None) -> Outcome
         ) from exc
 
 
+_INT8 = (Quantize.INT8, Quantize.INT8_STATIC)
+#: The quantize stage's line when int8 found nothing to quantize (a tree model).
+NOTHING_QUANTIZED = (
+    "{mode}: changed nothing, the model has no MatMul, Gemm or Conv to quantize "
+    "(its operators stay FP32)"
+)
+
+
+def _has_quantized_ops(model: Path) -> bool:
+    """Whether onnxruntime's int8 quantizer put any integer operator into `model`."""
+    import onnx
+
+    graph = onnx.load_model(str(model), load_external_data=False).graph
+    kinds = {node.op_type for node in graph.node}
+    return any(
+        "Quantize" in k or "Integer" in k or k.startswith("QLinear") or k in ("QGemm", "QAttention")
+        for k in kinds
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     return onnx_tools.error_text(exc, limit=300)
 
@@ -232,7 +261,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         kind = infer_kind(source.path, declared=request.format, name=name)
         extra = _fetch_external_data(source, kind=kind, request=request, dest=downloads)
         calibration, calibration_sha = _fetch_calibration(request, dest=work / "calibration")
-        detail.append(f"{name} ({source.size_bytes} bytes, {kind.value})")
+        detail.append(f"{name} ({bounds.human(source.size_bytes)}, {kind.value})")
     fmt = kind.framework
     settings = _settings(request, kind=kind, calibration_sha=calibration_sha)
     versions = converter_versions(fmt)
@@ -286,16 +315,17 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         with store.locked_temp_dir(request.store, f".tmp-{digest[:12]}-") as staging:
             model = staging / artifact.MODEL_FILE
             with clock.stage("quantize") as detail:
-                detail.append(
-                    quantize(
-                        optimized,
-                        mode=request.quantize,
-                        out=model,
-                        work=work,
-                        calibration=calibration,
-                        int4=request.int4,
-                    )
+                done = quantize(
+                    optimized,
+                    mode=request.quantize,
+                    out=model,
+                    work=work,
+                    calibration=calibration,
+                    int4=request.int4,
                 )
+                if request.quantize in _INT8 and not _has_quantized_ops(model):
+                    done = NOTHING_QUANTIZED.format(mode=request.quantize.value)
+                detail.append(done)
             with clock.stage("validate") as detail:
                 report, samples = _validate(
                     converted, model=model, request=request, calibration=calibration

@@ -7,6 +7,7 @@ This module knows nothing about HTTP, queues or batching.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -114,13 +115,39 @@ class OnnxRuntime:
         try:
             values = self._session.run(self._output_names, dict(feeds), self._run_options)
         except self._invalid_argument as exc:
-            raise InvalidInput(f"onnxruntime rejected the input: {_first_line(exc)}") from exc
+            raise InvalidInput(_rejection(_first_line(exc), feeds)) from exc
         except Exception as exc:
             raise InferenceFailed(f"inference failed: {_first_line(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
     def abort(self) -> None:
         self._run_options.terminate = True
+
+
+# onnxruntime's words for an id past an embedding table (a Gather on a graph input).
+_OUT_OF_BOUNDS = re.compile(
+    r"running (?P<op>\w+) node\..*indices element out of data bounds, idx=(?P<id>-?\d+) "
+    r"must be within the inclusive range \[-?\d+,\s*(?P<last>-?\d+)\]"
+)
+
+
+def _rejection(text: str, feeds: Mapping[str, np.ndarray]) -> str:
+    """What onnxruntime's refusal means for the caller. An out-of-vocabulary token id is
+    named with its input (the integer input that holds the id) and the valid range."""
+    found = _OUT_OF_BOUNDS.search(text)
+    if found is None:
+        return f"onnxruntime rejected the input: {text}"
+    bad, rows = int(found["id"]), int(found["last"]) + 1
+    holders = [
+        name
+        for name, array in feeds.items()
+        if array.dtype.kind in "iu" and bool(np.any(array == bad))
+    ]
+    where = f"input {holders[0]!r}" if len(holders) == 1 else "an input"
+    return (
+        f"{where} holds the id {bad}, past the model's lookup table ({found['op']}) of {rows} "
+        f"rows: ids must be from 0 to {rows - 1}"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

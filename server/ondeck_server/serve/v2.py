@@ -144,6 +144,11 @@ def _decode_input(
     spec = model.by_input.get(name)
     if spec is None:
         raise _fail(f"unknown input {name!r}; the model's inputs are {model.input_names}")
+    if entry.get("datatype") is None:
+        raise _fail(
+            f'input {name!r} has no \'datatype\'; add "datatype": "{spec.datatype.value}", '
+            "the model's type for it"
+        )
     datatype = datatypes.parse(entry.get("datatype"))
     if datatype is None:
         raise _fail(
