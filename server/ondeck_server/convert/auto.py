@@ -164,6 +164,7 @@ def choose(
     entries: list[Candidate] = []
     built: list[_Built] = []
     baseline_independent: bool | None = None
+    unchanged: tuple[Any, ...] = ()
     for mode in PREFERENCE:
         entry = Candidate(quantize=mode.value, outcome="rejected")
         entries.append(entry)
@@ -192,6 +193,13 @@ def choose(
         finally:
             entry.quantize_seconds = round(time.perf_counter() - start, 3)
         entry.size_bytes = onnx_tools.total_size(path)
+        if mode is Quantize.NONE:
+            unchanged = _signature(path)
+        elif _signature(path) == unchanged:
+            # Nothing to quantize (a tree ensemble, a model without MatMul): timing the
+            # same model twice would let noise pick between equals.
+            entry.outcome, entry.reason = "skipped", "changes nothing: the same graph as none"
+            continue
         try:
             gate, batching = judge(path)
         except PipelineError as exc:  # does not load, or cannot run on the samples
@@ -237,6 +245,18 @@ def choose(
         fp16_kernels=fp16_fact,
     )
     return auto, winner.report, winner.batching
+
+
+def _signature(path: Path) -> tuple[Any, ...]:
+    """The operators and the weights' names, types and shapes (not their values): equal
+    for two models exactly when a quantization changed nothing."""
+    import onnx
+
+    graph = onnx.load_model(str(path), load_external_data=False).graph
+    return (
+        tuple(n.op_type for n in graph.node),
+        tuple((t.name, t.data_type, tuple(t.dims)) for t in graph.initializer),
+    )
 
 
 def _time(built: list[_Built], *, samples: Feeds, batch: int, fixed_batch: bool) -> str:

@@ -39,7 +39,7 @@ GENTLER = "use a gentler --quantize (int8-static with --calibration, fp16, none)
 #: The default top-1 bound. Flips of n samples are Binomial(n, p) for a model whose true
 #: disagreement is p; at the default 64 samples 0.04 allows 2 flips (2/64 = 0.031,
 #: 3/64 = 0.047), so a model that truly disagrees on 1 % of inputs passes with
-#: probability 0.974 and one that disagrees on 10 % fails with probability 0.961. The old
+#: probability 0.973 and one that disagrees on 10 % fails with probability 0.961. The old
 #: 0.01 allowed no flip: a 1 %-model failed 47 % of the time, on chance alone.
 DEFAULT_MAX_TOP1_DISAGREEMENT = 0.04
 DEFAULT_SAMPLES = 64
