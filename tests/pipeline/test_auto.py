@@ -161,7 +161,10 @@ def test_auto_on_a_tree_ensemble_keeps_it_as_it_is(sources: Sources, store: Path
     assert (label == models.sklearn_models()["iris_forest"].predict(x)).all()
 
 
+# Five MiniLM conversions (calibration of int8-static included): minutes on a loaded
+# 2-core machine, past the suite's default 300 s.
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_auto_on_minilm(
     minilm: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -579,26 +580,17 @@ def _tried(report: auto.AutoReport) -> str:
     return ", ".join(built) + (f" (skipped: {', '.join(skipped)})" if skipped else "")
 
 
+@dataclass(frozen=True)
 class _Gate:
     """The gate's fixed half: the samples, and the original's outputs on them (computed
     once, however many candidates are judged)."""
 
-    def __init__(
-        self,
-        converted: Converted,
-        *,
-        samples: Feeds,
-        source: str,
-        reference_outputs: list[np.ndarray],
-        batch: int,
-        fixed_batch: bool,
-    ) -> None:
-        self.converted = converted
-        self.samples = samples
-        self.source = source
-        self.reference_outputs = reference_outputs
-        self.batch = batch
-        self.fixed_batch = fixed_batch
+    converted: Converted
+    samples: Feeds
+    source: str
+    reference_outputs: list[np.ndarray]
+    batch: int
+    fixed_batch: bool
 
     @classmethod
     def prepare(cls, converted: Converted, *, request: ConvertRequest, data: Feeds | None) -> _Gate:
@@ -615,7 +607,7 @@ class _Gate:
         except Exception as exc:
             raise _run_failed(sample_source, exc) from None
         return cls(
-            converted,
+            converted=converted,
             samples=samples,
             source=sample_source,
             reference_outputs=outputs,
