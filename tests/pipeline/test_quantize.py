@@ -165,7 +165,7 @@ def test_the_gate_refuses_a_model_int8_breaks(sources: Sources, store: Path) -> 
     assert info.value.message == (
         "the final model disagrees with the original (onnx-fp32) on 64 generated samples: "
         "cosine 0.0000 < --min-cosine 0.99; top-1 disagreement 0.9688 > "
-        "--max-top1-disagreement 0.01. Nothing was published; use a gentler --quantize "
+        "--max-top1-disagreement 0.04. Nothing was published; use a gentler --quantize "
         "(int8-static with --calibration, fp16, none) or, if this loss is acceptable, relax "
         "the threshold"
     )
@@ -210,12 +210,10 @@ def test_int4_shrinks_the_mlp_into_matmul_nbits_and_keeps_its_answers(
     sources: Sources, store: Path
 ) -> None:
     """Block 32 (the default) on real digits: ~6x smaller, every Linear layer a
-    MatMulNBits, the answers of the original. One flipped digit in 64 is 0.016, past the
-    default 0.01 on some CPUs (int4 x int8 kernels differ), so this gate allows 3."""
+    MatMulNBits, the answers of the original. One flipped digit in 64 (0.016) on some CPUs
+    (int4 x int8 kernels differ) is within the default gate (2 flips of 64)."""
     events = StageLines()
-    outcome = int4_mlp(
-        sources, store, events=events, thresholds=Thresholds(max_top1_disagreement=0.05)
-    )
+    outcome = int4_mlp(sources, store, events=events)
     manifest = outcome.manifest
     assert manifest.settings["quantize"] == "int4"
     assert manifest.settings["int4"] == {"blockSize": 32, "accuracyLevel": 4}
@@ -230,7 +228,7 @@ def test_int4_shrinks_the_mlp_into_matmul_nbits_and_keeps_its_answers(
     validation = manifest.validation
     assert validation["sampleSource"] == "calibration"
     assert validation["cosine"] >= 0.99
-    assert validation["top1Disagreement"] <= 0.05
+    assert validation["top1Disagreement"] <= 0.04
     # Weight-only: activations are quantized per row inside the kernel, rows never mix.
     assert manifest.batching.independent is True
     assert [t.datatype for t in manifest.inputs + manifest.outputs] == ["FP32", "FP32"]

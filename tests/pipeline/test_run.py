@@ -64,7 +64,7 @@ def test_manifest_records_how_the_artifact_was_made(sources: Sources, store: Pat
     assert manifest.settings["validation"] == {
         "samples": 64,
         "minCosine": 0.99,
-        "maxTop1Disagreement": 0.01,
+        "maxTop1Disagreement": 0.04,
     }
     assert set(manifest.timings) >= {"fetch", "convert", "optimize", "quantize", "validate"}
     assert {"ondeck", "onnx", "onnxruntime"} <= set(manifest.versions)

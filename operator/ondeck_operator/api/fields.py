@@ -39,13 +39,15 @@ class OptimizationLevel(StrEnum):
 
 
 class Quantize(StrEnum):
-    """Weight quantization; `--quantize`. int8 is dynamic; int8-static needs calibration."""
+    """Weight quantization; `--quantize`. int8 is dynamic; int8-static needs calibration;
+    auto builds each that applies and keeps the fastest that passes the gate."""
 
     NONE = "none"
     INT8 = "int8"
     INT8_STATIC = "int8-static"
     FP16 = "fp16"
     INT4 = "int4"
+    AUTO = "auto"
 
 
 #: `optimize.int4.blockSize`: the block sizes onnxruntime's CPU MatMulNBits kernels have

@@ -224,7 +224,30 @@ class ModelSource(ApiModel):
 class ValidationSpec(ApiModel):
     """The accuracy gate: the optimized model must agree with the original."""
 
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            field="data",
+            cel="!has(self.data) || !self.data.startsWith('pvc://') || "
+            "self.data.matches(r'" + PVC_URI_RE + "')",
+            message="a pvc:// validation data URI must be pvc://<claim>/<path> with a valid "
+            "claim name",
+            check=lambda m: (
+                m.data is None
+                or not m.data.startswith("pvc://")
+                or bool(re.match(PVC_URI_RE, m.data))
+            ),
+        ),
+    )
+
     samples: int = Field(default=64, ge=1, le=10000, description="Number of inputs compared.")
+    data: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=URI_RE,
+        description="A .npz of real inputs (one array per model input) the gate judges on, "
+        "fetched like the model; default: calibration, else generated inputs.",
+    )
     min_cosine: float = Field(
         default=0.99,
         ge=0.0,
@@ -232,10 +255,11 @@ class ValidationSpec(ApiModel):
         description="Lowest allowed cosine similarity between original and optimized outputs.",
     )
     max_top1_disagreement: float = Field(
-        default=0.01,
+        default=0.04,
         ge=0.0,
         le=1.0,
-        description="Highest allowed fraction of samples whose arg-max differs.",
+        description="Highest allowed fraction of samples whose arg-max differs (0.04: 2 "
+        "flips of 64; see docs/conversion.md for the statistics).",
     )
 
 
@@ -294,9 +318,10 @@ class OptimizeSpec(ApiModel):
         ),
         Rule(
             field="int4",
-            cel="!has(self.int4) || (has(self.quantize) && self.quantize == 'int4')",
-            message="int4 settings need quantize int4",
-            check=lambda m: m.int4 is None or m.quantize == Quantize.INT4,
+            cel="!has(self.int4) || (has(self.quantize) && "
+            "(self.quantize == 'int4' || self.quantize == 'auto'))",
+            message="int4 settings need quantize int4 or auto",
+            check=lambda m: m.int4 is None or m.quantize in (Quantize.INT4, Quantize.AUTO),
         ),
     )
 
@@ -304,7 +329,11 @@ class OptimizeSpec(ApiModel):
         default=OptimizationLevel.BASIC,
         description="onnxruntime graph optimization level; basic is hardware independent.",
     )
-    quantize: Quantize = Field(default=Quantize.NONE, description="Weight quantization.")
+    quantize: Quantize = Field(
+        default=Quantize.NONE,
+        description="Weight quantization; auto tries each mode that applies on the "
+        "conversion machine and keeps the fastest that passes the gate.",
+    )
     int4: Int4Spec | None = Field(
         default=None,
         description="Settings of quantize int4; blockSize 32 and accuracyLevel 4 when omitted.",

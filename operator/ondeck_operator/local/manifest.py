@@ -342,6 +342,10 @@ def localize(spec: ModelDeploymentSpec, base_dir: Path) -> ModelDeploymentSpec:
     if optimize.calibration is not None:
         local = _local_uri(optimize.calibration, base_dir, "spec.optimize.calibration")
         optimize = optimize.model_copy(update={"calibration": local})
+    if optimize.validation.data is not None:
+        data = _local_uri(optimize.validation.data, base_dir, "spec.optimize.validation.data")
+        validation = optimize.validation.model_copy(update={"data": data})
+        optimize = optimize.model_copy(update={"validation": validation})
     return spec.model_copy(update={"model": model, "optimize": optimize})
 
 

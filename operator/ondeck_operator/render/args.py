@@ -72,7 +72,7 @@ def convert_args(
     if model.inputs:
         args += ["--inputs", inputs_arg(model.inputs)]
     args += ["--level", optimize.level.value, "--quantize", optimize.quantize.value]
-    if optimize.quantize is Quantize.INT4:
+    if optimize.quantize in (Quantize.INT4, Quantize.AUTO):
         int4 = optimize.int4 or Int4Spec()
         args += [
             "--int4-block-size",
@@ -83,6 +83,8 @@ def convert_args(
     if optimize.calibration is not None:
         args += ["--calibration", optimize.calibration]
     validation = optimize.validation
+    if validation.data is not None:
+        args += ["--validation-data", validation.data]
     args += [
         "--validation-samples",
         str(validation.samples),
@@ -167,9 +169,11 @@ def serve_args(
 
 
 def pvc_claims(spec: ModelDeploymentSpec) -> list[str]:
-    """Claims named by pvc:// URIs of the model and calibration, sorted, without repeats."""
+    """Claims named by pvc:// URIs of the model, calibration and validation data, sorted,
+    without repeats."""
     claims = set()
-    for uri in (spec.model.uri, spec.optimize.calibration):
+    optimize = spec.optimize
+    for uri in (spec.model.uri, optimize.calibration, optimize.validation.data):
         if uri is not None and uri.startswith("pvc://"):
             claims.add(uri.removeprefix("pvc://").split("/", 1)[0])
     return sorted(claims)

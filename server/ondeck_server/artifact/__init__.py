@@ -199,12 +199,18 @@ def summary(
         "sizeBytes": manifest.size_bytes,
         "originalSizeBytes": manifest.original_size_bytes,
         "format": manifest.source.format,
-        "quantize": manifest.settings.get("quantize", "none"),
+        "quantize": applied_quantize(manifest),
         "inputs": [t.model_dump(by_alias=True) for t in manifest.inputs],
         "outputs": [t.model_dump(by_alias=True) for t in manifest.outputs],
         "validation": manifest.validation,
         "cached": cached,
     }
+
+
+def applied_quantize(manifest: Manifest) -> str:
+    """The quantization the model has: the requested mode, or what `auto` chose."""
+    chosen = (manifest.validation.get("auto") or {}).get("chosen")
+    return str(chosen or manifest.settings.get("quantize", "none"))
 
 
 def dumps_compact(data: dict[str, Any]) -> str:

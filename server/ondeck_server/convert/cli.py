@@ -205,6 +205,7 @@ def convert_command(**values: Any) -> None:
         level=v["level"],
         quantize=v["quantize"],
         calibration=v["calibration"],
+        validation_data=v["validation_data"],
         int4=Int4Settings(block_size=v["int4_block_size"], accuracy_level=v["int4_accuracy_level"]),
         thresholds=Thresholds(
             samples=v["validation_samples"],

@@ -89,7 +89,8 @@ FLAGS: tuple[Flag, ...] = (
         Quantize,
         Quantize.NONE,
         "int8 (dynamic), int8-static (needs --calibration), fp16 (FP32 inputs/outputs "
-        "kept), int4 (weight-only 4-bit MatMul).",
+        "kept), int4 (weight-only 4-bit MatMul), auto (each that applies, judged and timed "
+        "here; the fastest that passes the gate).",
     ),
     Flag(
         "int4_block_size",
@@ -112,6 +113,14 @@ FLAGS: tuple[Flag, ...] = (
         max=4,
     ),
     Flag("calibration", "--calibration", str | None, None, "An .npz of input arrays."),
+    Flag(
+        "validation_data",
+        "--validation-data",
+        str | None,
+        None,
+        "An .npz of real inputs the gate judges on (fetched like the source); default: "
+        "--calibration, else generated inputs.",
+    ),
     Flag(
         "validation_samples",
         "--validation-samples",

@@ -57,6 +57,8 @@ class Quantize(StrEnum):
     FP16 = "fp16"
     INT4 = "int4"
     """Weight-only 4-bit MatMul (MatMulNBits); language models: onnxruntime-genai's builder."""
+    AUTO = "auto"
+    """Every mode that applies, judged and timed; the fastest that passes (convert.auto)."""
 
 
 #: Block sizes onnxruntime's CPU MatMulNBits kernels (MLAS) have fast paths for; the op
@@ -111,6 +113,8 @@ def quantize(
     was done, in words, for the stage line."""
     import onnx
 
+    if mode is Quantize.AUTO:
+        raise ValueError("quantize auto chooses among the other modes (convert.auto.choose)")
     if mode is Quantize.NONE:
         onnx_tools.save(onnx.load_model(str(src)), out)
         return mode.value

@@ -19,6 +19,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ondeck_server import artifact
 from ondeck_server.artifact import remote as remote_store
 from ondeck_server.artifact.batching import Batching
-from ondeck_server.convert import batch_check, bounds, onnx_tools, store
+from ondeck_server.convert import auto, batch_check, bounds, onnx_tools, store
 from ondeck_server.convert.converted import Converted
 from ondeck_server.convert.digest import compute_digest, converter_versions
 from ondeck_server.convert.errors import (
@@ -60,14 +61,19 @@ from ondeck_server.convert.onnx_tools import Feeds
 from ondeck_server.convert.optimize import OptimizationLevel, optimize
 from ondeck_server.convert.quantize import INT4_BLOCK_SIZES, Int4Settings, Quantize, quantize
 from ondeck_server.convert.validate import (
+    CALIBRATION,
     DYNAMIC_DIM,
     GENTLER,
     MAX_BATCH,
+    VALIDATION_DATA,
     Thresholds,
     ValidationReport,
     check_calibration,
+    evaluate,
+    gate_figures,
+    gate_message,
     make_samples,
-    validate,
+    run_batched,
 )
 
 
@@ -93,6 +99,10 @@ class ConvertRequest(BaseModel):
     level: OptimizationLevel = OptimizationLevel.BASIC
     quantize: Quantize = Quantize.NONE
     calibration: str | None = None
+    validation_data: str | None = Field(
+        default=None,
+        description="An .npz of real inputs the gate judges on; default: the calibration file.",
+    )
     int4: Int4Settings = Field(
         default_factory=Int4Settings,
         description="MatMulNBits block size and accuracy level; used by --quantize int4 only.",
@@ -260,10 +270,20 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         name = Path(source.path).name
         kind = infer_kind(source.path, declared=request.format, name=name)
         extra = _fetch_external_data(source, kind=kind, request=request, dest=downloads)
-        calibration, calibration_sha = _fetch_calibration(request, dest=work / "calibration")
+        calibration, calibration_sha = _fetch_npz(
+            request.calibration, flag="--calibration", request=request, dest=work / "calibration"
+        )
+        validation_data, validation_sha = _fetch_npz(
+            request.validation_data,
+            flag="--validation-data",
+            request=request,
+            dest=work / "validation",
+        )
         detail.append(f"{name} ({bounds.human(source.size_bytes)}, {kind.value})")
     fmt = kind.framework
-    settings = _settings(request, kind=kind, calibration_sha=calibration_sha)
+    settings = _settings(
+        request, kind=kind, calibration_sha=calibration_sha, validation_sha=validation_sha
+    )
     versions = converter_versions(fmt)
     digest = compute_digest(
         source_sha256=source.sha256,
@@ -304,6 +324,8 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
         _check_loads(converted.onnx_path)
         if calibration is not None:
             check_calibration(converted.inputs, calibration)
+        if validation_data is not None:
+            check_calibration(converted.inputs, validation_data, flag="--validation-data")
         how = "checked" if kind is SourceKind.ONNX else f"{kind.value} → ONNX"
         detail.append(f"{how}, inputs {render_inputs(converted.inputs)}")
     with clock.stage("optimize") as detail:
@@ -314,27 +336,49 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
     try:
         with store.locked_temp_dir(request.store, f".tmp-{digest[:12]}-") as staging:
             model = staging / artifact.MODEL_FILE
+            gate = _Gate.prepare(converted, request=request, data=validation_data or calibration)
+            chosen: tuple[auto.AutoReport, ValidationReport, Batching] | None = None
             with clock.stage("quantize") as detail:
-                done = quantize(
-                    optimized,
-                    mode=request.quantize,
-                    out=model,
-                    work=work,
-                    calibration=calibration,
-                    int4=request.int4,
-                )
-                if request.quantize in _INT8 and not _has_quantized_ops(model):
-                    done = NOTHING_QUANTIZED.format(mode=request.quantize.value)
-                detail.append(done)
+                if request.quantize is Quantize.AUTO:
+                    chosen = auto.choose(
+                        optimized,
+                        out=model,
+                        work=work,
+                        calibration=calibration,
+                        int4=request.int4,
+                        judge=lambda path: gate.judge(path, request=request),
+                        samples=gate.samples,
+                        batch=gate.batch,
+                        fixed_batch=gate.fixed_batch,
+                        report=events.stage,
+                    )
+                    detail.append(f"auto: {chosen[0].chosen} of {_tried(chosen[0])}")
+                else:
+                    done = quantize(
+                        optimized,
+                        mode=request.quantize,
+                        out=model,
+                        work=work,
+                        calibration=calibration,
+                        int4=request.int4,
+                    )
+                    if request.quantize in _INT8 and not _has_quantized_ops(model):
+                        done = NOTHING_QUANTIZED.format(mode=request.quantize.value)
+                    detail.append(done)
             with clock.stage("validate") as detail:
-                report, samples = _validate(
-                    converted, model=model, request=request, calibration=calibration
-                )
-                batching = batch_check.check(model, samples)
+                if chosen is None:
+                    report, batching = gate.judge(model, request=request)
+                    gate.refuse_failed(report, request=request)
+                else:
+                    report, batching = chosen[1], chosen[2]
+                recorded = report.model_dump(mode="json", by_alias=True)
+                if chosen is not None:
+                    recorded["auto"] = auto.as_dict(chosen[0])
                 detail.append(
-                    f"{report.samples} {report.sample_source} samples, {_figures(report)}; "
+                    f"{report.samples} {report.sample_source} samples, {gate_figures(report)}; "
                     "batch independent: "
                     f"{'yes' if batching.independent else 'no (' + batching.explain() + ')'}"
+                    + "".join(f"; warning: {warning}" for warning in report.warnings)
                 )
             with clock.stage("write") as detail:
                 detail.append(f"{request.store / digest}")
@@ -346,7 +390,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
                     fp32=converted.onnx_path,
                     model=model,
                     settings=settings,
-                    report=report.model_dump(mode="json", by_alias=True),
+                    report=recorded,
                     versions=versions,
                     timings=clock.timings,
                     batching=batching,
@@ -381,17 +425,6 @@ def _remote_ref(request: ConvertRequest, digest: str) -> str:
         return f"{remote_store.parse_store(request.remote.uri).uri}/{digest}"
     except remote_store.RemoteStoreError as exc:
         raise StoreFailed(str(exc)) from None
-
-
-def _figures(report: ValidationReport) -> str:
-    """The gate's figures for a person: 4 decimals, and only those the model has (a
-    regression model has no top-1)."""
-    parts = []
-    if report.cosine is not None:
-        parts.append(f"cosine {report.cosine:.4f}")
-    if report.top1_disagreement is not None:
-        parts.append(f"top-1 disagreement {report.top1_disagreement:.4f}")
-    return ", ".join(parts) or "outputs compared"
 
 
 def _upload(request: ConvertRequest, folder: Path, *, digest: str, clock: _Clock) -> str | None:
@@ -452,7 +485,11 @@ def _manifest(
 
 
 def _settings(
-    request: ConvertRequest, *, kind: SourceKind, calibration_sha: str | None
+    request: ConvertRequest,
+    *,
+    kind: SourceKind,
+    calibration_sha: str | None,
+    validation_sha: str | None,
 ) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "sourceKind": kind.value,
@@ -462,9 +499,11 @@ def _settings(
         "calibrationSha256": calibration_sha,
         "validation": request.thresholds.model_dump(mode="json", by_alias=True),
     }
-    if request.quantize is Quantize.INT4:
-        # Only with int4, so the digests of every other mode stay what they were.
+    if request.quantize in (Quantize.INT4, Quantize.AUTO):
+        # Only where int4 is built, so the digests of every other mode stay what they were.
         settings["int4"] = request.int4.model_dump(mode="json", by_alias=True)
+    if validation_sha is not None:
+        settings["validationDataSha256"] = validation_sha
     return settings
 
 
@@ -505,24 +544,25 @@ def _fetch_external_data(
     return hashes
 
 
-def _fetch_calibration(request: ConvertRequest, *, dest: Path) -> tuple[Feeds | None, str | None]:
-    if request.calibration is None:
+def _fetch_npz(
+    uri: str | None, *, flag: str, request: ConvertRequest, dest: Path
+) -> tuple[Feeds | None, str | None]:
+    """The arrays of an .npz of model inputs (`flag`: its option, for messages)."""
+    if uri is None:
         return None, None
-    fetched = fetch(request.calibration, dest=dest, settings=request.fetch)
-    bounds.check_zip(
-        fetched.path, limit=request.max_unpacked_bytes, what=f"--calibration {request.calibration}"
-    )
+    fetched = fetch(uri, dest=dest, settings=request.fetch)
+    bounds.check_zip(fetched.path, limit=request.max_unpacked_bytes, what=f"{flag} {uri}")
     try:
         with np.load(fetched.path, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key]) for key in data.files}
     except (ValueError, OSError, EOFError) as exc:
         raise InvalidSettings(
-            f"--calibration {request.calibration} is not an .npz of arrays ({exc}); write it "
+            f"{flag} {uri} is not an .npz of arrays ({exc}); write it "
             "with numpy.savez(path, input_name=array, ...)"
         ) from None
     if not arrays or any(a.ndim == 0 or len(a) == 0 for a in arrays.values()):
         raise InvalidSettings(
-            f"--calibration {request.calibration} holds no samples; give one array per "
+            f"{flag} {uri} holds no samples; give one array per "
             "input with the samples along the first dimension"
         )
     return arrays, fetched.sha256
@@ -564,45 +604,90 @@ def _gentler(request: ConvertRequest) -> str:
     return "use " + ", ".join(options)
 
 
-def _validate(
-    converted: Converted, *, model: Path, request: ConvertRequest, calibration: Feeds | None
-) -> tuple[Any, Feeds]:
-    """The validation report, and the samples it used."""
-    samples, sample_source = make_samples(
-        converted.inputs, count=request.thresholds.samples, calibration=calibration
-    )
-    reference = converted.reference or onnx_tools.runner(converted.onnx_path)
-    try:
-        candidate = onnx_tools.runner(model)
-    except Exception as exc:
-        failed = QuantizationFailed if request.quantize is not Quantize.NONE else OptimizationFailed
-        raise failed(
-            f"the {request.quantize.value}/{request.level.value} model does not load in "
-            f"onnxruntime: {_first_line(exc)}; try another --quantize or --level basic"
-        ) from None
-    fixed = {s.shape[0] for s in converted.inputs if s.shape and s.shape[0] > 0}
-    fixed_batch = len(fixed) == 1
-    batch = fixed.pop() if fixed_batch else MAX_BATCH
-    _, outputs = onnx_tools.io_info(model)
-    try:
-        report = validate(
-            reference=reference,
-            reference_name=converted.reference_name,
-            candidate=candidate,
-            output_names=[o.name for o in outputs],
+def _tried(report: auto.AutoReport) -> str:
+    built = [c.quantize for c in report.candidates if c.outcome != "skipped"]
+    skipped = [c.quantize for c in report.candidates if c.outcome == "skipped"]
+    return ", ".join(built) + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """The gate's fixed half: the samples, and the original's outputs on them (computed
+    once, however many candidates are judged)."""
+
+    converted: Converted
+    samples: Feeds
+    source: str
+    reference_outputs: list[np.ndarray]
+    batch: int
+    fixed_batch: bool
+
+    @classmethod
+    def prepare(cls, converted: Converted, *, request: ConvertRequest, data: Feeds | None) -> _Gate:
+        source = VALIDATION_DATA if request.validation_data is not None else CALIBRATION
+        samples, sample_source = make_samples(
+            converted.inputs, count=request.thresholds.samples, calibration=data, source=source
+        )
+        fixed = {s.shape[0] for s in converted.inputs if s.shape and s.shape[0] > 0}
+        fixed_batch = len(fixed) == 1
+        batch = fixed.pop() if fixed_batch else MAX_BATCH
+        reference = converted.reference or onnx_tools.runner(converted.onnx_path)
+        try:
+            outputs = run_batched(reference, samples, batch=batch, fixed=fixed_batch)
+        except Exception as exc:
+            raise _run_failed(sample_source, exc) from None
+        return cls(
+            converted=converted,
             samples=samples,
-            sample_source=sample_source,
-            thresholds=request.thresholds,
+            source=sample_source,
+            reference_outputs=outputs,
             batch=batch,
             fixed_batch=fixed_batch,
-            gentler=_gentler(request),
         )
-        return report, samples
-    except PipelineError:
-        raise
-    except Exception as exc:
-        raise ValidationFailed(
-            f"running the models on {sample_source} samples failed: {_first_line(exc)}; "
-            "give --calibration with real inputs (generated ones may be out of range, e.g. "
-            "token ids)"
-        ) from None
+
+    def judge(self, model: Path, *, request: ConvertRequest) -> tuple[ValidationReport, Batching]:
+        """The gate's report on `model` (passed or not) and its batching verdict."""
+        try:
+            candidate = onnx_tools.runner(model)
+        except Exception as exc:
+            failed = (
+                QuantizationFailed if request.quantize is not Quantize.NONE else OptimizationFailed
+            )
+            raise failed(
+                f"the {request.quantize.value}/{request.level.value} model does not load in "
+                f"onnxruntime: {_first_line(exc)}; try another --quantize or --level basic"
+            ) from None
+        _, outputs = onnx_tools.io_info(model)
+        try:
+            report = evaluate(
+                reference_outputs=self.reference_outputs,
+                reference_name=self.converted.reference_name,
+                candidate=candidate,
+                output_names=[o.name for o in outputs],
+                samples=self.samples,
+                sample_source=self.source,
+                thresholds=request.thresholds,
+                batch=self.batch,
+                fixed_batch=self.fixed_batch,
+            )
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise _run_failed(self.source, exc) from None
+        return report, batch_check.check(model, self.samples)
+
+    @staticmethod
+    def refuse_failed(report: ValidationReport, *, request: ConvertRequest) -> None:
+        if not report.passed:
+            raise ValidationFailed(
+                gate_message(report, gentler=_gentler(request)),
+                details=report.model_dump(mode="json", by_alias=True),
+            )
+
+
+def _run_failed(sample_source: str, exc: Exception) -> ValidationFailed:
+    return ValidationFailed(
+        f"running the models on {sample_source} samples failed: {_first_line(exc)}; "
+        "give --calibration with real inputs (generated ones may be out of range, e.g. "
+        "token ids)"
+    )

@@ -7,10 +7,14 @@ classifier-like outputs the top-1 agreement. Classifier-like means an integer la
 output, or a float `[N, C]` output with 2 ≤ C ≤ 100 classes, or one named like
 `logits`/`probabilities`/`scores`. An argmax tie in the reference counts as agreement.
 
-Samples come from the calibration arrays when given (real data: best), else they are
-generated from the input spec (floats ~ N(0, 1), integers in [0, 100), booleans),
-seeded, so a rerun validates on the same data. Pure functions apart from running the
-two models; this module does not write anything.
+Samples come from `--validation-data`, else the calibration arrays (real data: best),
+else they are generated from the input spec (floats ~ N(0, 1), integers in [0, 100),
+booleans), seeded, so a rerun validates on the same data. The report says which, and
+warns when the original's answers on them cannot tell a good model from a bad one (one
+class for every sample, or outputs that barely move). Pure functions apart from running
+the two models; this module does not write anything.
+
+The default thresholds and their statistics: docs/conversion.md#the-validation-gate.
 """
 
 from __future__ import annotations
@@ -32,13 +36,32 @@ _CLASSIFIER_NAME = re.compile(r"logit|prob|score|class", re.IGNORECASE)
 GENTLER = "use a gentler --quantize (int8-static with --calibration, fp16, none)"
 
 
+#: The default top-1 bound. Flips of n samples are Binomial(n, p) for a model whose true
+#: disagreement is p; at the default 64 samples 0.04 allows 2 flips (2/64 = 0.031,
+#: 3/64 = 0.047), so a model that truly disagrees on 1 % of inputs passes with
+#: probability 0.973 and one that disagrees on 10 % fails with probability 0.961. The old
+#: 0.01 allowed no flip: a 1 %-model failed 47 % of the time, on chance alone.
+DEFAULT_MAX_TOP1_DISAGREEMENT = 0.04
+DEFAULT_SAMPLES = 64
+#: Sample sources, in the order they are preferred.
+VALIDATION_DATA = "validation data"
+CALIBRATION = "calibration"
+GENERATED = "generated"
+#: Outputs whose spread over the samples is below this share of their magnitude are
+#: "about constant": nothing a candidate does to them can show.
+_CONSTANT_SPREAD = 1e-3
+
+
 class Thresholds(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    samples: int = Field(default=64, ge=1, le=100_000)
+    samples: int = Field(default=DEFAULT_SAMPLES, ge=1, le=100_000)
     min_cosine: float = Field(default=0.99, ge=-1.0, le=1.0, serialization_alias="minCosine")
     max_top1_disagreement: float = Field(
-        default=0.01, ge=0.0, le=1.0, serialization_alias="maxTop1Disagreement"
+        default=DEFAULT_MAX_TOP1_DISAGREEMENT,
+        ge=0.0,
+        le=1.0,
+        serialization_alias="maxTop1Disagreement",
     )
 
 
@@ -58,7 +81,8 @@ class ValidationReport(BaseModel):
     reference: str = Field(description="what the final model was compared with")
     samples: int
     sample_source: str = Field(
-        serialization_alias="sampleSource", description="calibration or generated"
+        serialization_alias="sampleSource",
+        description="validation data, calibration or generated",
     )
     outputs: list[OutputReport]
     cosine: float | None = Field(description="the lowest mean cosine over the outputs")
@@ -66,14 +90,24 @@ class ValidationReport(BaseModel):
     min_cosine: float = Field(serialization_alias="minCosine")
     max_top1_disagreement: float = Field(serialization_alias="maxTop1Disagreement")
     passed: bool
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="why the figures may mean less than they seem (generated or degenerate inputs)",
+    )
 
 
-def check_calibration(inputs: list[InputSpec], calibration: Feeds) -> None:
-    """Every model input needs an array of samples, named after it."""
+_FLAG_OF_SOURCE = {CALIBRATION: "--calibration", VALIDATION_DATA: "--validation-data"}
+
+
+def check_calibration(
+    inputs: list[InputSpec], calibration: Feeds, *, flag: str = "--calibration"
+) -> None:
+    """Every model input needs an array of samples, named after it (`flag`: the file's
+    option, for the message)."""
     missing = [s.name for s in inputs if s.name not in calibration]
     if missing:
         raise InvalidSettings(
-            f"--calibration has no array for input(s) {', '.join(missing)}; it holds "
+            f"{flag} has no array for input(s) {', '.join(missing)}; it holds "
             f"{', '.join(sorted(calibration)) or 'nothing'}: name the arrays after the inputs"
         )
     for spec in inputs:
@@ -82,17 +116,23 @@ def check_calibration(inputs: list[InputSpec], calibration: Feeds) -> None:
             d != -1 and d != a for d, a in zip(spec.shape[1:], array.shape[1:], strict=False)
         ):
             raise InvalidSettings(
-                f"--calibration array {spec.name!r} has shape {list(array.shape)}, the input "
+                f"{flag} array {spec.name!r} has shape {list(array.shape)}, the input "
                 f"is {spec.shape}; give samples along the first dimension"
             )
 
 
 def make_samples(
-    inputs: list[InputSpec], *, count: int, calibration: Feeds | None, seed: int = 0
+    inputs: list[InputSpec],
+    *,
+    count: int,
+    calibration: Feeds | None,
+    seed: int = 0,
+    source: str = CALIBRATION,
 ) -> tuple[Feeds, str]:
-    """`count` samples per input (fewer when the calibration set is smaller)."""
+    """`count` samples per input (fewer when the given set is smaller): the first rows of
+    `calibration` (real inputs, named `source` in the report) when given, else generated."""
     if calibration is not None:
-        check_calibration(inputs, calibration)
+        check_calibration(inputs, calibration, flag=_FLAG_OF_SOURCE.get(source, "--calibration"))
         rows = min(min(len(calibration[s.name]) for s in inputs), count)
         feeds = {
             s.name: np.ascontiguousarray(calibration[s.name][:rows]).astype(
@@ -100,7 +140,7 @@ def make_samples(
             )
             for s in inputs
         }
-        return feeds, "calibration"
+        return feeds, source
     generator = np.random.default_rng(seed)
     feeds = {}
     for spec in inputs:
@@ -114,7 +154,7 @@ def make_samples(
             feeds[spec.name] = generator.integers(0, 2, shape).astype(np.bool_)
         else:
             feeds[spec.name] = generator.integers(0, 100, shape).astype(spec.dtype.numpy)
-    return feeds, "generated"
+    return feeds, GENERATED
 
 
 def run_batched(run: Runner, feeds: Feeds, *, batch: int, fixed: bool = False) -> list[np.ndarray]:
@@ -225,9 +265,57 @@ def judge(
     )
 
 
-def validate(
+def sample_warnings(
+    reference_outputs: list[np.ndarray], output_names: list[str], *, sample_source: str
+) -> list[str]:
+    """Why a passing gate may mean little: generated inputs, and inputs on which the
+    original's answers do not vary (one class for all, or a constant output): there a
+    broken model and a good one look the same."""
+    warnings: list[str] = []
+    if sample_source == GENERATED:
+        warnings.append(
+            "judged on generated inputs (floats ~ N(0, 1), integers in [0, 100)), not real "
+            "data; give --validation-data (or --calibration) with real inputs"
+        )
+    for name, ref in zip(output_names, reference_outputs, strict=False):
+        rows = ref.shape[0] if ref.ndim else 0
+        if rows < 2 or not (np.issubdtype(ref.dtype, np.number) or ref.dtype == np.bool_):
+            continue
+        flat = ref.reshape(rows, -1)
+        if flat.shape[1] == 0:
+            continue
+        if np.issubdtype(ref.dtype, np.integer) or ref.dtype == np.bool_:
+            picks = {tuple(row) for row in flat.tolist()}
+            if len(picks) == 1:
+                warnings.append(
+                    f"the original gives the same {name!r} for all {rows} {sample_source} "
+                    "samples: agreement on it says nothing"
+                )
+            continue
+        values = flat.astype(np.float64)
+        if not np.isfinite(values).all():
+            continue
+        if _classifier_like(name, values):
+            classes = np.unique(np.argmax(values, axis=1))
+            if len(classes) == 1:
+                warnings.append(
+                    f"the original predicts class {int(classes[0])} of {name!r} for all "
+                    f"{rows} {sample_source} samples: top-1 agreement says nothing"
+                )
+                continue
+        spread = float(np.max(np.std(values, axis=0)))
+        scale = float(np.max(np.abs(values)))
+        if spread <= _CONSTANT_SPREAD * max(scale, 1e-12):
+            warnings.append(
+                f"the original's {name!r} is about constant over the {rows} {sample_source} "
+                "samples: the gate cannot see a change"
+            )
+    return warnings
+
+
+def evaluate(
     *,
-    reference: Runner,
+    reference_outputs: list[np.ndarray],
     reference_name: str,
     candidate: Runner,
     output_names: list[str],
@@ -236,11 +324,11 @@ def validate(
     thresholds: Thresholds,
     batch: int = MAX_BATCH,
     fixed_batch: bool = False,
-    gentler: str = GENTLER,
 ) -> ValidationReport:
-    """Compare the two models; raise ValidationFailed (with the report) below the gate;
-    `gentler` is the advice its message gives."""
-    ref_out = run_batched(reference, samples, batch=batch, fixed=fixed_batch)
+    """The report of `candidate` against the original's outputs on `samples` (already
+    computed, so several candidates are compared with one run of the original); does not
+    raise when the gate fails, only when the outputs do not match up at all."""
+    ref_out = reference_outputs
     cand_out = run_batched(candidate, samples, batch=batch, fixed=fixed_batch)
     if len(ref_out) != len(cand_out) or len(cand_out) != len(output_names):
         raise ValidationFailed(
@@ -258,12 +346,53 @@ def validate(
         samples=len(ref_out[0]) if ref_out else 0,
         sample_source=sample_source,
     )
+    report.warnings = sample_warnings(ref_out, output_names, sample_source=sample_source)
+    return report
+
+
+def validate(
+    *,
+    reference: Runner,
+    reference_name: str,
+    candidate: Runner,
+    output_names: list[str],
+    samples: Feeds,
+    sample_source: str,
+    thresholds: Thresholds,
+    batch: int = MAX_BATCH,
+    fixed_batch: bool = False,
+    gentler: str = GENTLER,
+) -> ValidationReport:
+    """Compare the two models; raise ValidationFailed (with the report) below the gate;
+    `gentler` is the advice its message gives."""
+    report = evaluate(
+        reference_outputs=run_batched(reference, samples, batch=batch, fixed=fixed_batch),
+        reference_name=reference_name,
+        candidate=candidate,
+        output_names=output_names,
+        samples=samples,
+        sample_source=sample_source,
+        thresholds=thresholds,
+        batch=batch,
+        fixed_batch=fixed_batch,
+    )
     if not report.passed:
         raise ValidationFailed(
             gate_message(report, gentler=gentler),
             details=report.model_dump(mode="json", by_alias=True),
         )
     return report
+
+
+def gate_figures(report: ValidationReport) -> str:
+    """The gate's figures for a person: 4 decimals, and only those the model has (a
+    regression model has no top-1)."""
+    parts = []
+    if report.cosine is not None:
+        parts.append(f"cosine {report.cosine:.4f}")
+    if report.top1_disagreement is not None:
+        parts.append(f"top-1 disagreement {report.top1_disagreement:.4f}")
+    return ", ".join(parts) or "outputs compared"
 
 
 def _below(value: float, bound: float) -> str:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from ondeck_operator.api.spec import InputSpec
-from ondeck_operator.render.args import artifact_key, convert_args, inputs_arg, serve_args
+from ondeck_operator.render.args import (
+    artifact_key,
+    convert_args,
+    inputs_arg,
+    pvc_claims,
+    serve_args,
+)
 
 from .specs import FULL_SPEC, make_md
 
@@ -13,7 +19,7 @@ def test_convert_args_minimal_spec_passes_every_setting_explicitly() -> None:
     assert convert_args(spec, store="/artifacts", ref="k1") == [
         "convert", "--source", "s3://b/iris.onnx",
         "--level", "basic", "--quantize", "none",
-        "--validation-samples", "64", "--min-cosine", "0.99", "--max-top1-disagreement", "0.01",
+        "--validation-samples", "64", "--min-cosine", "0.99", "--max-top1-disagreement", "0.04",
         "--store", "/artifacts", "--ref", "k1",
     ]  # fmt: skip
 
@@ -31,6 +37,27 @@ def test_convert_args_full_spec() -> None:
         "--s3-endpoint-url", "http://minio.storage:9000", "--pvc-root", "/sources",
         "--store", "/a", "--ref", "k", "--termination-log", "/dev/termination-log",
     ]  # fmt: skip
+
+
+def test_convert_args_auto_with_validation_data() -> None:
+    """auto passes the int4 settings its int4 candidate uses; validation data is its own
+    flag, and a pvc:// one is a claim the Job mounts."""
+    spec = make_md(
+        {
+            "model": {"uri": "s3://b/iris.onnx"},
+            "optimize": {
+                "quantize": "auto",
+                "calibration": "pvc://calib/c.npz",
+                "validation": {"data": "pvc://held-out/v.npz"},
+            },
+        }
+    ).spec
+    args = convert_args(spec, store="/s", ref=None)
+    assert args[args.index("--quantize") + 1] == "auto"
+    assert args[args.index("--int4-block-size") + 1] == "32"
+    assert args[args.index("--int4-accuracy-level") + 1] == "4"
+    assert args[args.index("--validation-data") + 1] == "pvc://held-out/v.npz"
+    assert pvc_claims(spec) == ["calib", "held-out"]
 
 
 def test_convert_args_pytorch_inputs_and_pickle() -> None:
