@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
+import numpy as np
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -207,6 +208,50 @@ def test_artifact_layout() -> None:
     assert artifact.REFS_DIR == "refs"
     assert artifact.MODEL_FILE == "model.onnx"
     assert artifact.MANIFEST_FILE == "manifest.json"
+
+
+def test_the_summary_is_what_the_status_reports(tmp_path: Path) -> None:
+    """Every key of convert's summary is a field of status.artifact (nothing the operator
+    would drop), the LLM sizing facts are the LlmReport's fields, and a real conversion's
+    summary parses into the report render sizes from (kind, precision, sizes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ondeck_server.convert import ConvertRequest, convert
+
+    report_fields = {f.alias or f for f in api.ArtifactReport.model_fields.values()}
+    llm_fields = {f.alias for f in api.LlmReport.model_fields.values()}
+    assert set(artifact.LLM_SIZING_FACTS) == llm_fields
+    weights = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    done = convert(ConvertRequest(source=str(path), store=tmp_path / "store"))
+    summary = artifact.summary(done.manifest, path=done.path, ref=None, cached=done.cached)
+    # `ref` is the artifact key the operator passed (--ref), which the report holds as `key`.
+    assert set(summary) - {"ref"} <= report_fields
+    report = status.parse_summary(json.dumps(summary), key="k")
+    assert (report.kind, report.precision) == ("tensor", "fp32")
+    assert report.source_size_bytes == path.stat().st_size
+    assert report.size_bytes == (done.path / artifact.MODEL_FILE).stat().st_size
+    assert report.llm is None
+
+
+def test_the_llm_autoscaling_metric_is_the_servers_gauge() -> None:
+    from ondeck_server.serve.llm.metrics import LlmMetrics
+
+    metrics = LlmMetrics("m")
+    metrics.watch(lambda: 0.0, lambda: 3.0)
+    text = metrics.render().decode()
+    assert f'{constants.LLM_WAITING_METRIC}{{model_name="m"}} 3.0' in text
 
 
 def test_every_spec_dtype_converts(tmp_path: Path) -> None:

@@ -143,6 +143,10 @@ def summary(key: str, *, digest: str | None = None) -> str:
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
             "validation": {"samples": 64, "minCosine": 0.999, "top1Disagreement": 0.0},
             "cached": False,
+            "kind": "tensor",
+            "sourceSizeBytes": 4800,
+            "precision": "int8",
+            "llm": None,
         },
         separators=(",", ":"),
     )

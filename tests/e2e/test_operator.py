@@ -157,11 +157,15 @@ def test_kubectl_get_and_scale(
         [*kubectl, "get", "md"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
     header, row = out.splitlines()[:2]
-    assert header.split() == ["NAME", "READY", "PHASE", "REPLICAS", "URL", "AGE"]
-    assert row.split()[:5] == [
+    assert header.split() == [
+        "NAME", "READY", "PHASE", "KIND", "PRECISION", "REPLICAS", "URL", "AGE"
+    ]  # fmt: skip
+    assert row.split()[:7] == [
         "scaled",
         "True",
         "Ready",
+        "tensor",
+        "int8",
         "1",
         f"http://scaled.{cluster.ns}.svc.cluster.local/v2/models/scaled",
     ]

@@ -21,13 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = os.environ.get("ONDECK_TINYLLM_CACHE")
-    if cache:
-        folder = Path(cache) / "tinyllm"
-        if not (folder / "ondeck-tinyllm.json").is_file():
-            tinyllm.build(folder)
-        return folder
-    return tinyllm.build(tmp_path_factory.mktemp("tinyllm") / "tinyllm")
+    return tinyllm.for_tests(tmp_path_factory.mktemp("tinyllm"))
 
 
 @pytest.fixture(scope="session")

@@ -118,3 +118,21 @@ def test_cli_summary_line(fp32_artifact: Outcome, tiny_folder: Path) -> None:
     assert summary["cached"] is True
     assert summary["format"] == "hf-causal-lm"
     assert summary["digest"] == fp32_artifact.manifest.digest
+    # What the operator sizes the server from (docs/operations.md, "Sizing"): every
+    # file of the artifact, the source's bytes, and the KV cache's terms as the builder
+    # wrote them into genai_config.json and model.onnx's past_key_values inputs.
+    genai = fp32_artifact.path / artifact.GENAI_DIR
+    config = json.loads((genai / "genai_config.json").read_text())["model"]
+    assert summary["kind"] == "llm"
+    assert summary["precision"] == "fp32"
+    assert summary["sizeBytes"] == sum(p.stat().st_size for p in genai.rglob("*") if p.is_file())
+    assert summary["sourceSizeBytes"] == sum(
+        p.stat().st_size for p in tiny_folder.rglob("*") if p.is_file()
+    )
+    assert summary["llm"] == {
+        "numLayers": config["decoder"]["num_hidden_layers"],
+        "numKeyValueHeads": config["decoder"]["num_key_value_heads"],
+        "headSize": config["decoder"]["head_size"],
+        "kvBytesPerElement": 4,
+        "contextLength": config["context_length"],
+    }

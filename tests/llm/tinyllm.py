@@ -41,6 +41,18 @@ def held_out_text() -> str:
     return corpus()[-HELD_OUT_CHARS:]
 
 
+def for_tests(scratch: Path) -> Path:
+    """The tiny model folder for a test session: built under `scratch`, or kept in
+    `ONDECK_TINYLLM_CACHE` across sessions when that is set (built there once)."""
+    cache = os.environ.get("ONDECK_TINYLLM_CACHE")
+    if not cache:
+        return build(scratch / "tinyllm")
+    folder = Path(cache) / "tinyllm"
+    if not (folder / "ondeck-tinyllm.json").is_file():
+        build(folder)
+    return folder
+
+
 def build(folder: Path, *, steps: int = 250, seed: int = 0) -> Path:
     """Write the model folder; returns it. `steps` AdamW steps of 16 x 64 tokens at one
     thread (~30 s on a busy 2-core machine; loss 7.7 → ~3.2). Fewer leave the logits so

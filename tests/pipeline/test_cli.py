@@ -33,6 +33,11 @@ SUMMARY_KEYS = {
     "outputs",
     "validation",
     "cached",
+    # what the operator sizes the server from (docs/operations.md, "Sizing")
+    "kind",
+    "precision",
+    "sourceSizeBytes",
+    "llm",
 }
 
 
@@ -76,6 +81,7 @@ def test_success_prints_one_json_line_and_fills_the_termination_log(
     assert set(summary) == SUMMARY_KEYS
     assert summary["cached"] is False
     assert summary["quantize"] == "int8"
+    assert (summary["kind"], summary["precision"], summary["llm"]) == ("tensor", "int8", None)
     assert summary["ref"] == "mlp"
     assert summary["path"] == str(store / summary["digest"])
     assert summary["validation"]["passed"] is True

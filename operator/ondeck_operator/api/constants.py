@@ -70,6 +70,8 @@ SERVER_CONTAINER: Final = "server"
 HEALTH_LIVE_PATH: Final = "/v2/health/live"
 HEALTH_READY_PATH: Final = "/v2/health/ready"
 METRICS_PATH: Final = "/metrics"
+#: The language-model server's queue gauge (vLLM's name), the LLM autoscaling metric.
+LLM_WAITING_METRIC: Final = "vllm:num_requests_waiting"
 
 # Paths inside the pods.
 ARTIFACT_MOUNT_PATH: Final = "/artifacts"

@@ -9,6 +9,7 @@ Pure definitions: no I/O, no kopf, no kubernetes.
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -219,6 +220,38 @@ def _to_quantity(value: object) -> object:
     if isinstance(value, str) and not _QUANTITY.match(value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
     return value
+
+
+_QUANTITY_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+}
+_QUANTITY_VALUE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)([a-zA-Z]{0,2})$")
+
+
+def quantity(text: str) -> Decimal | None:
+    """The value of a Kubernetes quantity string, or None when it is not one."""
+    match = _QUANTITY_VALUE.match(text.strip())
+    if not match or match.group(2) not in _QUANTITY_SUFFIXES:
+        return None
+    try:
+        return Decimal(match.group(1)) * _QUANTITY_SUFFIXES[match.group(2)]
+    except InvalidOperation:
+        return None
 
 
 #: A Kubernetes resource quantity (`500m`, `2`, `1Gi`); integers are accepted.

@@ -68,6 +68,7 @@ from ondeck_operator.api.rules import RULE_ERROR, Rule
 from ondeck_operator.api.status import (
     ArtifactReport,
     Condition,
+    LlmReport,
     ModelDeploymentStatus,
     TensorReport,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "InputSpec",
     "Int4Spec",
     "KeySelector",
+    "LlmReport",
     "LlmSpec",
     "ModelDeployment",
     "ModelDeploymentSpec",
@@ -213,6 +215,12 @@ class ModelSource(ApiModel):
         json_schema_extra=LIST_MAP_BY_NAME,
         description="Model inputs; required for pytorch TorchScript, optional otherwise "
         "(a torch.export .pt2 program records its own).",
+    )
+    size: Quantity | None = Field(
+        default=None,
+        description="Approximate size of the source, all its files (e.g. 14Gi). The "
+        "operator never fetches the model, so this is how the conversion Job's memory (and, "
+        "with an object store, its ephemeral-storage) is sized; optimize.resources wins.",
     )
     allow_unsafe_pickle: bool = Field(
         default=False,
@@ -550,13 +558,12 @@ class ServerSpec(ApiModel):
         description="Replicas when autoscaling is off (the scale subresource sets it).",
     )
     resources: ResourceRequirements = Field(
-        default_factory=lambda: ResourceRequirements(
-            requests={"cpu": "1", "memory": "1Gi"}, limits={"memory": "2Gi"}
-        ),
-        json_schema_extra={
-            "default": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
-        },
-        description="Server container resources.",
+        default_factory=lambda: ResourceRequirements(requests={"cpu": "1"}),
+        json_schema_extra={"default": {"requests": {"cpu": "1"}}},
+        description="Server container resources. Memory left out is computed from the "
+        "served artifact (weights, plus the KV cache of a language model), and so is "
+        "ephemeral-storage with an object store (docs/operations.md#sizing); a value "
+        "given here wins.",
     )
     batching: BatchingSpec = Field(
         default_factory=BatchingSpec,
@@ -640,6 +647,12 @@ class AutoscalingSpec(ApiModel):
     )
     metric: CustomMetric | None = Field(
         default=None, description="Also scale on this per-pod metric."
+    )
+    target_requests_waiting: Quantity | None = Field(
+        default=None,
+        description="Language models: also scale on vllm:num_requests_waiting, the "
+        "wanted average of queued requests per pod (a Pods metric; needs a metrics "
+        "adapter, docs/llm.md#autoscaling).",
     )
 
 
@@ -787,6 +800,19 @@ class ModelDeploymentSpec(ApiModel):
             + "')",
             message="llm settings need model.format " + Format.HF_CAUSAL_LM.value,
             check=lambda m: m.llm is None or m.model.format == Format.HF_CAUSAL_LM,
+        ),
+        Rule(
+            field="autoscaling",
+            cel="!has(self.autoscaling) || !has(self.autoscaling.targetRequestsWaiting) || "
+            "(has(self.model.format) && self.model.format == '" + Format.HF_CAUSAL_LM.value + "')",
+            message="autoscaling.targetRequestsWaiting needs model.format "
+            + Format.HF_CAUSAL_LM.value
+            + " (vllm:num_requests_waiting is a language-model metric)",
+            check=lambda m: (
+                m.autoscaling is None
+                or m.autoscaling.target_requests_waiting is None
+                or m.model.format == Format.HF_CAUSAL_LM
+            ),
         ),
     )
 

@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field
 from ondeck_operator.api.constants import ConditionStatus, Phase
 from ondeck_operator.api.fields import REASON_RE, ApiModel, FreeForm
 
-__all__ = ["ArtifactReport", "Condition", "ModelDeploymentStatus", "TensorReport"]
+__all__ = ["ArtifactReport", "Condition", "LlmReport", "ModelDeploymentStatus", "TensorReport"]
 
 
 class _Status(ApiModel):
@@ -49,6 +49,21 @@ class TensorReport(_Status):
     shape: list[int]
 
 
+class LlmReport(_Status):
+    """A language model's KV-cache terms, from the conversion summary: the server's
+    memory is sized from them (docs/operations.md#sizing)."""
+
+    num_layers: int | None = Field(default=None, description="Decoder layers.")
+    num_key_value_heads: int | None = Field(default=None, description="KV heads per layer.")
+    head_size: int | None = Field(default=None, description="Size of one attention head.")
+    kv_bytes_per_element: int | None = Field(
+        default=None, description="Bytes of one KV-cache element (4: fp32)."
+    )
+    context_length: int | None = Field(
+        default=None, description="The model's context, which the KV cache is allocated for."
+    )
+
+
 class ArtifactReport(_Status):
     """What the conversion produced (from its JSON summary)."""
 
@@ -63,6 +78,12 @@ class ArtifactReport(_Status):
     outputs: list[TensorReport] | None = Field(default=None, description="Model outputs.")
     validation: FreeForm | None = Field(default=None, description="Accuracy gate report.")
     cached: bool | None = Field(default=None, description="Whether it already existed.")
+    kind: str | None = Field(default=None, description="tensor or llm (a language model).")
+    precision: str | None = Field(
+        default=None, description="Number type of the served weights: fp32, fp16, int8, int4."
+    )
+    source_size_bytes: int | None = Field(default=None, description="Bytes fetched.")
+    llm: LlmReport | None = Field(default=None, description="A language model's KV-cache terms.")
 
 
 class ModelDeploymentStatus(_Status):

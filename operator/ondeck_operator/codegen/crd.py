@@ -189,6 +189,13 @@ def crd() -> dict[str, Any]:
                             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
                         },
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        # tensor or llm, and the served weights' number type, once converted.
+                        {"name": "Kind", "type": "string", "jsonPath": ".status.artifact.kind"},
+                        {
+                            "name": "Precision",
+                            "type": "string",
+                            "jsonPath": ".status.artifact.precision",
+                        },
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -29,6 +29,7 @@ CLUSTER_ONLY: dict[tuple[str, ...], str] = {
     ("server", "serviceAccountName"): "no service accounts locally",
     ("server", "podAnnotations"): "no pods locally",
     ("server", "podLabels"): "no pods locally",
+    ("model", "size"): "it sizes the conversion Job; no resource limits locally",
     ("optimize", "timeoutSeconds"): "the local conversion runs until it finishes",
     ("optimize", "resources"): "no resource limits locally",
     ("autoscaling",): "no HorizontalPodAutoscaler locally",

@@ -127,12 +127,17 @@ def progress_only(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus)
 
 def _render_state(md: ModelDeployment, facts: Facts) -> RenderState:
     serving = facts.wanted_key if facts.wanted_built else facts.serving_key
-    digest = None
+    report = None
     if facts.summary is not None and facts.summary.key == serving:
-        digest = facts.summary.digest
+        report = facts.summary
     elif md.status and md.status.artifact and md.status.artifact.key == serving:
-        digest = md.status.artifact.digest
-    return RenderState(serving_key=serving, serving_digest=digest, wanted_built=facts.wanted_built)
+        report = md.status.artifact
+    return RenderState(
+        serving_key=serving,
+        serving_digest=report.digest if report else None,
+        wanted_built=facts.wanted_built,
+        artifact=report,
+    )
 
 
 def _stale(

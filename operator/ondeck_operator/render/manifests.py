@@ -35,6 +35,7 @@ from ondeck_operator.api.constants import (
     LABEL_NAME,
     LABEL_PART_OF,
     LABEL_VERSION,
+    LLM_WAITING_METRIC,
     MANAGED_BY,
     METRICS_PATH,
     MODEL_CACHE_PATH,
@@ -55,9 +56,11 @@ from ondeck_operator.api.operator_config import OperatorConfig
 from ondeck_operator.api.spec import (
     AccessMode,
     ArtifactPVC,
+    ArtifactReport,
     ModelDeployment,
     ResourceRequirements,
 )
+from ondeck_operator.render import sizing
 from ondeck_operator.render.args import artifact_key, convert_args, pvc_claims, serve_args
 from ondeck_operator.render.names import job_name, pvc_name, server_name
 
@@ -101,6 +104,11 @@ class RenderState(BaseModel):
     wanted_built: bool = Field(
         default=False,
         description="Whether the artifact of the current spec exists; False renders its Job.",
+    )
+    artifact: ArtifactReport | None = Field(
+        default=None,
+        description="The served artifact's report when known (its conversion summary): "
+        "sizes the server's memory, disk and startup probe (render/sizing.py).",
     )
 
 
@@ -332,7 +340,7 @@ def render_job(md: ModelDeployment, config: OperatorConfig) -> Manifest:
     if env_from:
         container["envFrom"] = env_from
     container |= {
-        "resources": _resources(spec.optimize.resources or config.job_resources),
+        "resources": _resources(sizing.job_resources(spec, config)),
         "securityContext": _container_security(config),
         "terminationMessagePath": TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -430,8 +438,10 @@ def render_deployment(
     *,
     serving_key: str,
     serving_digest: str | None = None,
+    artifact: ArtifactReport | None = None,
 ) -> Manifest:
-    """The server Deployment: `ondeck-server serve` on artifact `serving_key`."""
+    """The server Deployment: `ondeck-server serve` on artifact `serving_key`, sized
+    from `artifact`, its report, when known (render/sizing.py)."""
     spec = md.spec
     server = spec.server
     remote = spec.artifacts.uri
@@ -492,13 +502,12 @@ def render_deployment(
         "env": list(env.values()),
         **({"envFrom": store_env} if (store_env := _store_env_from(md)) else {}),
         "ports": [{"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
-        # A language model's memory (weights + KV cache: 2 x layers x KV heads x head size
-        # x context x sequences x bytes per element) is not sized here: the layers, KV heads,
-        # head size and context are in the artifact's manifest.json (`llm`) only, and reach
-        # neither the conversion Job's summary nor status.artifact. The spec's memory stands.
-        "resources": _resources(server.resources),
+        "resources": _resources(sizing.server_resources(spec, artifact)),
         "startupProbe": _http_probe(
-            HEALTH_READY_PATH, period=5, failures=config.startup_failure_threshold, timeout=2
+            HEALTH_READY_PATH,
+            period=sizing.STARTUP_PERIOD_S,
+            failures=sizing.startup_failure_threshold(spec, config, artifact),
+            timeout=2,
         ),
         "readinessProbe": _http_probe(HEALTH_READY_PATH, period=5, failures=2, timeout=2),
         "livenessProbe": _http_probe(HEALTH_LIVE_PATH, period=10, failures=3, timeout=5),
@@ -617,6 +626,17 @@ def render_ingress(md: ModelDeployment, config: OperatorConfig) -> Manifest | No
     }
 
 
+def _pods_metric(name: str, average: str) -> dict[str, Any]:
+    """A per-pod metric from the custom metrics API (a metrics adapter serves it)."""
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": name},
+            "target": {"type": "AverageValue", "averageValue": average},
+        },
+    }
+
+
 def render_hpa(md: ModelDeployment, config: OperatorConfig) -> Manifest | None:
     autoscaling = md.spec.autoscaling
     if autoscaling is None:
@@ -634,18 +654,11 @@ def render_hpa(md: ModelDeployment, config: OperatorConfig) -> Manifest | None:
             },
         }
     ]
+    if autoscaling.target_requests_waiting is not None:
+        metrics.append(_pods_metric(LLM_WAITING_METRIC, autoscaling.target_requests_waiting))
     if autoscaling.metric:
         metrics.append(
-            {
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": autoscaling.metric.name},
-                    "target": {
-                        "type": "AverageValue",
-                        "averageValue": autoscaling.metric.target_average_value,
-                    },
-                },
-            }
+            _pods_metric(autoscaling.metric.name, autoscaling.metric.target_average_value)
         )
     return {
         "apiVersion": "autoscaling/v2",
@@ -708,7 +721,11 @@ def render(md: ModelDeployment, config: OperatorConfig, state: RenderState) -> l
     if state.serving_key:
         objects.append(
             render_deployment(
-                md, config, serving_key=state.serving_key, serving_digest=state.serving_digest
+                md,
+                config,
+                serving_key=state.serving_key,
+                serving_digest=state.serving_digest,
+                artifact=state.artifact,
             )
         )
     objects += [render_service(md, config), render_ingress(md, config)]

@@ -87,6 +87,11 @@ class Manifest(_Model):
     llm: dict[str, Any] | None = Field(
         default=None, description="a language model's facts: architecture, context, builder"
     )
+    precision: str | None = Field(
+        default=None,
+        description="the served weights' number type: fp32, fp16, int8, int4 (absent in "
+        "artifacts made before ondeck recorded it)",
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)
@@ -204,6 +209,11 @@ def summary(
         "outputs": [t.model_dump(by_alias=True) for t in manifest.outputs],
         "validation": manifest.validation,
         "cached": cached,
+        # What the operator sizes the server's memory and disk from (docs/operations.md).
+        "kind": manifest.kind,
+        "sourceSizeBytes": manifest.source.size_bytes,
+        "precision": manifest.precision,
+        "llm": llm_sizing(manifest.llm) if manifest.kind == KIND_LLM else None,
     }
 
 
@@ -211,6 +221,21 @@ def applied_quantize(manifest: Manifest) -> str:
     """The quantization the model has: the requested mode, or what `auto` chose."""
     chosen = (manifest.validation.get("auto") or {}).get("chosen")
     return str(chosen or manifest.settings.get("quantize", "none"))
+
+
+#: The language-model facts the conversion summary carries (the KV-cache formula's terms).
+LLM_SIZING_FACTS = (
+    "numLayers",
+    "numKeyValueHeads",
+    "headSize",
+    "kvBytesPerElement",
+    "contextLength",
+)
+
+
+def llm_sizing(facts: dict[str, Any] | None) -> dict[str, Any]:
+    """The KV-cache terms of a language model's manifest facts (absent ones left out)."""
+    return {k: facts[k] for k in LLM_SIZING_FACTS if facts and facts.get(k) is not None}
 
 
 def dumps_compact(data: dict[str, Any]) -> str:

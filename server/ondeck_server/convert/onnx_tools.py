@@ -123,6 +123,39 @@ def total_size(path: Path) -> int:
     return sum(p.stat().st_size for p in model_files(path) if p.is_file())
 
 
+#: ONNX element types by the names the manifest's `precision` uses.
+_PRECISION_NAMES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 3: "int8", 2: "uint8"}
+
+
+def weights_precision(path: Path) -> str | None:
+    """The number type of most of the model's weights (by element count), e.g. fp32;
+    None for a model without initializers (a tree ensemble keeps its numbers in
+    attributes). Reads the graph only, never the external data."""
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    counts: dict[int, int] = {}
+    for tensor in model.graph.initializer:
+        elements = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        counts[tensor.data_type] = counts.get(tensor.data_type, 0) + elements
+    if not counts:
+        return None
+    dtype = max(sorted(counts), key=lambda t: counts[t])
+    return _PRECISION_NAMES.get(dtype) or str(onnx.TensorProto.DataType.Name(dtype)).lower()
+
+
+def input_element_bytes(path: Path, prefix: str) -> int | None:
+    """The bytes per element of the first graph input whose name starts with `prefix`."""
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    for value in model.graph.input:
+        if value.name.startswith(prefix):
+            elem_type = value.type.tensor_type.elem_type
+            return int(onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize)
+    return None
+
+
 def io_info(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """The graph inputs (without initializers) and outputs, as V2 names/datatypes/shapes."""
     import onnx

@@ -481,7 +481,21 @@ def _manifest(
         timings=timings,
         createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
         batching=batching,
+        precision=_precision(request.quantize, model),
     )
+
+
+#: The weights' number type after each --quantize (int4 packs two weights in a uint8).
+_QUANTIZED_PRECISION = {
+    Quantize.INT8: "int8",
+    Quantize.INT8_STATIC: "int8",
+    Quantize.FP16: "fp16",
+    Quantize.INT4: "int4",
+}
+
+
+def _precision(mode: Quantize, model: Path) -> str | None:
+    return _QUANTIZED_PRECISION.get(mode) or onnx_tools.weights_precision(model)
 
 
 def _settings(

@@ -135,6 +135,9 @@ BAD: tuple[Bad, ...] = (
         "tolerationSeconds needs effect NoExecute", True),
     Bad("llm-without-hf-causal-lm", lambda d: _spec(d).update(llm={"maxContextLength": 512}),
         "spec.llm", "llm settings need model.format hf-causal-lm", True),
+    Bad("requests-waiting-without-hf-causal-lm",
+        lambda d: _spec(d)["autoscaling"].update(targetRequestsWaiting="2"),
+        "spec.autoscaling", "targetRequestsWaiting needs model.format hf-causal-lm", True),
     Bad("name-not-dns-1035", lambda d: d["metadata"].update(name="1-iris"),
         "metadata.name", "is not a DNS-1035 label"),
     # Field constraints (the CRD's OpenAPI schema, pydantic field types).
@@ -142,6 +145,11 @@ BAD: tuple[Bad, ...] = (
         "spec.server.replica", "unknown field"),
     Bad("unknown-top-level-field", lambda d: d.update(specs={}),
         "specs", "unknown field"),
+    Bad("bad-model-size", lambda d: _spec(d)["model"].update(size="2GB"),
+        "spec.model.size", "is not a Kubernetes quantity"),
+    Bad("bad-requests-waiting", lambda d: _llm(d) or _spec(d)["autoscaling"].update(
+        targetRequestsWaiting="two"),
+        "spec.autoscaling.targetRequestsWaiting", "is not a Kubernetes quantity"),
     Bad("bad-quantity", lambda d: _spec(d)["server"]["resources"]["limits"].update(memory="2GB"),
         "spec.server.resources.limits.memory", "is not a Kubernetes quantity"),
     Bad("negative-replicas", lambda d: _spec(d)["server"].update(replicas=-1),

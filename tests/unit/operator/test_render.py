@@ -282,14 +282,11 @@ def test_object_store_serves_the_digest_when_known(config: OperatorConfig) -> No
     assert "envFrom" not in server
 
 
-def test_language_model_deployment_args_and_memory(config: OperatorConfig) -> None:
-    """spec.llm reaches the server's argv; the memory request is the spec's, since the KV
-    cache's size needs the artifact's layers, KV heads and head size, which reach neither
-    the conversion summary nor status.artifact (render/manifests.py)."""
+def test_language_model_deployment_args(config: OperatorConfig) -> None:
+    """spec.llm reaches the server's argv (its memory: tests/unit/operator/test_sizing.py)."""
     spec = {
         "model": {"uri": "pvc://models/tinyllm/", "format": "hf-causal-lm"},
         "optimize": {"quantize": "int4"},
-        "server": {"resources": {"requests": {"cpu": "1", "memory": "768Mi"}}},
         "llm": {"maxContextLength": 512, "maxBatchSize": 4, "servedModelName": "tiny-chat"},
     }
     container = _deployment(spec, config)["spec"]["template"]["spec"]["containers"][0]
@@ -297,9 +294,3 @@ def test_language_model_deployment_args_and_memory(config: OperatorConfig) -> No
     assert args[args.index("--name") + 1] == "tiny-chat"
     assert args[args.index("--max-batch-size") + 1] == "4"
     assert args[args.index("--max-context-length") + 1] == "512"
-    assert container["resources"] == {"requests": {"cpu": "1", "memory": "768Mi"}}
-    default = _deployment({**spec, "server": {}}, config)["spec"]["template"]["spec"]
-    assert default["containers"][0]["resources"] == {
-        "requests": {"cpu": "1", "memory": "1Gi"},
-        "limits": {"memory": "2Gi"},
-    }

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ondeck_server import __version__, artifact
-from ondeck_server.convert import folders, store
+from ondeck_server.convert import folders, onnx_tools, store
 from ondeck_server.convert.digest import PIPELINE_VERSION, compute_digest
 from ondeck_server.convert.errors import (
     ChecksumMismatch,
@@ -167,6 +167,7 @@ def convert_llm(request: ConvertRequest, *, work: Path, events: Events) -> Outco
                 createdAt=datetime.now(UTC).isoformat(timespec="seconds"),
                 kind=artifact.KIND_LLM,
                 llm=_facts(config, arch, genai, options, source.files),
+                precision=precision,
             )
             (staging / artifact.MANIFEST_FILE).write_text(manifest.to_json())
             store.finish_files(staging)
@@ -223,6 +224,11 @@ def _facts(
         "numLayers": decoder.get("num_hidden_layers"),
         "numKeyValueHeads": decoder.get("num_key_value_heads"),
         "headSize": decoder.get("head_size"),
+        # The KV cache's element type is the builder's past_key_values inputs' type (fp32
+        # for CPU models, int4 included: only the weights are 4-bit).
+        "kvBytesPerElement": onnx_tools.input_element_bytes(
+            genai / artifact.MODEL_FILE, "past_key_values."
+        ),
         "chatTemplate": (genai / "chat_template.jinja").is_file(),
         "builder": options,
         "sourceFiles": files,

@@ -1,0 +1,257 @@
+"""Language-model serving benchmark (issue 10, "Benchmark"; a bench, not a test).
+
+One run, one model, 1 intra-op thread everywhere: raw onnxruntime-genai in process (the
+limit), ondeck over HTTP (`ondeck-server serve`, streaming /v1/completions) and a naive
+transformers + FastAPI server (naive_transformers.py, fp32 PyTorch on the same folder).
+Greedy, `--max-tokens` new tokens per request, at concurrency 1, 4 and 8; reports time
+to first token (p50/p90), inter-token latency (mean gap between a request's first and
+last token), aggregate tokens/s, the machine's cores and load average.
+
+    .venv/bin/python bench/llm/run.py --folder MODEL_FOLDER [--quantize int4] [--out DIR]
+
+MODEL_FOLDER: a Hugging Face causal-LM folder, e.g. examples/tinyllm/model
+(examples/tinyllm/make_model.py builds it). Raw onnxruntime-genai at concurrency c runs
+one static batch of c copies of the prompt (a Generator with batch_size c).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "The for statement is used to iterate over the elements of a sequence"
+CONCURRENCY = (1, 4, 8)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def convert(folder: Path, store: Path, quantize: str) -> Path:
+    done = subprocess.run(
+        [sys.executable, "-m", "ondeck_server", "convert", "--source", str(folder),
+         "--store", str(store), "--format", "hf-causal-lm", "--quantize", quantize],
+        capture_output=True, text=True, check=True, timeout=1800,
+    )  # fmt: skip
+    return Path(json.loads(done.stdout.strip().splitlines()[-1])["path"])
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(ttft: list[float], itl: list[float], tokens: int, wall: float) -> dict[str, Any]:
+    return {
+        "ttft_p50_ms": round(1000 * _pct(ttft, 0.5), 2),
+        "ttft_p90_ms": round(1000 * _pct(ttft, 0.9), 2),
+        "itl_ms": round(1000 * statistics.mean(itl), 2) if itl else None,
+        "tokens_per_s": round(tokens / wall, 1),
+        "tokens": tokens,
+    }
+
+
+def raw_og(artifact: Path, concurrency: int, max_tokens: int, rounds: int) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(artifact / "genai"))
+    config.overlay(
+        json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": 1}}}})
+    )
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+    ids = tokenizer.encode(PROMPT)
+    ttft: list[float] = []
+    itl: list[float] = []
+    tokens = 0
+    wall = 0.0
+    for _ in range(rounds):
+        params = og.GeneratorParams(model)
+        params.set_search_options(
+            do_sample=False, max_length=len(ids) + max_tokens, batch_size=concurrency
+        )
+        start = time.perf_counter()
+        generator = og.Generator(model, params)
+        generator.append_tokens([list(ids)] * concurrency)
+        stamps = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            stamps.append(time.perf_counter())
+        wall += stamps[-1] - start
+        ttft += [stamps[0] - start] * concurrency
+        if len(stamps) > 1:
+            itl += [(stamps[-1] - stamps[0]) / (len(stamps) - 1)] * concurrency
+        tokens += len(stamps) * concurrency
+    return _summary(ttft, itl, tokens, wall)
+
+
+def http_clients(
+    url: str, model: str, concurrency: int, max_tokens: int, rounds: int, count: Any
+) -> dict[str, Any]:
+    """`concurrency` clients, each sending `rounds` streaming requests back to back."""
+    ttft: list[float] = []
+    itl: list[float] = []
+    tokens = [0]
+    lock = threading.Lock()
+    body = {
+        "model": model, "prompt": PROMPT, "max_tokens": max_tokens,
+        "temperature": 0.0, "stream": True,
+    }  # fmt: skip
+
+    def client() -> None:
+        with httpx.Client(timeout=300) as http:
+            for _ in range(rounds):
+                start = time.perf_counter()
+                first = last = None
+                text = ""
+                with http.stream("POST", url, json=body) as response:
+                    response.raise_for_status()
+                    for line in response.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        chunk = json.loads(line[6:])
+                        piece = (chunk.get("choices") or [{}])[0].get("text") or ""
+                        if piece:
+                            last = time.perf_counter()
+                            first = first or last
+                            text += piece
+                n = count(text)
+                with lock:
+                    if first is not None and last is not None:
+                        ttft.append(first - start)
+                        if n > 1:
+                            itl.append((last - first) / (n - 1))
+                    tokens[0] += n
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return _summary(ttft, itl, tokens[0], time.perf_counter() - start)
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready in {timeout} s")
+
+
+def serve(argv: list[str], ready: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(ready, proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, required=True)
+    parser.add_argument("--quantize", default="int4")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.folder))
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "prompt": PROMPT,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "threads": 1,
+            "quantize": args.quantize,
+            "folder": str(args.folder),
+        },
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        artifact = convert(args.folder, Path(scratch) / "store", args.quantize)
+        runs = results["runs"]
+        for c in CONCURRENCY:
+            runs[f"raw-og c={c}"] = raw_og(artifact, c, args.max_tokens, args.rounds)
+            print(f"raw-og c={c}", runs[f"raw-og c={c}"], flush=True)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = serve(
+            [sys.executable, "-m", "ondeck_server", "serve", "--model", str(artifact),
+             "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
+             "--max-batch-size", "8", "--name", "bench"],
+            f"{base}/v2/health/ready",
+        )  # fmt: skip
+        try:
+            for c in CONCURRENCY:
+                got = http_clients(
+                    f"{base}/v1/completions", "bench", c, args.max_tokens, args.rounds, count
+                )
+                runs[f"ondeck c={c}"] = got
+                print(f"ondeck c={c}", got, flush=True)
+        finally:
+            _stop(proc)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = serve(
+            [sys.executable, str(HERE / "naive_transformers.py"), str(args.folder), str(port)],
+            f"{base}/docs",
+        )
+        try:
+            for c in CONCURRENCY:
+                got = http_clients(
+                    f"{base}/v1/completions", "bench", c, args.max_tokens, args.rounds, count
+                )
+                runs[f"naive c={c}"] = got
+                print(f"naive c={c}", got, flush=True)
+        finally:
+            _stop(proc)
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["machine"]))
+
+
+if __name__ == "__main__":
+    main()
