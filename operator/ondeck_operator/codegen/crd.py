@@ -190,6 +190,11 @@ def crd() -> dict[str, Any]:
                         },
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                        {
+                            "name": "Rollout",
+                            "type": "string",
+                            "jsonPath": ".status.rollout.message",
+                        },
                         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
