@@ -28,6 +28,8 @@ from ondeck_operator.render.args import artifact_key
 from ondeck_operator.render.names import job_name
 from ondeck_operator.render.rollout import candidate_name, stable_service_name
 from ondeck_server.serve.metrics import Metrics
+from ondeck_server.serve.settings import FLAGS as SERVE_FLAGS
+from ondeck_server.serve.settings import ServeSettings
 
 from ..reconciler.builders import finished_job, held, md, observed_after, replace, summary
 
@@ -529,6 +531,11 @@ def test_shadow_then_canary_copies_first_then_takes_traffic() -> None:
     args = stable["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[-4:] == ["--shadow-url", "http://iris-canary.ml.svc.cluster.local",
                          "--shadow-percent", "50"]  # fmt: skip
+    # The flags and values are ones `ondeck-server serve` takes.
+    assert {"--shadow-url", "--shadow-percent"} <= {flag for flag, _ in SERVE_FLAGS.values()}
+    ServeSettings.model_validate(
+        {"model": "m.onnx", "shadow_url": args[-3], "shadow_percent": args[-1]}
+    )
     shadow_ok = judge(
         figures(stable=(exposition(0), exposition(50, shadow={"agree": 30})),
                 candidate=(exposition(0), exposition(0))),
