@@ -350,7 +350,7 @@ class _Decider:
         replicas = candidate_replicas(self.total, percent)
         traffic = self.traffic(r, replicas=replicas, live=False, weight=0)
         held = _rolled_out(self.i.candidate, self.i.wanted_key, replicas)
-        label = f"shadow {percent}%"
+        label = f"{percent}% copied"
         status, done, requeue, events, failed = self.hold(
             r,
             pause=duration_seconds(self.spec.shadow_settings().duration),

@@ -5,9 +5,11 @@ children as the API server would hold them."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ondeck_operator.api.operator_config import OperatorConfig
 from ondeck_operator.api.rollout import AnalysisSpec, duration_seconds
@@ -583,3 +585,19 @@ def test_an_operator_restart_resumes_at_the_recorded_step() -> None:
     assert again.writes == 0
     assert again.status.rollout is not None
     assert (again.status.rollout.step, again.status.rollout.weight) == (1, 50)
+
+
+def test_the_canary_example_shadows_then_routes_through_its_gateway() -> None:
+    root = Path(__file__).resolve().parents[3]
+    doc = yaml.safe_load((root / "examples/canary/modeldeployment.yaml").read_text())
+    c = Cluster(doc["spec"])
+    c.change_model("https://models.example.com/iris/v3/model.onnx")
+    for second in (10, 11, 12):
+        c.step(at(second))
+    r = c.rollout()
+    assert (r.phase.value, r.split) == ("Shadow", "Gateway")
+    assert replicas(c, candidate_name("iris")) == 2  # 50% of 4 replicas' traffic copied
+    routes = [o for p in c.plans for o in p.applies if kind_of(o) == HTTPROUTE]
+    assert routes[-1]["spec"]["hostnames"] == ["iris.example.com"]
+    weights = {b["name"]: b["weight"] for b in routes[-1]["spec"]["rules"][0]["backendRefs"]}
+    assert weights == {stable_service_name("iris"): 100, candidate_name("iris"): 0}
