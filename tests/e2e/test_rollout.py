@@ -8,21 +8,30 @@ tests/unit/operator/test_rollout.py and tests/server/test_shadow.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from controlplane import free_port
 from kubelet_sim import JobOutcome
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import Cluster, manifest, summary, wait_for
 
+import modelzoo
+from ondeck_operator.api.rollout import ArtifactRef, RolloutPhase, RolloutSpec, RolloutStatus
 from ondeck_operator.render.rollout import candidate_name, stable_service_name
+from ondeck_operator.runtime.kube_client import HttpKube, load_configuration
+from ondeck_operator.runtime.rollouts import Analyzer
+from server.v2client import json_request
 
 pytestmark = pytest.mark.e2e
 
@@ -181,3 +190,130 @@ def test_a_gateway_canary_is_weighted_then_aborted_then_promoted(
     assert promoted is not None
     assert (promoted["status"], promoted["reason"]) == ("True", "RolloutPromoted")
     cluster.wait_ready("canary", timeout=TIMEOUT)
+
+
+# --------------------------------------------------------------- the analysis
+
+
+def _serve(model: Path, host: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ondeck_server", "serve", "--model", str(model), "--name", "iris",
+         "--host", host, "--port", str(port)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _pod(name: str, track: str | None) -> dict[str, Any]:
+    labels = {"ondeck.io/model-deployment": "iris", "app.kubernetes.io/component": "server"}
+    if track:
+        labels["ondeck.io/track"] = track
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        # A node no kubelet runs: the simulator leaves these pods alone; their status is
+        # written below, pointing at the real servers on loopback.
+        "spec": {"nodeName": "analysis-node", "containers": [{"name": "server", "image": "x"}]},
+    }
+
+
+def test_the_analysis_scrapes_real_servers_through_the_pods_the_api_server_lists(
+    control_plane: Any, cluster: Cluster, tmp_path: Path
+) -> None:
+    model = modelzoo.build_mlp(tmp_path / "mlp.onnx")
+    port = free_port()
+    servers = [
+        _serve(model, "127.0.0.1", port, tmp_path / "stable.log"),
+        _serve(model, "127.0.0.2", port, tmp_path / "candidate.log"),
+    ]
+    try:
+        for host in ("127.0.0.1", "127.0.0.2"):
+            wait_for(f"server on {host}", lambda host=host: _ready(host, port), 120)
+        pods = (("stable-0", None, "127.0.0.1"), ("canary-0", "canary", "127.0.0.2"))
+        for name, track, ip in pods:
+            cluster.core.create_namespaced_pod(cluster.ns, _pod(name, track))
+            cluster.core.patch_namespaced_pod_status(name, cluster.ns, {"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }})  # fmt: skip
+        # Latency is not what this test is about: one loaded machine runs both servers.
+        analysis = {"minRequests": 10, "maxLatencyRatio": 100}
+        spec = RolloutSpec.model_validate({"strategy": "canary", "analysis": analysis})
+        status = RolloutStatus(phase=RolloutPhase.CANARY, candidate=ArtifactRef(key="k"))
+        kubeconfig = control_plane.admin_kubeconfig
+        verdicts = asyncio.run(_analyze(kubeconfig, cluster.ns, spec, status, port))
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(30)
+    first, (verdict, reason, figures) = verdicts
+    assert first is False  # the first scrape is a baseline
+    assert (verdict.value, reason) == ("Pass", None), figures.message
+    assert (figures.candidate_requests, figures.stable_requests) == (12, 30)
+    assert figures.error_rate == 0.0
+    assert figures.latency_ratio is not None
+
+
+def _ready(host: str, port: int) -> bool:
+    try:
+        return httpx.get(f"http://{host}:{port}/v2/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _analyze(
+    kubeconfig: Path, namespace: str, spec: RolloutSpec, status: RolloutStatus, port: int
+) -> tuple[bool, Any]:
+    kube = HttpKube(load_configuration(kubeconfig))
+    analyzer = Analyzer(kube, port=port)
+    key = (namespace, "iris")
+    analyzer.track(key, spec, status)
+    try:
+        first = await analyzer.analyze_now(key)
+        body = json_request(modelzoo.sample_inputs("mlp", 2))
+        async with httpx.AsyncClient(timeout=30) as http:
+            for host, count in (("127.0.0.1", 30), ("127.0.0.2", 12)):
+                for _ in range(count):
+                    reply = await http.post(
+                        f"http://{host}:{port}/v2/models/iris/infer", content=body
+                    )
+                    assert reply.status_code == 200
+        assert await analyzer.analyze_now(key)
+        return first, analyzer.results[key]
+    finally:
+        await analyzer.close()
+        await kube.close()
+
+
+@pytest.mark.parametrize(
+    ("rollout", "words"),
+    [
+        ({"strategy": "canary", "steps": [{"weight": 50}, {"weight": 10}]},
+         "steps weights must grow from one step to the next"),
+        ({"strategy": "canary", "shadow": {"percent": 5}},
+         "shadow settings need strategy shadow-then-canary"),
+        ({"strategy": "canary", "steps": [{"weight": 10, "pause": "5 minutes"}]}, "pause"),
+    ],
+)  # fmt: skip
+def test_the_api_server_refuses_bad_rollouts_with_the_types_messages(
+    cluster: Cluster, crds: None, rollout: dict[str, Any], words: str
+) -> None:
+    body = manifest("bad", rollout=rollout)
+    with pytest.raises(ApiException) as info:
+        cluster.custom.create_namespaced_custom_object(
+            "ondeck.io", "v1alpha1", cluster.ns, "modeldeployments", body, dry_run="All"
+        )
+    assert info.value.status == 422
+    assert words in str(info.value.body)
+
+
+def test_the_api_server_fills_in_the_rollout_defaults(cluster: Cluster, crds: None) -> None:
+    body = manifest("good", rollout={"strategy": "shadow-then-canary"})
+    stored = cluster.custom.create_namespaced_custom_object(
+        "ondeck.io", "v1alpha1", cluster.ns, "modeldeployments", body, dry_run="All"
+    )
+    assert stored["spec"]["rollout"]["steps"] == [
+        {"weight": 10, "pause": "1m"},
+        {"weight": 50, "pause": "1m"},
+    ]
+    assert stored["spec"]["rollout"]["analysis"]["minRequests"] == 20

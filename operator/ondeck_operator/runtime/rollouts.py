@@ -115,6 +115,11 @@ class Analyzer:
                 except KubeError as exc:
                     log.warning("rollout analysis of %s/%s skipped: %s", key[0], key[1], exc)
 
+    async def analyze_now(self, key: Key) -> bool:
+        """Scrape and judge a tracked rollout at once (whatever its interval says)."""
+        watch = self._watches.get(key)
+        return watch is not None and await self.analyze(key, watch)
+
     async def analyze(self, key: Key, watch: _Watch) -> bool:
         """Scrape both tracks; judge the interval since the last scrape. True when a new
         verdict is in `results`."""
