@@ -27,6 +27,7 @@ clock (`now` is passed in), or build manifests (`render.rollout`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from dataclasses import dataclass, field
@@ -270,9 +271,8 @@ class _Decider:
                     f"rolling out artifact {i.wanted_key} ({self.spec.strategy.value}); "
                     f"artifact {i.serving_key} keeps serving",
                 ),
-                *decision.events,
             ]
-            decision = RolloutDecision(**{**decision.__dict__, "events": events})
+            decision = _after(events, decision)
         return decision
 
     def start(self) -> RolloutStatus:
@@ -369,21 +369,8 @@ class _Decider:
                     "message": "shadow passed; starting the canary steps",
                 }
             )
-            decision = self.canary(nxt)
-            return RolloutDecision(
-                **{
-                    **decision.__dict__,
-                    "events": [
-                        *events,
-                        EventSpec(
-                            "Normal",
-                            "ShadowPassed",
-                            "shadow passed" + _figures_text(status.analysis),
-                        ),
-                        *decision.events,
-                    ],
-                }
-            )
+            passed = "shadow passed" + _figures_text(status.analysis)
+            return _after([*events, EventSpec("Normal", "ShadowPassed", passed)], self.canary(nxt))
         return self.active(
             status,
             traffic,
@@ -416,8 +403,7 @@ class _Decider:
             if index + 1 >= len(steps):
                 return self.promote(status, Reason.ROLLOUT_PROMOTED, "all steps passed")
             nxt = status.model_copy(update={"step": index + 1, "step_started": None})
-            decision = self.canary(nxt)
-            return RolloutDecision(**{**decision.__dict__, "events": [*events, *decision.events]})
+            return _after(events, self.canary(nxt))
         return self.active(
             status,
             traffic,
@@ -515,7 +501,7 @@ class _Decider:
             reason.value,
             f"artifact {self.i.wanted_key} promoted: {why}" + _figures_text(r.analysis),
         )
-        return RolloutDecision(**{**decision.__dict__, "events": [event]})
+        return _after([event], decision)
 
     def promoted(self, r: RolloutStatus) -> RolloutDecision:
         """Stable moves to the candidate's artifact; the candidate keeps its pods (and its
@@ -555,8 +541,12 @@ class _Decider:
             }
         )
         decision = self.rolled_back_record(status)
-        event = EventSpec("Warning", reason.value, message)
-        return RolloutDecision(**{**decision.__dict__, "events": [event]})
+        return _after([EventSpec("Warning", reason.value, message)], decision)
+
+
+def _after(events: list[EventSpec], decision: RolloutDecision) -> RolloutDecision:
+    """`decision` with `events` posted before its own."""
+    return dataclasses.replace(decision, events=[*events, *decision.events])
 
 
 def _reason(status: RolloutStatus) -> Reason:
