@@ -39,7 +39,7 @@ def _objects(md: ModelDeployment, *, built: bool) -> dict[str, dict[str, Any]]:
 def test_every_example_folder_has_a_manifest() -> None:
     folders = sorted(p.name for p in (ROOT / "examples").iterdir() if p.is_dir())
     assert [p.parent.name for p in EXAMPLES] == folders
-    assert folders == ["cnn", "iris", "minilm", "production", "s3", "tinyllm"]
+    assert folders == ["canary", "cnn", "iris", "minilm", "production", "s3", "tinyllm"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.parent.name)

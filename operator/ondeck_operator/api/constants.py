@@ -48,12 +48,22 @@ LABEL_ARTIFACT_KEY: Final = f"{GROUP}/artifact-key"
 RESERVED_LABEL_PREFIXES: Final = ("app.kubernetes.io/", f"{GROUP}/")
 
 ANNOTATION_ARTIFACT_KEY: Final = f"{GROUP}/artifact-key"
+#: On a ModelDeployment: `promote` or `abort` the rollout in progress (a human's call).
+ANNOTATION_ROLLOUT: Final = f"{GROUP}/rollout"
+ROLLOUT_PROMOTE: Final = "promote"
+ROLLOUT_ABORT: Final = "abort"
+#: `canary` on the candidate's pods (its Deployment and Service select by it).
+LABEL_TRACK: Final = f"{GROUP}/track"
+TRACK_CANARY: Final = "canary"
 ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"
 
 # app.kubernetes.io/component values.
 COMPONENT_SERVER: Final = "server"
 COMPONENT_CONVERTER: Final = "converter"
 COMPONENT_ARTIFACTS: Final = "artifacts"
+#: A candidate's pods while they only receive shadow copies: the Service selects
+#: component=server, so they take no caller's request.
+COMPONENT_SHADOW: Final = "shadow"
 
 DEFAULT_IMAGE: Final = f"ghcr.io/ondeck/ondeck-server:{__version__}"
 #: The conversion Job's image: the server image plus the scikit-learn and PyTorch
@@ -116,6 +126,14 @@ class ConditionType(StrEnum):
     ARTIFACT_READY = "ArtifactReady"
     #: The Deployment has its minimum number of available replicas.
     AVAILABLE = "Available"
+    #: A rollout (canary or shadow) of a new artifact is in progress.
+    PROGRESSING = "Progressing"
+    #: The last rollout ended with the candidate promoted to stable.
+    PROMOTED = "Promoted"
+    #: The last rollout ended with the candidate removed; the reason names the breach.
+    ROLLED_BACK = "RolledBack"
+    #: How traffic is split between stable and candidate (Gateway API or replica ratio).
+    TRAFFIC_SPLIT = "TrafficSplit"
 
 
 class ConditionStatus(StrEnum):
@@ -151,3 +169,17 @@ class Reason(StrEnum):
     REPLICAS_AVAILABLE = "ReplicasAvailable"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     READY = "Ready"
+    # Rollouts (spec.rollout).
+    CANDIDATE_STARTING = "CandidateStarting"
+    SHADOWING = "Shadowing"
+    CANARY_STEP = "CanaryStep"
+    ROLLOUT_PROMOTED = "RolloutPromoted"
+    ROLLED_BACK = "RolledBack"
+    MANUAL_PROMOTE = "ManualPromote"
+    MANUAL_ABORT = "ManualAbort"
+    ERROR_RATE_EXCEEDED = "ErrorRateExceeded"
+    LATENCY_RATIO_EXCEEDED = "LatencyRatioExceeded"
+    AGREEMENT_TOO_LOW = "AgreementTooLow"
+    NO_ROLLOUT = "NoRollout"
+    GATEWAY_ROUTE = "GatewayRoute"
+    REPLICA_RATIO = "ReplicaRatio"

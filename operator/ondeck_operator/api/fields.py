@@ -145,6 +145,8 @@ HTTP_URL_RE = r"^https?://\S+$"
 SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
 ENV_NAME_RE = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 URL_PATH_RE = r"^/\S*$"
+#: A Go-style duration of whole hours, minutes and seconds, e.g. 30s, 2m, 1h30m.
+DURATION_RE = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$"
 #: A served model name (`ondeck-server serve --name`): the server's own pattern.
 SERVED_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 REASON_RE = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
@@ -181,6 +183,7 @@ PATTERN_HINTS: dict[str, str] = {
     ENV_NAME_RE: "an environment variable name: letters, digits, '-', '_' and '.', not "
     "starting with a digit",
     URL_PATH_RE: "a path starting with '/'",
+    DURATION_RE: "a duration of hours, minutes and seconds such as 30s, 2m or 1h30m",
     REASON_RE: "a CamelCase reason",
     SERVED_NAME_RE: "a model name: letters, digits, '.', '_' and '-', starting with a letter"
     " or digit",

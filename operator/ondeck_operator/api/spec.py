@@ -64,6 +64,15 @@ from ondeck_operator.api.fields import (
     pattern_hint,
     unique_names_rule,
 )
+from ondeck_operator.api.rollout import (
+    AnalysisSpec,
+    GatewaySpec,
+    ParentRef,
+    RolloutSpec,
+    RolloutStep,
+    RolloutStrategy,
+    ShadowSpec,
+)
 from ondeck_operator.api.rules import RULE_ERROR, Rule
 from ondeck_operator.api.status import (
     ArtifactReport,
@@ -75,6 +84,7 @@ from ondeck_operator.api.status import (
 
 __all__ = [
     "AccessMode",
+    "AnalysisSpec",
     "ArtifactPVC",
     "ArtifactReport",
     "ArtifactsSpec",
@@ -88,6 +98,7 @@ __all__ = [
     "EnvVar",
     "EnvVarSource",
     "Format",
+    "GatewaySpec",
     "IngressSpec",
     "IngressTLS",
     "InputSpec",
@@ -102,15 +113,20 @@ __all__ = [
     "ObjectMeta",
     "OptimizationLevel",
     "OptimizeSpec",
+    "ParentRef",
     "PathType",
     "Phase",
     "PullPolicy",
     "Quantize",
     "Reason",
     "ResourceRequirements",
+    "RolloutSpec",
+    "RolloutStep",
+    "RolloutStrategy",
     "ServerSpec",
     "ServiceSpec",
     "ServiceType",
+    "ShadowSpec",
     "SpecError",
     "TaintEffect",
     "TensorDType",
@@ -845,6 +861,17 @@ class ModelDeploymentSpec(ApiModel):
         default_factory=ArtifactsSpec,
         json_schema_extra={"default": {}},
         description="Artifact storage.",
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        json_schema_extra={"default": {}},
+        description="How a new artifact replaces the served one: replace (a rolling update), "
+        "canary or shadow-then-canary (see docs/rollout.md).",
+    )
+    gateway: GatewaySpec | None = Field(
+        default=None,
+        description="Also route through these Gateways with an HTTPRoute; a canary then "
+        "splits traffic by exact weights instead of by replica counts.",
     )
 
     def wanted_replicas(self) -> int:

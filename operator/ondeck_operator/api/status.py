@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field
 
 from ondeck_operator.api.constants import ConditionStatus, Phase
 from ondeck_operator.api.fields import REASON_RE, ApiModel, FreeForm
+from ondeck_operator.api.rollout import RolloutStatus
 
 __all__ = ["ArtifactReport", "Condition", "LlmReport", "ModelDeploymentStatus", "TensorReport"]
 
@@ -104,4 +105,7 @@ class ModelDeploymentStatus(_Status):
     ready_replicas: int | None = Field(default=None, description="Ready server pods.")
     selector: str | None = Field(
         default=None, description="Label selector of the server pods (scale subresource)."
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The rollout of a new artifact (spec.rollout), if any."
     )

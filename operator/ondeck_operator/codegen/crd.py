@@ -197,6 +197,11 @@ def crd() -> dict[str, Any]:
                             "jsonPath": ".status.artifact.precision",
                         },
                         {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                        {
+                            "name": "Rollout",
+                            "type": "string",
+                            "jsonPath": ".status.rollout.message",
+                        },
                         {"name": "URL", "type": "string", "jsonPath": ".status.url"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],

@@ -23,6 +23,7 @@ from ondeck_operator.api.spec import (
 from ondeck_operator.reconcile.kinds import (
     DEPLOYMENT,
     HPA,
+    HTTPROUTE,
     INGRESS,
     JOB,
     PDB,
@@ -45,9 +46,12 @@ from ondeck_operator.render.names import job_name, server_name
 Obj = dict[str, Any]
 
 #: The kinds the operator creates, in the order they are applied.
-CHILD_KINDS: tuple[Kind, ...] = (PVC, JOB, DEPLOYMENT, SERVICE, INGRESS, HPA, PDB)
-#: The kinds the operator watches (pods are listed on demand, see `pods_needed`).
-WATCHED_KINDS: tuple[Kind, ...] = CHILD_KINDS
+CHILD_KINDS: tuple[Kind, ...] = (PVC, JOB, DEPLOYMENT, SERVICE, INGRESS, HPA, PDB, HTTPROUTE)
+#: The kinds the operator watches (pods are listed on demand, see `pods_needed`). An
+#: HTTPRoute (spec.gateway) is not watched: its CRD may be absent from the cluster, so it
+#: is applied on every reconcile that wants one (an apply that changes nothing is no
+#: new version) instead.
+WATCHED_KINDS: tuple[Kind, ...] = (PVC, JOB, DEPLOYMENT, SERVICE, INGRESS, HPA, PDB)
 _JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 
 
@@ -111,7 +115,7 @@ def _termination_message(pods: Sequence[Obj], job: str, *, succeeded: bool) -> s
     return max(found)[1] if found else None
 
 
-def _deployment_facts(deployment: Obj) -> DeploymentFacts:
+def deployment_facts(deployment: Obj) -> DeploymentFacts:
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     desired = int(spec.get("replicas", 1))
@@ -169,7 +173,11 @@ def pods_needed(md: ModelDeployment, observed: Observed) -> str | None:
     status = md.status or ModelDeploymentStatus()
     if state == JobState.SUCCEEDED:
         known = status.artifact is not None and status.artifact.key == wanted
-        return None if known and status.artifact and status.artifact.digest else job
+        if known and status.artifact and status.artifact.digest:
+            return None
+        candidate = status.rollout.candidate if status.rollout else None
+        # A rollout keeps the stable artifact's report; the candidate's digest is its own.
+        return None if candidate and candidate.key == wanted and candidate.digest else job
     if state == JobState.FAILED:
         return None if _known_failure(md) is not None else job
     return None
@@ -183,7 +191,7 @@ def extract_facts(md: ModelDeployment, observed: Observed, config: OperatorConfi
     deployment = observed.named(DEPLOYMENT, server_name(name))
     if deployment is not None and not controlled_by(deployment, uid):
         deployment = None
-    dep_facts = _deployment_facts(deployment) if deployment is not None else None
+    dep_facts = deployment_facts(deployment) if deployment is not None else None
     status = md.status or ModelDeploymentStatus()
     serving = dep_facts.serving_key if dep_facts else None
     if serving is None and status.artifact is not None:

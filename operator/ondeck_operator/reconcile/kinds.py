@@ -84,6 +84,7 @@ DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+HTTPROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 PEERING = Kind("kopf.dev/v1", "KopfPeering", "kopfpeerings")
 CLUSTER_PEERING = Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", False)
 
@@ -100,6 +101,7 @@ KINDS: Mapping[tuple[str, str], Kind] = {
         INGRESS,
         HPA,
         PDB,
+        HTTPROUTE,
         PEERING,
         CLUSTER_PEERING,
     )

@@ -45,12 +45,18 @@ from ondeck_operator.api.spec import (
     SpecError,
 )
 from ondeck_operator.reconcile.drift import needs_apply
-from ondeck_operator.reconcile.facts import CHILD_KINDS, Observed, controlled_by, extract_facts
+from ondeck_operator.reconcile.facts import (
+    CHILD_KINDS,
+    Observed,
+    controlled_by,
+    extract_facts,
+)
 from ondeck_operator.reconcile.kinds import (
     JOB,
     Kind,
     kind_of,
 )
+from ondeck_operator.reconcile.rollout import Analysis, RolloutDecision, decide_for
 from ondeck_operator.reconcile.status import (
     EventSpec,
     Facts,
@@ -59,6 +65,7 @@ from ondeck_operator.reconcile.status import (
     transitions,
 )
 from ondeck_operator.render.manifests import RenderState, render
+from ondeck_operator.render.rollout import with_rollout
 
 Obj = dict[str, Any]
 
@@ -87,6 +94,8 @@ class Plan:
     status: ModelDeploymentStatus
     status_patch: Obj | None
     events: list[EventSpec]
+    #: Seconds until a rollout step is due; the runtime requests a reconcile then.
+    requeue_after: float | None = None
 
     @property
     def writes(self) -> int:
@@ -166,13 +175,20 @@ def plan(
     *,
     now: str,
     apply_error: str | None = None,
+    analysis: Analysis | None = None,
 ) -> Plan:
     """Decide everything one reconcile does, from `md` and its observed children."""
     facts = extract_facts(md, observed, config)
     if apply_error:
         facts = Facts(**{**facts.__dict__, "apply_error": apply_error})
     state = _render_state(md, facts)
-    desired = render(md, config, state)
+    rollout = decide_for(md, facts, observed, state, now=now, analysis=analysis)
+    state = RenderState(
+        serving_key=rollout.stable_key,
+        serving_digest=rollout.stable_digest,
+        wanted_built=facts.wanted_built,
+    )
+    desired = with_rollout(md, config, render(md, config, state), rollout.traffic)
     applies = []
     for obj in desired:
         kind = kind_of(obj)
@@ -184,7 +200,7 @@ def plan(
             applies.append(obj)
     keep = {k for k in (facts.wanted_key, state.serving_key) if k}
     deletes = [] if apply_error else _stale(md, observed, desired, keep)
-    status = compute_status(md, facts, now=now)
+    status = _with_rollout_status(md, compute_status(md, facts, now=now), rollout, now=now)
     meta = md.metadata
     return Plan(
         ref=MdRef(meta.namespace, meta.name, meta.uid),
@@ -193,8 +209,60 @@ def plan(
         deletes=deletes,
         status=status,
         status_patch=status_patch(md.status, status),
-        events=_events(md.status, status),
+        events=_events(md.status, status) + rollout.events,
+        requeue_after=rollout.requeue_after,
     )
+
+
+def _with_rollout_status(
+    md: ModelDeployment, status: ModelDeploymentStatus, rollout: RolloutDecision, *, now: str
+) -> ModelDeploymentStatus:
+    """`status` with the rollout's conditions and record; while a rollout holds the new
+    artifact back, Ready says so and the artifact report stays the stable one's."""
+    previous = (md.status.conditions if md.status else None) or []
+    generation = md.metadata.generation
+    conditions = list(status.conditions or [])
+
+    def put(ctype: str, cstatus: ConditionStatus, reason: str, message: str) -> None:
+        before = next((c for c in previous if c.type == ctype), None)
+        keep = before is not None and before.status == cstatus
+        cond = Condition(
+            type=ctype,
+            status=cstatus,
+            reason=reason,
+            message=message,
+            last_transition_time=before.last_transition_time if keep and before else now,
+            observed_generation=generation,
+        )
+        for index, have in enumerate(conditions):
+            if have.type == ctype:
+                conditions[index] = cond
+                return
+        conditions.append(cond)
+
+    if rollout.ready is not None and status.conditions:
+        ready = next(c for c in status.conditions if c.type == ConditionType.READY.value)
+        if ready.reason != Reason.APPLY_FAILED.value:
+            put(
+                ConditionType.READY.value,
+                rollout.ready[0],
+                rollout.ready[1].value,
+                rollout.ready[2],
+            )
+    for ctype, cstatus, reason, message in rollout.conditions:
+        put(ctype.value, cstatus, reason.value, message)
+    update: dict[str, Any] = {"conditions": conditions, "rollout": rollout.status}
+    if rollout.ready is not None:
+        stable = rollout.stable_key
+        old = md.status.artifact if md.status else None
+        update["artifact"] = old if old is not None and old.key == stable else status.artifact
+        if rollout.ready[1] == Reason.ROLLED_BACK and status.phase == Phase.DEPLOYING:
+            available = next(
+                (c for c in conditions if c.type == ConditionType.AVAILABLE.value), None
+            )
+            if available is not None and available.status == ConditionStatus.TRUE:
+                update["phase"] = Phase.READY  # the old version serves, as after a failed build
+    return status.model_copy(update=update)
 
 
 def invalid_plan(body: Mapping[str, Any], error: SpecError, *, now: str) -> Plan:

@@ -14,7 +14,8 @@ ModelDeployment this costs):
 * every object: name, namespace, uid, resourceVersion, generation, labels, ownerReferences,
   deletionTimestamp; annotations where the operator renders some (never kubectl's
   last-applied copy of the whole object); never managedFields;
-* ModelDeployment: spec and status (its labels and annotations are not read);
+* ModelDeployment: spec and status (its labels are not read, nor its annotations but
+  `ondeck.io/rollout`);
 * Job: `status.conditions` only; a Job is created once and never compared, so its spec
   (the whole pod template) stays out of memory;
 * Deployment: the spec (drift is compared on it) and the status fields facts.py reads;
@@ -32,6 +33,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from ondeck_operator.api.constants import ANNOTATION_ROLLOUT
 from ondeck_operator.reconcile.kinds import (
     DEPLOYMENT,
     JOB,
@@ -113,6 +115,9 @@ def trim(body: Mapping[str, Any], kind: Kind) -> Obj:
     if "spec" in body:
         out["spec"] = body["spec"]
     if kind == MODEL_DEPLOYMENT:
+        command = (meta.get("annotations") or {}).get(ANNOTATION_ROLLOUT)
+        if command is not None:  # a human's promote/abort of a rollout
+            keep_meta["annotations"] = {ANNOTATION_ROLLOUT: command}
         if status:
             out["status"] = status
     elif kind == DEPLOYMENT:

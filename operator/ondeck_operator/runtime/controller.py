@@ -59,6 +59,7 @@ from ondeck_operator.runtime.credentials import load_credentials
 from ondeck_operator.runtime.kube_client import HttpKube
 from ondeck_operator.runtime.metrics import Metrics, serve_routes
 from ondeck_operator.runtime.peering import is_active_peer
+from ondeck_operator.runtime.rollouts import Analyzer
 from ondeck_operator.runtime.settings import OperatorSettings
 from ondeck_operator.runtime.workqueue import WorkQueue
 from ondeck_operator.runtime.writes import Writes
@@ -97,6 +98,7 @@ class Controller:
     metrics: Metrics = field(default_factory=Metrics)
     kube: HttpKube | None = None
     writes: Writes | None = None
+    analyzer: Analyzer | None = None
     queue: WorkQueue[Key] | None = None
     indices: dict[str, Any] = field(default_factory=dict)
     phases: dict[Key, str] = field(default_factory=dict)
@@ -166,9 +168,11 @@ class Controller:
             on_reply=self._written,
             on_late_error=self._late_write_failed,
         )
+        self.analyzer = Analyzer(self.kube)
         self._tasks = [
             asyncio.create_task(self.queue.run(), name="ondeck-reconcile-queue"),
             asyncio.create_task(self._resync_loop(), name="ondeck-resync"),
+            asyncio.create_task(self.analyzer.run(self.request), name="ondeck-rollouts"),
         ]
         if self.settings.metrics_port is not None:
             self._runners.append(
@@ -191,6 +195,8 @@ class Controller:
         await asyncio.gather(*self._tasks, *self._events, return_exceptions=True)
         if self.writes is not None:
             await self.writes.close()
+        if self.analyzer is not None:
+            await self.analyzer.close()
         for runner in self._runners:
             await runner.cleanup()
         if self.kube is not None:
@@ -223,6 +229,8 @@ class Controller:
             self.progress_since.pop(key, None)
             self.own_status.pop(key, None)
             self.reconciled_at.pop(key, None)
+            if self.analyzer is not None:
+                self.analyzer.forget(key)
             if self.queue is not None:
                 self.queue.forget(key)
             self.metrics.set_phases(self.phases.values())
@@ -313,7 +321,10 @@ class Controller:
                 decided = invalid_plan(body, error, now=now)
             else:
                 observed = await self._with_pods(key, md, self.observed(key))
-                decided = self._coalesce(key, md, plan(md, observed, self.settings.config, now=now))
+                analysis = self.analyzer.results.get(key) if self.analyzer else None
+                decided = self._coalesce(
+                    key, md, plan(md, observed, self.settings.config, now=now, analysis=analysis)
+                )
             try:
                 await self._execute(key, decided, now=now)
             except (InvalidError, ForbiddenError) as exc:
@@ -332,6 +343,10 @@ class Controller:
                 self.metrics.queue_depth.set(len(self.queue))
         self.metrics.reconciles.labels(result="ok").inc()
         self.reconciled_at[key] = time.monotonic()
+        if decided.facts is not None and self.analyzer is not None:
+            self.analyzer.track(key, md.spec.rollout, decided.status.rollout)
+        if decided.requeue_after is not None:
+            self.request(key, delay=decided.requeue_after)  # a rollout's pause ends
         if decided.status.phase is not None:
             self.phases[key] = decided.status.phase.value
             self.metrics.set_phases(self.phases.values())

@@ -19,4 +19,9 @@ def create_app(settings: ServeSettings, *, source: ModelSource | None = None) ->
     `settings.model` (tests pass one with a `FunctionRuntime`). Raises `StartupError`
     when the model path or the auth token is unusable; loads nothing yet."""
     state = ServerState(settings, source or source_from_settings(settings))
+    if settings.shadow_url:
+        from ondeck_server.serve.shadow import Shadow, ShadowingApp
+
+        shadow = Shadow(settings.shadow_url, settings.shadow_percent, state.metrics.registry)
+        return ShadowingApp(state, build_api(state), shadow)
     return OndeckApp(state, build_api(state))

@@ -56,6 +56,8 @@ def serve(
     body_timeout: Annotated[float, _option("body_timeout")] = _DEFAULT["body_timeout"],
     max_connections: Annotated[int, _option("max_connections")] = _DEFAULT["max_connections"],
     max_context_length: Annotated[int | None, _option("max_context_length")] = None,
+    shadow_url: Annotated[str | None, _option("shadow_url")] = None,
+    shadow_percent: Annotated[int, _option("shadow_percent")] = _DEFAULT["shadow_percent"],
     model_cache: Annotated[
         Path | None,
         typer.Option(
@@ -101,6 +103,8 @@ def serve(
         "body_timeout": body_timeout,
         "max_context_length": max_context_length,
         "max_connections": max_connections,
+        "shadow_url": shadow_url,
+        "shadow_percent": shadow_percent,
     }
     try:
         settings = ServeSettings.model_validate(values)

@@ -36,6 +36,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "body_timeout": ("--body-timeout", "ONDECK_BODY_TIMEOUT"),
     "max_connections": ("--max-connections", "ONDECK_MAX_CONNECTIONS"),
     "max_context_length": ("--max-context-length", "ONDECK_MAX_CONTEXT_LENGTH"),
+    "shadow_url": ("--shadow-url", "ONDECK_SHADOW_URL"),
+    "shadow_percent": ("--shadow-percent", "ONDECK_SHADOW_PERCENT"),
 }
 
 #: Bounds of `--max-context-length` (tokens; a language model's prompt plus its output).
@@ -117,6 +119,17 @@ class ServeSettings(BaseModel):
         le=MAX_CONTEXT_LENGTH,
         description="language models: most tokens of a prompt plus its output, at most the"
         " model's own context; default: the model's context (tensor models ignore it)",
+    )
+
+    shadow_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="copy a share of inference requests, after answering them, to the"
+        " candidate server at this URL and count how often its answers agree",
+    )
+    shadow_percent: int = Field(
+        default=100, ge=1, le=100, description="percent of inference requests copied"
     )
 
     @field_validator("name")
