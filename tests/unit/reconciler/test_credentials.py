@@ -234,8 +234,9 @@ def test_operator_command_says_what_is_wrong_in_one_line(tmp_path: Path) -> None
 
 def test_the_operator_process_loads_no_client_it_does_not_use(tmp_path: Path) -> None:
     """kopf imports `kubernetes` whenever it can (~26 MiB resident); `ondeck operator`
-    keeps it out, and numpy and httpx too (issue 14's memory budget). Python's import trace of the real command,
-    which imports all of the operator's runtime before it checks the credentials."""
+    keeps it out, and numpy and httpx too (issue 14's memory budget). Python's import
+    trace of the real command, which imports all of the operator's runtime before it
+    checks the credentials."""
     cfg = tmp_path / "config"
     cfg.write_text("current-context: nope\n")
     argv = ["ondeck", "operator", "--kubeconfig", str(cfg)]
