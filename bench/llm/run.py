@@ -215,38 +215,26 @@ def main() -> None:
         for c in CONCURRENCY:
             runs[f"raw-og c={c}"] = raw_og(artifact, c, args.max_tokens, args.rounds)
             print(f"raw-og c={c}", runs[f"raw-og c={c}"], flush=True)
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = serve(
-            [sys.executable, "-m", "ondeck_server", "serve", "--model", str(artifact),
-             "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
-             "--max-batch-size", "8", "--name", "bench"],
-            f"{base}/v2/health/ready",
-        )  # fmt: skip
-        try:
-            for c in CONCURRENCY:
-                got = http_clients(
-                    f"{base}/v1/completions", "bench", c, args.max_tokens, args.rounds, count
-                )
-                runs[f"ondeck c={c}"] = got
-                print(f"ondeck c={c}", got, flush=True)
-        finally:
-            _stop(proc)
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = serve(
-            [sys.executable, str(HERE / "naive_transformers.py"), str(args.folder), str(port)],
-            f"{base}/docs",
-        )
-        try:
-            for c in CONCURRENCY:
-                got = http_clients(
-                    f"{base}/v1/completions", "bench", c, args.max_tokens, args.rounds, count
-                )
-                runs[f"naive c={c}"] = got
-                print(f"naive c={c}", got, flush=True)
-        finally:
-            _stop(proc)
+        ondeck = [sys.executable, "-m", "ondeck_server", "serve", "--model", str(artifact),
+                  "--threads", "1", "--max-batch-size", "8", "--name", "bench", "--host",
+                  "127.0.0.1", "--port"]  # fmt: skip
+        naive = [sys.executable, str(HERE / "naive_transformers.py"), str(args.folder)]
+        for name, argv, ready in (
+            ("ondeck", ondeck, "/v2/health/ready"),
+            ("naive", naive, "/docs"),
+        ):
+            port = _free_port()
+            base = f"http://127.0.0.1:{port}"
+            proc = serve([*argv, str(port)], base + ready)
+            try:
+                for c in CONCURRENCY:
+                    got = http_clients(
+                        f"{base}/v1/completions", "bench", c, args.max_tokens, args.rounds, count
+                    )
+                    runs[f"{name} c={c}"] = got
+                    print(f"{name} c={c}", got, flush=True)
+            finally:
+                _stop(proc)
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
