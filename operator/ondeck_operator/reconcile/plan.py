@@ -183,10 +183,14 @@ def plan(
         facts = Facts(**{**facts.__dict__, "apply_error": apply_error})
     state = _render_state(md, facts)
     rollout = decide_for(md, facts, observed, state, now=now, analysis=analysis)
+    sized_by = state.artifact
     state = RenderState(
         serving_key=rollout.stable_key,
         serving_digest=rollout.stable_digest,
         wanted_built=facts.wanted_built,
+        # The served artifact's report sizes the Deployment: kept when the rollout serves
+        # that same artifact as stable.
+        artifact=sized_by if sized_by is not None and sized_by.key == rollout.stable_key else None,
     )
     desired = with_rollout(md, config, render(md, config, state), rollout.traffic)
     applies = []
