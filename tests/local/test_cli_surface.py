@@ -66,6 +66,7 @@ def test_help_text_joins_paragraph_lines() -> None:
         ["ondeck", "--help"],
         ["ondeck", "run", "--help"],
         ["ondeck", "gc", "--help"],
+        ["ondeck", "validate", "--help"],
         ["ondeck-server", "--help"],
         ["ondeck-server", "serve", "--help"],
         ["ondeck-server", "convert", "--help"],
@@ -84,3 +85,4 @@ def test_no_plain_flag_shows_a_value_in_help(argv: list[str]) -> None:
     assert done.returncode == 0, done.stderr
     assert "--help" in done.stdout
     assert "<bool>" not in done.stdout
+    assert "list[" not in done.stdout  # a Python type is no metavar

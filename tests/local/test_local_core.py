@@ -269,3 +269,15 @@ def test_every_spec_field_is_used_or_reported_locally() -> None:
         covered |= {f for f in _spec_fields() if f[: len(path)] == path}
     assert _spec_fields() - covered == set()
     assert not (set(local.USED_LOCALLY) & set(local.CLUSTER_ONLY))
+
+
+def test_the_artifact_line_says_when_quantization_changed_nothing() -> None:
+    """int8 on a tree model (no MatMul): 20.6 KiB → 20.8 KiB is no gain (issue 16)."""
+    shrunk = _summary(IRIS_IN)
+    assert local.sizes(shrunk) == "9.0 KiB → 900 B, quantize int8"
+    tree = shrunk.model_copy(update={"size_bytes": 21_300, "original_size_bytes": 21_139})
+    assert local.sizes(tree) == (
+        "20.6 KiB → 20.8 KiB, quantize int8 (changed nothing: no operator it quantizes)"
+    )
+    plain = tree.model_copy(update={"quantize": "none"})
+    assert local.sizes(plain) == "20.6 KiB → 20.8 KiB, quantize none"

@@ -44,7 +44,7 @@ def _errors(run: OndeckRun) -> list[str]:
     return [line for line in run.err if _ERROR_LINE.match(line)]
 
 
-def _quickstart_block(heading: str = "```text\nondeck: converting") -> list[str]:
+def _quickstart_block(heading: str = "```text\nondeck: fetching") -> list[str]:
     text = (ROOT / "docs" / "quickstart.md").read_text()
     start = text.index(heading) + len("```text\n")
     return text[start : text.index("```", start)].splitlines()
@@ -351,7 +351,7 @@ def test_ctrl_c_during_conversion_stops_it_and_exits_130(tmp_path: Path) -> None
     store = tmp_path / "store"
     run = _run(EXAMPLES / "cnn" / "modeldeployment.yaml", store)
     deadline = time.monotonic() + 60
-    while not any(line.startswith("ondeck: converting ") for line in run.err):
+    while not any(line.startswith("ondeck: fetching ") for line in run.err):
         assert time.monotonic() < deadline, run.err
         assert run.proc.poll() is None, run.err
         time.sleep(0.05)
@@ -384,7 +384,7 @@ def test_pinned_sha256_reuses_the_artifact_without_fetching(tmp_path: Path) -> N
         first.wait_banner()
     finally:
         assert first.stop() == 0
-    assert any(line.startswith("ondeck: converting ") for line in first.err)
+    assert any(line.startswith("ondeck: fetching ") for line in first.err)
     model.unlink()  # a second run must not even read the source
     second = _run(manifest, store)
     try:
@@ -392,7 +392,7 @@ def test_pinned_sha256_reuses_the_artifact_without_fetching(tmp_path: Path) -> N
         assert second.send("V2").status_code == 200
     finally:
         assert second.stop() == 0
-    assert not any(line.startswith("ondeck: converting ") for line in second.err)
+    assert not any(line.startswith("ondeck: fetching ") for line in second.err)
     assert any(line.endswith(" reused (pinned sha256, no fetch)") for line in second.err)
 
 

@@ -169,6 +169,8 @@ FilesOption = Annotated[
     typer.Option(
         "--file",
         "-f",
+        # typer would show the Python type, `<list[Path]>`.
+        metavar="<file|folder>",
         help="ModelDeployment YAML file, or a folder (its *.yaml and *.yml files, in all "
         "subfolders); repeat -f for more; '-' for stdin.",
     ),

@@ -9,6 +9,7 @@ from ondeck_operator.local.banner import (
     curl_line,
     example_shape,
     size,
+    sizes,
     v1_body,
     v2_body,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "localize",
     "notices",
     "size",
+    "sizes",
     "url_host",
     "v1_body",
     "v2_body",

@@ -357,7 +357,9 @@ class LocalRunner:
         with tempfile.TemporaryDirectory(prefix="ondeck-run-") as tmp:
             log = Path(tmp) / "termination-log"
             argv = convert_args(spec, store=str(self.store), ref=key, termination_log=str(log))
-            self._say(f"ondeck: converting {spec.model.uri} for {name} into {self.store}")
+            # Not "converting": with an unchanged model the child finds the artifact
+            # already built (after fetching and hashing the file) and converts nothing.
+            self._say(f"ondeck: fetching {spec.model.uri} for {name}; artifact store {self.store}")
             env = child_env(dict(os.environ))
             if _isatty(self.err):
                 # Its stderr is a pipe to us (to name fields in its error line); the
