@@ -29,7 +29,8 @@ from operator_harness import Cluster, manifest, summary, wait_for
 import modelzoo
 from ondeck_operator.api.rollout import ArtifactRef, RolloutPhase, RolloutSpec, RolloutStatus
 from ondeck_operator.render.rollout import candidate_name, stable_service_name
-from ondeck_operator.runtime.kube_client import HttpKube, load_configuration
+from ondeck_operator.runtime.credentials import load_credentials
+from ondeck_operator.runtime.kube_client import HttpKube
 from ondeck_operator.runtime.rollouts import Analyzer
 from server.v2client import json_request
 
@@ -264,7 +265,7 @@ def _ready(host: str, port: int) -> bool:
 async def _analyze(
     kubeconfig: Path, namespace: str, spec: RolloutSpec, status: RolloutStatus, port: int
 ) -> tuple[bool, Any]:
-    kube = HttpKube(load_configuration(kubeconfig))
+    kube = HttpKube(load_credentials(kubeconfig))
     analyzer = Analyzer(kube, port=port)
     key = (namespace, "iris")
     analyzer.track(key, spec, status)
