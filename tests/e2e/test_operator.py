@@ -157,7 +157,8 @@ def test_kubectl_get_and_scale(
         [*kubectl, "get", "md"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
     header, row = out.splitlines()[:2]
-    assert header.split() == ["NAME", "READY", "PHASE", "REPLICAS", "URL", "AGE"]
+    assert header.split() == ["NAME", "READY", "PHASE", "REPLICAS", "ROLLOUT", "URL", "AGE"]
+    # The Rollout column (status.rollout.message, docs/rollout.md) is blank: none has run.
     assert row.split()[:5] == [
         "scaled",
         "True",
