@@ -317,3 +317,14 @@ def test_the_api_server_fills_in_the_rollout_defaults(cluster: Cluster, crds: No
         {"weight": 50, "pause": "1m"},
     ]
     assert stored["spec"]["rollout"]["analysis"]["minRequests"] == 20
+
+
+def test_the_api_server_refuses_shadowing_a_language_model(cluster: Cluster, crds: None) -> None:
+    body = manifest("llm", rollout={"strategy": "shadow-then-canary"})
+    body["spec"]["model"] = {"uri": "hf://org/tiny", "format": "hf-causal-lm"}
+    with pytest.raises(ApiException) as info:
+        cluster.custom.create_namespaced_custom_object(
+            "ondeck.io", "v1alpha1", cluster.ns, "modeldeployments", body, dry_run="All"
+        )
+    assert info.value.status == 422
+    assert "strategy shadow-then-canary does not apply to model.format" in str(info.value.body)
