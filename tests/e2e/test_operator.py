@@ -158,8 +158,9 @@ def test_kubectl_get_and_scale(
     ).stdout
     header, row = out.splitlines()[:2]
     assert header.split() == [
-        "NAME", "READY", "PHASE", "KIND", "PRECISION", "REPLICAS", "URL", "AGE"
+        "NAME", "READY", "PHASE", "KIND", "PRECISION", "REPLICAS", "ROLLOUT", "URL", "AGE"
     ]  # fmt: skip
+    # The Rollout column (status.rollout.message, docs/rollout.md) is blank: none has run.
     assert row.split()[:7] == [
         "scaled",
         "True",

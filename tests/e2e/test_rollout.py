@@ -136,7 +136,7 @@ def serving(cluster: Cluster, name: str) -> str | None:
 def test_a_gateway_canary_is_weighted_then_aborted_then_promoted(
     cluster: Cluster, start_operator: Any, job_outcomes: dict[Any, Any], gateway_api: None
 ) -> None:
-    start_operator()
+    first = start_operator()
     body = manifest(
         "canary",
         server={"replicas": 2},
@@ -164,6 +164,16 @@ def test_a_gateway_canary_is_weighted_then_aborted_then_promoted(
     assert (progressing["status"], progressing["reason"]) == ("True", "CanaryStep")
     # What `kubectl get md` prints in its Rollout column.
     assert status["message"].startswith("Canary step 1/1 at 25% until ")
+
+    # The operator dies mid-rollout; the next one resumes at the recorded step.
+    step_started = status["stepStarted"]
+    first.kill()
+    start_operator("operator-2")
+    wait_for("a reconcile by the new operator", lambda: rollout(cluster, "canary").get("phase"))
+    again = rollout(cluster, "canary")
+    assert (again["phase"], again["step"], again["weight"]) == ("Canary", 0, 25)
+    assert again["stepStarted"] == step_started  # the pause is not restarted
+    assert route_weights(cluster, "canary") == want
 
     # A human aborts: the candidate goes, stable takes all the traffic, the status says why.
     annotate(cluster, "canary", "abort")
@@ -318,3 +328,14 @@ def test_the_api_server_fills_in_the_rollout_defaults(cluster: Cluster, crds: No
         {"weight": 50, "pause": "1m"},
     ]
     assert stored["spec"]["rollout"]["analysis"]["minRequests"] == 20
+
+
+def test_the_api_server_refuses_shadowing_a_language_model(cluster: Cluster, crds: None) -> None:
+    body = manifest("llm", rollout={"strategy": "shadow-then-canary"})
+    body["spec"]["model"] = {"uri": "hf://org/tiny", "format": "hf-causal-lm"}
+    with pytest.raises(ApiException) as info:
+        cluster.custom.create_namespaced_custom_object(
+            "ondeck.io", "v1alpha1", cluster.ns, "modeldeployments", body, dry_run="All"
+        )
+    assert info.value.status == 422
+    assert "strategy shadow-then-canary does not apply to model.format" in str(info.value.body)

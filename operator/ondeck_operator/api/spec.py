@@ -830,6 +830,22 @@ class ModelDeploymentSpec(ApiModel):
                 or m.model.format == Format.HF_CAUSAL_LM
             ),
         ),
+        Rule(
+            field="rollout",
+            cel="!has(self.rollout) || !has(self.rollout.strategy) || "
+            "self.rollout.strategy != '"
+            + RolloutStrategy.SHADOW_THEN_CANARY.value
+            + "' || !has(self.model.format) || self.model.format != '"
+            + Format.HF_CAUSAL_LM.value
+            + "'",
+            message="strategy shadow-then-canary does not apply to model.format "
+            + Format.HF_CAUSAL_LM.value
+            + " (the language-model server copies no requests); use canary",
+            check=lambda m: (
+                m.rollout.strategy != RolloutStrategy.SHADOW_THEN_CANARY
+                or m.model.format != Format.HF_CAUSAL_LM
+            ),
+        ),
     )
 
     model: ModelSource = Field(description="The model to serve.")

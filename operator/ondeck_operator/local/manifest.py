@@ -36,6 +36,8 @@ CLUSTER_ONLY: dict[tuple[str, ...], str] = {
     ("service",): "no Service locally; use --host and --port",
     ("ingress",): "no Ingress locally; use --host and --port",
     ("artifacts",): "the local store is --store",
+    ("rollout",): "one local server: a new version replaces the old one",
+    ("gateway",): "no Gateway API locally; use --host and --port",
 }
 
 

@@ -112,6 +112,8 @@ def serve(
         _die("InvalidSettings", _first_error(exc))
     from ondeck_server.artifact import is_llm
 
+    if is_llm(settings.model) and settings.shadow_url:
+        _die("InvalidSettings", "--shadow-url: a language model's server copies no requests")
     if is_llm(settings.model):  # a language model: the OpenAI-compatible server
         from ondeck_server.serve.llm.server import run
     else:

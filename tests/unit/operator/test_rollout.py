@@ -97,6 +97,21 @@ def test_bad_rollouts_are_refused_at_the_field(
     )
 
 
+def test_shadow_is_refused_for_language_models() -> None:
+    spec = {
+        "model": {"uri": "hf://org/tiny", "format": "hf-causal-lm"},
+        "rollout": {"strategy": "shadow-then-canary"},
+    }
+    with pytest.raises(SpecError) as info:
+        ModelDeployment.from_manifest(manifest(spec))
+    assert info.value.problems == [
+        "spec.rollout: strategy shadow-then-canary does not apply to model.format "
+        "hf-causal-lm (the language-model server copies no requests); use canary"
+    ]
+    spec["rollout"] = {"strategy": "canary"}
+    ModelDeployment.from_manifest(manifest(spec))
+
+
 def test_gateway_needs_a_parent() -> None:
     with pytest.raises(SpecError) as info:
         ModelDeployment.from_manifest(
