@@ -234,7 +234,10 @@ def test_auto_with_unreadable_validation_data_names_the_field(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     error = done.stderr.splitlines()[-1]
-    assert error.startswith(f"InvalidSettings: --validation-data {bad} is not an .npz"), error
+    assert error == (
+        f"InvalidSettings: --validation-data {bad} is not an .npz of arrays (not a zip "
+        "archive); write it with numpy.savez(path, input_name=array, ...)"
+    )
     assert in_manifest_terms(error).startswith(
         f"InvalidSettings: spec.optimize.validation.data {bad} is not an .npz"
     )

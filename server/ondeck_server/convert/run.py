@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -523,6 +524,9 @@ def _fetch_npz(
     fetched = fetch(uri, dest=dest, settings=request.fetch)
     bounds.check_zip(fetched.path, limit=request.max_unpacked_bytes, what=f"{flag} {uri}")
     try:
+        if not zipfile.is_zipfile(fetched.path):
+            # numpy would try it as a pickle and say "contains pickled (object) data".
+            raise ValueError("not a zip archive")
         with np.load(fetched.path, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key]) for key in data.files}
     except (ValueError, OSError, EOFError) as exc:
