@@ -72,8 +72,8 @@ from ondeck_server.convert.validate import (
     check_calibration,
     evaluate,
     gate_figures,
-    gate_message,
     make_samples,
+    refuse,
     run_batched,
 )
 
@@ -339,7 +339,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
             with clock.stage("validate") as detail:
                 if chosen is None:
                     report, batching = gate.judge(model, request=request)
-                    gate.refuse_failed(report, request=request)
+                    refuse(report, gentler=_gentler(request))
                 else:
                     report, batching = chosen[1], chosen[2]
                 recorded = report.model_dump(mode="json", by_alias=True)
@@ -649,14 +649,6 @@ class _Gate:
         except Exception as exc:
             raise _run_failed(self.source, exc) from None
         return report, batch_check.check(model, self.samples)
-
-    @staticmethod
-    def refuse_failed(report: ValidationReport, *, request: ConvertRequest) -> None:
-        if not report.passed:
-            raise ValidationFailed(
-                gate_message(report, gentler=_gentler(request)),
-                details=report.model_dump(mode="json", by_alias=True),
-            )
 
 
 def _run_failed(sample_source: str, exc: Exception) -> ValidationFailed:
