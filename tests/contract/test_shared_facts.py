@@ -295,6 +295,48 @@ def test_every_spec_dtype_converts(tmp_path: Path) -> None:
         assert summary["inputs"][0]["name"] == "x"
 
 
+def test_auto_candidates_reach_the_status(tmp_path: Path) -> None:
+    """`quantize: auto`: the termination message the Job writes becomes
+    `status.artifact`, with the mode chosen as `quantize` and every candidate listed."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ondeck_operator.render.args import convert_args
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "linear.onnx"
+    onnx.save(model, str(path))
+    md = api.ModelDeploymentSpec.model_validate(
+        {"model": {"uri": f"file://{path}"}, "optimize": {"quantize": "auto"}}
+    )
+    log = tmp_path / "termination-log"
+    argv = convert_args(md, store=str(tmp_path / "store"), ref=None, termination_log=str(log))
+    done = subprocess.run(
+        [sys.executable, "-m", "ondeck_server", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    report = status.parse_summary(log.read_text(), key="k")
+    assert report.validation is not None
+    auto = report.validation["auto"]
+    assert report.quantize == auto["chosen"]
+    assert report.quantize in {m.value for m in fields.Quantize} - {"auto"}
+    listed = [c["quantize"] for c in auto["candidates"]]
+    assert listed == ["none", "fp16", "int8-static", "int8", "int4"]
+    assert {c["outcome"] for c in auto["candidates"]} <= {"chosen", "passed", "rejected", "skipped"}
+
+
 @pytest.mark.parametrize("program", ["ondeck_operator", "ondeck_server"])
 @pytest.mark.parametrize(
     ("argv", "code", "first_line"),

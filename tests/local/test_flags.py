@@ -25,6 +25,7 @@ def test_the_table_is_derived_from_convert_args() -> None:
         "--s3-endpoint-url": "spec.model.s3EndpointURL",
         "--sha256": "spec.model.sha256",
         "--source": "spec.model.uri",
+        "--validation-data": "spec.optimize.validation.data",
         "--validation-samples": "spec.optimize.validation.samples",
     }
 

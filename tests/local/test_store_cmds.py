@@ -182,3 +182,17 @@ def test_the_commands_run_as_a_user_types_them(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("removed 111111111111  ")
     assert not (store / OLD).exists()
+
+
+def test_an_auto_artifact_shows_the_mode_it_chose(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    folder = store / IRIS
+    folder.mkdir(parents=True)
+    manifest = _manifest(IRIS, "2026-12-02T11:57:00Z")
+    manifest["settings"]["quantize"] = "auto"
+    manifest["validation"]["auto"] = {"chosen": "int8-static", "candidates": []}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "model.onnx").write_bytes(b"\0" * 10585)
+    assert artifacts.find(store, IRIS[:8]).quantize == "auto: int8-static"
+    assert _artifact(tmp_path / "other", OLD, "2026-11-30T12:00:00Z", []).is_dir()
+    assert artifacts.find(tmp_path / "other", OLD[:8]).quantize == "int8"

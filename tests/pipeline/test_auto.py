@@ -16,6 +16,7 @@ from ondeck_operator.local.flags import in_manifest_terms
 from ondeck_server import artifact
 from ondeck_server.convert import ConvertRequest, Outcome, Quantize, convert, parse_inputs
 from ondeck_server.convert.auto import PREFERENCE, TIE_MARGIN, fp16_kernels
+from ondeck_server.convert.cli import fit_termination_log
 from ondeck_server.convert.validate import (
     DEFAULT_MAX_TOP1_DISAGREEMENT,
     DEFAULT_SAMPLES,
@@ -233,7 +234,10 @@ def test_auto_with_unreadable_validation_data_names_the_field(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     error = done.stderr.splitlines()[-1]
-    assert error.startswith(f"InvalidSettings: --validation-data {bad} is not an .npz"), error
+    assert error == (
+        f"InvalidSettings: --validation-data {bad} is not an .npz of arrays (not a zip "
+        "archive); write it with numpy.savez(path, input_name=array, ...)"
+    )
     assert in_manifest_terms(error).startswith(
         f"InvalidSettings: spec.optimize.validation.data {bad} is not an .npz"
     )
@@ -288,6 +292,36 @@ def test_sample_warnings_name_each_kind_of_degenerate_output() -> None:
     assert sample_warnings([varied], ["embedding"], sample_source="generated")[0].startswith(
         "judged on generated inputs"
     )
+
+
+def test_the_termination_log_keeps_every_candidate_longest() -> None:
+    """Past 4 KB the summary loses tensor detail before the candidates' reasons, and
+    those before the list of candidates; the choice itself is never dropped."""
+    candidate = {
+        "quantize": "int8",
+        "outcome": "rejected",
+        "reason": "x" * 600,
+        "detail": "y" * 100,
+        "sizeBytes": 1,
+        "latencyMs": None,
+        "gatePassed": True,
+        "batchIndependent": False,
+    }
+    tensors = [{"name": f"t{i}", "datatype": "FP32", "shape": [-1, 8]} for i in range(100)]
+    summary = {
+        "digest": "d" * 64,
+        "inputs": tensors,
+        "outputs": tensors,
+        "validation": {"passed": True, "auto": {"chosen": "none", "candidates": [candidate] * 5}},
+    }
+    brief = json.loads(fit_termination_log(summary))
+    assert brief["inputs"] == 100
+    listed = brief["validation"]["auto"]["candidates"]
+    assert len(listed) == 5
+    assert "reason" not in listed[0]
+    assert listed[0]["outcome"] == "rejected"
+    tiny = json.loads(fit_termination_log(summary, limit=300))
+    assert tiny["validation"] == {"passed": True, "auto": {"chosen": "none"}}
 
 
 def test_the_summary_names_the_chosen_mode(sources: Sources, tmp_path: Path) -> None:

@@ -10,9 +10,11 @@ from ondeck_server.convert.inputs_spec import parse_inputs
 from ondeck_server.convert.validate import (
     Thresholds,
     compare_output,
+    evaluate,
     judge,
     make_samples,
-    validate,
+    refuse,
+    run_batched,
 )
 
 
@@ -90,15 +92,17 @@ def test_validate_raises_with_the_report() -> None:
 
     samples, source = make_samples(parse_inputs("x:float32:[-1,300]"), count=10, calibration=None)
     with pytest.raises(ValidationFailed) as info:
-        validate(
-            reference=reference,
-            reference_name="sklearn",
-            candidate=candidate,
-            output_names=["y"],
-            samples=samples,
-            sample_source=source,
-            thresholds=Thresholds(),
-            batch=4,
+        refuse(
+            evaluate(
+                reference_outputs=run_batched(reference, samples, batch=4),
+                reference_name="sklearn",
+                candidate=candidate,
+                output_names=["y"],
+                samples=samples,
+                sample_source=source,
+                thresholds=Thresholds(),
+                batch=4,
+            )
         )
     assert info.value.message.startswith(
         "the final model disagrees with the original (sklearn) on 10 generated samples: "

@@ -63,7 +63,11 @@ class Artifact(BaseModel):
 
     @property
     def quantize(self) -> str:
-        return str((self.manifest.get("settings") or {}).get("quantize", "none"))
+        """The mode asked for; with `auto`, the one it chose too (`auto: int8-static`)."""
+        asked = str((self.manifest.get("settings") or {}).get("quantize", "none"))
+        auto = (self.manifest.get("validation") or {}).get("auto")
+        chosen = auto.get("chosen") if isinstance(auto, dict) else None
+        return f"{asked}: {chosen}" if chosen else asked
 
     @property
     def size_bytes(self) -> int:

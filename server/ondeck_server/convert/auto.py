@@ -163,8 +163,7 @@ def choose(
     has_fp16, fp16_fact = fp16_kernels()
     entries: list[Candidate] = []
     built: list[_Built] = []
-    baseline_independent: bool | None = None
-    unchanged: tuple[Any, ...] = ()
+    baseline: dict[str, Any] = {}
     for mode in PREFERENCE:
         entry = Candidate(quantize=mode.value, outcome="rejected")
         entries.append(entry)
@@ -189,37 +188,14 @@ def choose(
             )
         except PipelineError as exc:
             entry.reason = f"quantization failed: {exc}"
-            continue
-        finally:
-            entry.quantize_seconds = round(time.perf_counter() - start, 3)
-        entry.size_bytes = onnx_tools.total_size(path)
-        if mode is Quantize.NONE:
-            unchanged = _signature(path)
-        elif _signature(path) == unchanged:
-            # Nothing to quantize (a tree ensemble, a model without MatMul): timing the
-            # same model twice would let noise pick between equals.
-            entry.outcome, entry.reason = "skipped", "changes nothing: the same graph as none"
-            continue
-        try:
-            gate, batching = judge(path)
-        except PipelineError as exc:  # does not load, or cannot run on the samples
-            entry.reason = str(exc)
-            continue
-        entry.cosine, entry.top1_disagreement = gate.cosine, gate.top1_disagreement
-        entry.gate_passed, entry.batch_independent = gate.passed, batching.independent
-        if mode is Quantize.NONE:
-            baseline_independent = batching.independent
-        if not gate.passed:
-            entry.reason = f"fails the gate: {gate_figures(gate)}"
-        elif not batching.independent and baseline_independent:
-            entry.reason = (
-                "its rows depend on the batch, the unquantized model's do not ("
-                + batching.explain()
-                + ")"
-            )
-        else:
-            entry.outcome = "passed"
-            built.append(_Built(mode, path, entry, gate, batching))
+        entry.quantize_seconds = round(time.perf_counter() - start, 3)
+        if entry.reason is None:
+            candidate = _judge(mode, path, entry, judge=judge, baseline=baseline)
+            if candidate is not None:
+                built.append(candidate)
+        if entry.outcome != "passed":
+            # A big model's rejected candidates would otherwise fill the disk until the end.
+            shutil.rmtree(folder, ignore_errors=True)
     if not built:
         raise ValidationFailed(
             "quantize auto: no candidate passed the gate, not even the unquantized model ("
@@ -245,6 +221,46 @@ def choose(
         fp16_kernels=fp16_fact,
     )
     return auto, winner.report, winner.batching
+
+
+def _judge(
+    mode: Quantize,
+    path: Path,
+    entry: Candidate,
+    *,
+    judge: Judge,
+    baseline: dict[str, Any],
+) -> _Built | None:
+    """Fill in `entry` for the model at `path`; the candidate when it may be chosen.
+    `baseline` holds what the unquantized model (judged first) showed."""
+    entry.size_bytes = onnx_tools.total_size(path)
+    signature = _signature(path)
+    if mode is Quantize.NONE:
+        baseline["signature"] = signature
+    elif signature == baseline.get("signature"):
+        # Nothing to quantize (a tree ensemble, a model without MatMul): timing the same
+        # model twice would let noise pick between equals.
+        entry.outcome, entry.reason = "skipped", "changes nothing: the same graph as none"
+        return None
+    try:
+        gate, batching = judge(path)
+    except PipelineError as exc:  # does not load, or cannot run on the samples
+        entry.reason = str(exc)
+        return None
+    entry.cosine, entry.top1_disagreement = gate.cosine, gate.top1_disagreement
+    entry.gate_passed, entry.batch_independent = gate.passed, batching.independent
+    if mode is Quantize.NONE:
+        baseline["independent"] = batching.independent
+    if not gate.passed:
+        entry.reason = f"fails the gate: {gate_figures(gate)}"
+        return None
+    if not batching.independent and baseline.get("independent"):
+        entry.reason = (
+            f"its rows depend on the batch, the unquantized model's do not ({batching.explain()})"
+        )
+        return None
+    entry.outcome = "passed"
+    return _Built(mode, path, entry, gate, batching)
 
 
 def _signature(path: Path) -> tuple[Any, ...]:

@@ -133,7 +133,9 @@ def _block_size_callback(value: int) -> int:
 
 def fit_termination_log(summary: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
     """The summary as compact JSON of at most `limit` bytes, dropping detail as needed:
-    per-output validation first, then tensor shapes, then the tensor lists."""
+    per-output validation first, then tensor shapes, then the tensor lists, then what
+    `auto` says of each candidate beyond its fate and figures (the status lists every
+    candidate: the list goes last)."""
     text = artifact.dumps_compact(summary)
     if len(text.encode()) <= limit:
         return text
@@ -146,7 +148,11 @@ def fit_termination_log(summary: dict[str, Any], limit: int = TERMINATION_LOG_LI
             inputs=[t["name"] for t in d["inputs"]], outputs=[t["name"] for t in d["outputs"]]
         ),
         lambda d: d.update(inputs=len(d["inputs"]), outputs=len(d["outputs"])),
-        lambda d: d.update(validation={"passed": validation.get("passed")}),
+        lambda d: validation.update(_brief_auto(validation)),
+        lambda d: d.update(
+            validation={"passed": validation.get("passed")}
+            | {k: {"chosen": v.get("chosen")} for k, v in _brief_auto(validation).items()}
+        ),
     ]
     for step in steps:
         text = artifact.dumps_compact(trimmed)
@@ -154,6 +160,19 @@ def fit_termination_log(summary: dict[str, Any], limit: int = TERMINATION_LOG_LI
             return text
         step(trimmed)
     return artifact.dumps_compact(trimmed)[:limit]
+
+
+_AUTO_BRIEF = ("quantize", "outcome", "sizeBytes", "latencyMs", "gatePassed", "batchIndependent")
+
+
+def _brief_auto(validation: dict[str, Any]) -> dict[str, Any]:
+    """{"auto": ...} with each candidate's fate and main figures only (no reasons, no
+    details); {} when the conversion was not `auto`."""
+    auto = validation.get("auto")
+    if not isinstance(auto, dict):
+        return {}
+    candidates = [{k: c.get(k) for k in _AUTO_BRIEF} for c in auto.get("candidates", [])]
+    return {"auto": {"chosen": auto.get("chosen"), "candidates": candidates}}
 
 
 #: Value checks that need the pipeline, attached to their flags by parameter name.

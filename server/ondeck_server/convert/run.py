@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,8 +72,8 @@ from ondeck_server.convert.validate import (
     check_calibration,
     evaluate,
     gate_figures,
-    gate_message,
     make_samples,
+    refuse,
     run_batched,
 )
 
@@ -368,7 +369,7 @@ def _convert(request: ConvertRequest, *, work: Path, events: Events) -> Outcome:
             with clock.stage("validate") as detail:
                 if chosen is None:
                     report, batching = gate.judge(model, request=request)
-                    gate.refuse_failed(report, request=request)
+                    refuse(report, gentler=_gentler(request))
                 else:
                     report, batching = chosen[1], chosen[2]
                 recorded = report.model_dump(mode="json", by_alias=True)
@@ -567,6 +568,9 @@ def _fetch_npz(
     fetched = fetch(uri, dest=dest, settings=request.fetch)
     bounds.check_zip(fetched.path, limit=request.max_unpacked_bytes, what=f"{flag} {uri}")
     try:
+        if not zipfile.is_zipfile(fetched.path):
+            # numpy would try it as a pickle and say "contains pickled (object) data".
+            raise ValueError("not a zip archive")
         with np.load(fetched.path, allow_pickle=False) as data:
             arrays = {key: np.asarray(data[key]) for key in data.files}
     except (ValueError, OSError, EOFError) as exc:
@@ -689,14 +693,6 @@ class _Gate:
         except Exception as exc:
             raise _run_failed(self.source, exc) from None
         return report, batch_check.check(model, self.samples)
-
-    @staticmethod
-    def refuse_failed(report: ValidationReport, *, request: ConvertRequest) -> None:
-        if not report.passed:
-            raise ValidationFailed(
-                gate_message(report, gentler=_gentler(request)),
-                details=report.model_dump(mode="json", by_alias=True),
-            )
 
 
 def _run_failed(sample_source: str, exc: Exception) -> ValidationFailed:

@@ -350,38 +350,14 @@ def evaluate(
     return report
 
 
-def validate(
-    *,
-    reference: Runner,
-    reference_name: str,
-    candidate: Runner,
-    output_names: list[str],
-    samples: Feeds,
-    sample_source: str,
-    thresholds: Thresholds,
-    batch: int = MAX_BATCH,
-    fixed_batch: bool = False,
-    gentler: str = GENTLER,
-) -> ValidationReport:
-    """Compare the two models; raise ValidationFailed (with the report) below the gate;
+def refuse(report: ValidationReport, *, gentler: str = GENTLER) -> None:
+    """Raise ValidationFailed (with the report) when `report` is below the gate;
     `gentler` is the advice its message gives."""
-    report = evaluate(
-        reference_outputs=run_batched(reference, samples, batch=batch, fixed=fixed_batch),
-        reference_name=reference_name,
-        candidate=candidate,
-        output_names=output_names,
-        samples=samples,
-        sample_source=sample_source,
-        thresholds=thresholds,
-        batch=batch,
-        fixed_batch=fixed_batch,
-    )
     if not report.passed:
         raise ValidationFailed(
             gate_message(report, gentler=gentler),
             details=report.model_dump(mode="json", by_alias=True),
         )
-    return report
 
 
 def gate_figures(report: ValidationReport) -> str:
