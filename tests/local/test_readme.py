@@ -75,3 +75,16 @@ def test_iris_runs_without_the_operator_and_pytorch_extras(tmp_path: Path) -> No
     finally:
         assert run.stop(signal.SIGINT) == 0
     assert not any("blocked by the test" in line for line in run.err)
+
+
+def test_readme_tour_names_the_crd_printer_columns() -> None:
+    """The tour's `kubectl get md` comment shows what kubectl prints: the CRD's columns."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"^kubectl get md\s+# (.+)$", readme, re.MULTILINE)
+    assert match, "README's tour lost its `kubectl get md` line"
+    crd = yaml.safe_load((ROOT / "crds" / "modeldeployments.ondeck.io.yaml").read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
+    columns = ["NAME"] + [c["name"].upper() for c in served["additionalPrinterColumns"]]
+    assert match.group(1).split() == columns
