@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def _artifact(store: Path, digest: str, created: str, refs: list[str]) -> Path:
     (folder / "manifest.json").write_text(json.dumps(_manifest(digest, created)))
     for name in refs:
         artifacts.point_ref(store, name, digest)
-    old = time.time() - 86400
+    old = NOW.timestamp() - 86400  # relative to the fixed clock, not today
     os.utime(folder, (old, old))
     return folder
 
