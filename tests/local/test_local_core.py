@@ -59,8 +59,8 @@ def test_embedded_default_is_the_iris_example() -> None:
         ),
         (
             MINIMAL + "  optimize: {quantize: int2}\n",
-            "spec.optimize.quantize: Input should be 'none', 'int8', 'int8-static', 'fp16' or "
-            "'int4'",
+            "spec.optimize.quantize: Input should be 'none', 'int8', 'int8-static', 'fp16', "
+            "'int4' or 'auto'",
         ),
         (
             MINIMAL.replace("{name: m}", "{name: Iris}"),
