@@ -5,7 +5,7 @@ native frames off) on it while `run.py`'s streaming clients drive it at each con
 and writes one collapsed-stack file per concurrency plus a summary of the hottest
 functions (self time and inclusive time, per thread).
 
-    .venv/bin/python bench/llm/profile.py --artifact ARTIFACT_DIR --folder MODEL_FOLDER
+    .venv/bin/python bench/llm/profile_server.py --artifact ARTIFACT_DIR --folder MODEL_FOLDER
 """
 
 from __future__ import annotations
