@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import _free_port, _stop, http_clients, serve  # noqa: E402
+from run import _free_port, _stop, http_clients, serve, token_counter  # noqa: E402
 
 
 def _summarise(collapsed: Path, top: int) -> dict[str, object]:
@@ -55,12 +55,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "profile")
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(args.folder))
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    count = token_counter(args.folder)
 
     args.out.mkdir(parents=True, exist_ok=True)
     port = _free_port()
