@@ -68,7 +68,10 @@ class ServeSettings(BaseModel):
         default=2.0,
         ge=0.0,
         le=1000.0,
-        description="longest a partly filled batch waits for requests already being received",
+        description=(
+            "longest a partly filled batch waits for requests already being received; "
+            "language models: for as many requests as were in flight during the last batch"
+        ),
     )
     threads: int | None = Field(
         default=None, ge=1, le=1024, description="onnxruntime intra-op threads; default: CPU quota"

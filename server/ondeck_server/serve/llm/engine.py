@@ -138,8 +138,18 @@ class EngineWorker:
         max_queue: int,
         threads: int | None,
         max_context: int | None = None,
+        batch_wait: float = 0.0,
+        batch_wait_share: float = 0.1,
     ) -> None:
         self.genai = genai
+        self.batch_wait = batch_wait
+        """longest (s) a new batch waits for the requests the last one suggests are coming"""
+        self.batch_wait_share = batch_wait_share
+        """...and at most this share of the last batch's duration"""
+        self._peak = 0
+        """most requests in flight (running + waiting) since the current batch began"""
+        self._batch_began = 0.0
+        self._last_batch_s = 0.0
         self.max_context = max_context
         """`--max-context-length`: caps the model's context (prompt + output tokens)"""
         self.max_batch = max_batch
@@ -251,11 +261,30 @@ class EngineWorker:
                 if self._stop and not self._active and not self._waiting:
                     return
                 fresh: list[Job] = []
-                while self._waiting and len(self._active) + len(fresh) < self.max_batch:
-                    fresh.append(self._waiting.popleft())
+                # a request cancelled while it waits (its client left) leaves now, not
+                # when the running batch ends
+                gone = [job for job in self._waiting if job.cancelled]
+                if gone:
+                    self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
+                if not self._active:
+                    # A batch boundary: the Engine (static batching) takes new requests
+                    # only now; anything admitted while a batch decodes waits for all of
+                    # it. So new requests wait in our deque during a batch, and a new batch
+                    # waits briefly for as many as were in flight during the last one
+                    # (closed-loop clients send their next request a round trip after
+                    # their last token): otherwise the first to come back starts a batch
+                    # alone and the rest wait for it to finish.
+                    self._gather()
+                    while self._waiting and len(fresh) < self.max_batch:
+                        fresh.append(self._waiting.popleft())
+                    self._peak = len(fresh) + len(self._waiting)
+                    if fresh:
+                        self._batch_began = time.monotonic()
                 if self._stop:
                     fresh += list(self._waiting)
                     self._waiting.clear()
+            for job in gone:
+                job._send(Finished("cancelled", 0, 0))
             for job in fresh:
                 if job.cancelled:
                     job._send(Finished("cancelled", 0, 0))
@@ -266,7 +295,25 @@ class EngineWorker:
                     job.done = True
                     job.request.cancel_turn(job.turn)
             if self._active:
+                self._peak = max(self._peak, len(self._active) + len(self._waiting))
                 self._step()
+                if not self._active:
+                    self._last_batch_s = time.monotonic() - self._batch_began
+
+    def _gather(self) -> None:
+        """With the lock held and no batch running: wait (bounded) until as many requests
+        wait as were in flight during the last batch, capped at `max_batch`. No wait when
+        the last batch had one request (a lone client pays no extra latency)."""
+        target = min(self.max_batch, self._peak)
+        if target <= 1 or not self._waiting:
+            return
+        window = min(self.batch_wait, self.batch_wait_share * self._last_batch_s)
+        deadline = time.monotonic() + window
+        while not self._stop and len(self._waiting) < target:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(left)
 
     def _admit(self, job: Job) -> None:
         og = self._og

@@ -58,6 +58,7 @@ def run(settings: ServeSettings) -> int:
         max_queue=settings.max_queue,
         threads=settings.threads or 1,
         max_context=settings.max_context_length,
+        batch_wait=settings.max_delay_ms / 1000,
     )
     metrics = LlmMetrics(name)
     metrics.watch(lambda: worker.running, lambda: worker.waiting)
