@@ -24,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import _free_port, _stop, http_clients, serve, token_counter  # noqa: E402
+from run import _free_port, _stop, http_clients, raw_og, serve, token_counter  # noqa: E402
 
 
 def _cpu_s(pid: int) -> float:
@@ -33,13 +33,21 @@ def _cpu_s(pid: int) -> float:
 
 
 def turn(
-    tree: Path, artifact: Path, concurrency: list[int], rounds: int, count: Any
+    tree: Path,
+    artifact: Path,
+    concurrency: list[int],
+    rounds: int,
+    count: Any,
+    *,
+    max_tokens: int = 64,
+    max_batch: int = 8,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     argv = [sys.executable, "-m", "ondeck_server", "serve", "--model", str(artifact),
-            "--threads", "1", "--max-batch-size", "8", "--name", "bench", "--host",
-            "127.0.0.1", "--port", str(port)]  # fmt: skip
+            "--threads", "1", "--max-batch-size", str(max_batch), "--name", "bench",
+            "--host", "127.0.0.1", "--port", str(port), *(extra or [])]  # fmt: skip
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(tree.resolve())
     try:
@@ -53,7 +61,7 @@ def turn(
     try:
         for c in concurrency:
             before = _cpu_s(proc.pid)
-            got = http_clients(f"{base}/v1/completions", "bench", c, 64, rounds, count)
+            got = http_clients(f"{base}/v1/completions", "bench", c, max_tokens, rounds, count)
             got["server_cpu_us_per_token"] = round(
                 1e6 * (_cpu_s(proc.pid) - before) / got["tokens"], 1
             )
@@ -73,22 +81,53 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", type=Path, default=HERE / "results" / "paired.json")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--raw", action="store_true", help="raw onnxruntime-genai turns too")
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], help="NAME=ARG: an extra serve argument"
+    )
     args = parser.parse_args()
     count = token_counter(args.folder)
 
     trees = dict(t.split("=", 1) for t in args.tree)
+    extra: dict[str, list[str]] = {}
+    for item in args.serve_arg:
+        name, arg = item.split("=", 1)
+        extra.setdefault(name, []).append(arg)
     turns: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    if args.raw:
+        turns["raw-og"] = []
     started = [round(x, 2) for x in os.getloadavg()]
     for _ in range(args.turns):
+        if args.raw:
+            raw: dict[str, Any] = {}
+            for c in args.concurrency:
+                raw[f"c={c}"] = raw_og(args.artifact, c, args.max_tokens, args.rounds)
+                raw[f"c={c}"]["server_cpu_us_per_token"] = None
+                raw[f"c={c}"]["load_average"] = round(os.getloadavg()[0], 2)
+            turns["raw-og"].append(raw)
+            print("raw-og", json.dumps(raw), flush=True)
         for name, tree in trees.items():
             turns[name].append(
-                turn(Path(tree), args.artifact, args.concurrency, args.rounds, count)
+                turn(
+                    Path(tree),
+                    args.artifact,
+                    args.concurrency,
+                    args.rounds,
+                    count,
+                    max_tokens=args.max_tokens,
+                    max_batch=args.max_batch_size,
+                    extra=extra.get(name),
+                )
             )
             print(name, json.dumps(turns[name][-1]), flush=True)
     medians = {
         name: {
             c: {
                 key: statistics.median(t[c][key] for t in runs)
+                if runs[0][c][key] is not None
+                else None
                 for key in ("ttft_p50_ms", "itl_ms", "tokens_per_s", "server_cpu_us_per_token")
             }
             for c in runs[0]
@@ -101,7 +140,9 @@ def main() -> None:
         "settings": {
             "rounds": args.rounds,
             "turns": args.turns,
-            "max_tokens": 64,
+            "max_tokens": args.max_tokens,
+            "max_batch_size": args.max_batch_size,
+            "serve_args": extra,
             "artifact": str(args.artifact),
         },
         "medians": medians,
