@@ -22,6 +22,7 @@ from ondeck_server.serve.llm.engine import (
     Sampling,
     _deliver,
 )
+from ondeck_server.serve.llm.server import LLM_MIN_BATCH_WAIT_S, llm_batch_wait
 
 BOUND_S = 120.0
 """no job here takes more than a fraction of this, even on a loaded machine"""
@@ -157,3 +158,9 @@ def test_a_request_cancelled_while_it_waits_leaves_before_the_batch_ends(
 
 async def _drain(job: Job) -> list[Event]:
     return job.drain(await asyncio.wait_for(job.events.get(), BOUND_S))
+
+
+def test_the_llm_batch_wait_is_off_at_zero_and_at_least_the_floor_otherwise() -> None:
+    assert llm_batch_wait(0.0) == 0.0
+    assert llm_batch_wait(2.0) == LLM_MIN_BATCH_WAIT_S
+    assert llm_batch_wait(200.0) == 0.2  # above the floor: --max-delay-ms itself

@@ -70,7 +70,8 @@ class ServeSettings(BaseModel):
         le=1000.0,
         description=(
             "longest a partly filled batch waits for requests already being received; "
-            "language models: for as many requests as were in flight during the last batch"
+            "language models: for as many requests as were in flight during the last batch, "
+            "at least 50 ms but at most 10 % of the last batch's duration; 0 turns it off"
         ),
     )
     threads: int | None = Field(
