@@ -42,8 +42,9 @@ def main() -> None:
         ids = tokenizer(body.prompt, return_tensors="pt")
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
         kwargs = {**ids, "max_new_tokens": body.max_tokens, "do_sample": False}
+        out: list[Any] = []
         thread = threading.Thread(
-            target=lambda: model.generate(**kwargs, streamer=streamer), daemon=True
+            target=lambda: out.append(model.generate(**kwargs, streamer=streamer)), daemon=True
         )
         thread.start()
 
@@ -51,7 +52,11 @@ def main() -> None:
             for text in streamer:
                 if text:
                     yield "data: " + json.dumps({"choices": [{"text": text}]}) + "\n\n"
-            yield "data: [DONE]\n\n"
+            thread.join()
+            # the token count, as an OpenAI server's final usage chunk gives it
+            new = int(out[0].shape[1] - ids["input_ids"].shape[1]) if out else 0
+            yield "data: " + json.dumps({"choices": [], "usage": {"completion_tokens": new}})
+            yield "\n\ndata: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

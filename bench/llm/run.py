@@ -3,9 +3,10 @@
 One run, one model, 1 intra-op thread everywhere: raw onnxruntime-genai in process (the
 limit), ondeck over HTTP (`ondeck-server serve`, streaming /v1/completions) and a naive
 transformers + FastAPI server (naive_transformers.py, fp32 PyTorch on the same folder).
-Greedy, `--max-tokens` new tokens per request, at concurrency 1, 4 and 8; reports time
-to first token (p50/p90), inter-token latency (mean gap between a request's first and
-last token), aggregate tokens/s, the machine's cores and load average.
+Greedy, `--max-tokens` new tokens per request, at concurrency 1, 8 and 16
+(`--concurrency`); reports time to first token (p50/p90), inter-token latency (mean gap
+between a request's first and last token), aggregate tokens/s, the machine's cores and
+load average.
 
     .venv/bin/python bench/llm/run.py --folder MODEL_FOLDER [--quantize int4] [--out DIR]
 
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "The for statement is used to iterate over the elements of a sequence"
-CONCURRENCY = (1, 4, 8)
+CONCURRENCY = (1, 8, 16)
+SERVERS = ("raw", "ondeck", "naive")
 
 
 def _free_port() -> int:
@@ -104,40 +107,29 @@ def raw_og(artifact: Path, concurrency: int, max_tokens: int, rounds: int) -> di
 def http_clients(
     url: str, model: str, concurrency: int, max_tokens: int, rounds: int, count: Any
 ) -> dict[str, Any]:
-    """`concurrency` clients, each sending `rounds` streaming requests back to back."""
-    ttft: list[float] = []
-    itl: list[float] = []
-    tokens = [0]
+    """`concurrency` clients, each sending `rounds` streaming requests back to back.
+
+    The clients only stamp and keep what each read returns; the SSE parsing and token
+    counting happen after the clock stops, so the clients' own Python (on the same two
+    cores and, within this process, one GIL) costs the servers as little as it can."""
+    reads: list[tuple[float, list[tuple[float, bytes]]]] = []
     lock = threading.Lock()
     body = {
         "model": model, "prompt": PROMPT, "max_tokens": max_tokens,
-        "temperature": 0.0, "stream": True,
+        "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
 
     def client() -> None:
         with httpx.Client(timeout=300) as http:
             for _ in range(rounds):
                 start = time.perf_counter()
-                first = last = None
-                text = ""
+                got: list[tuple[float, bytes]] = []
                 with http.stream("POST", url, json=body) as response:
                     response.raise_for_status()
-                    for line in response.iter_lines():
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        chunk = json.loads(line[6:])
-                        piece = (chunk.get("choices") or [{}])[0].get("text") or ""
-                        if piece:
-                            last = time.perf_counter()
-                            first = first or last
-                            text += piece
-                n = count(text)
+                    for data in response.iter_raw():
+                        got.append((time.perf_counter(), data))
                 with lock:
-                    if first is not None and last is not None:
-                        ttft.append(first - start)
-                        if n > 1:
-                            itl.append((last - first) / (n - 1))
-                    tokens[0] += n
+                    reads.append((start, got))
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     start = time.perf_counter()
@@ -145,7 +137,50 @@ def http_clients(
         t.start()
     for t in threads:
         t.join(timeout=600)
-    return _summary(ttft, itl, tokens[0], time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    ttft: list[float] = []
+    itl: list[float] = []
+    tokens = 0
+    for began, got in reads:
+        first = last = None
+        usage: int | None = None
+        text = ""
+        buffer = b""
+        for stamp, data in got:
+            buffer += data
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                    continue
+                chunk = json.loads(event[6:])
+                if chunk.get("usage"):
+                    usage = int(chunk["usage"]["completion_tokens"])
+                piece = (chunk.get("choices") or [{}])[0].get("text") or ""
+                if piece:
+                    last = stamp
+                    first = first or stamp
+                    text += piece
+        # the server's own count when it sends one (re-tokenizing the text merges
+        # tokens of a random-weight model's output), else the text re-tokenized
+        n = usage if usage is not None else count(text)
+        if first is not None and last is not None:
+            ttft.append(first - began)
+            if n > 1:
+                itl.append((last - first) / (n - 1))
+        tokens += n
+    return _summary(ttft, itl, tokens, wall)
+
+
+def token_counter(folder: Path) -> Callable[[str], int]:
+    """Tokens in a streamed text, counted with the model folder's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
@@ -185,13 +220,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument("--max-batch-size", type=int, default=16, help="ondeck's")
+    parser.add_argument(
+        "--artifact", type=Path, help="an artifact already converted with --quantize"
+    )
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(args.folder))
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    count = token_counter(args.folder)
 
     results: dict[str, Any] = {
         "machine": {
@@ -206,28 +242,33 @@ def main() -> None:
             "threads": 1,
             "quantize": args.quantize,
             "folder": str(args.folder),
+            "max_batch_size": args.max_batch_size,
         },
         "runs": {},
     }
     with tempfile.TemporaryDirectory() as scratch:
-        artifact = convert(args.folder, Path(scratch) / "store", args.quantize)
+        artifact = args.artifact or convert(args.folder, Path(scratch) / "store", args.quantize)
+        results["settings"]["artifact"] = str(artifact)
         runs = results["runs"]
-        for c in CONCURRENCY:
-            runs[f"raw-og c={c}"] = raw_og(artifact, c, args.max_tokens, args.rounds)
-            print(f"raw-og c={c}", runs[f"raw-og c={c}"], flush=True)
+        if "raw" in args.servers:
+            for c in args.concurrency:
+                runs[f"raw-og c={c}"] = raw_og(artifact, c, args.max_tokens, args.rounds)
+                print(f"raw-og c={c}", runs[f"raw-og c={c}"], flush=True)
         ondeck = [sys.executable, "-m", "ondeck_server", "serve", "--model", str(artifact),
-                  "--threads", "1", "--max-batch-size", "8", "--name", "bench", "--host",
-                  "127.0.0.1", "--port"]  # fmt: skip
+                  "--threads", "1", "--max-batch-size", str(args.max_batch_size), "--name",
+                  "bench", "--host", "127.0.0.1", "--port"]  # fmt: skip
         naive = [sys.executable, str(HERE / "naive_transformers.py"), str(args.folder)]
         for name, argv, ready in (
             ("ondeck", ondeck, "/v2/health/ready"),
             ("naive", naive, "/docs"),
         ):
+            if name not in args.servers:
+                continue
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
             proc = serve([*argv, str(port)], base + ready)
             try:
-                for c in CONCURRENCY:
+                for c in args.concurrency:
                     got = http_clients(
                         f"{base}/v1/completions", "bench", c, args.max_tokens, args.rounds, count
                     )

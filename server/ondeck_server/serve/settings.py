@@ -68,7 +68,11 @@ class ServeSettings(BaseModel):
         default=2.0,
         ge=0.0,
         le=1000.0,
-        description="longest a partly filled batch waits for requests already being received",
+        description=(
+            "longest a partly filled batch waits for requests already being received; "
+            "language models: for as many requests as were in flight during the last batch, "
+            "at least 50 ms but at most 10 % of the last batch's duration; 0 turns it off"
+        ),
     )
     threads: int | None = Field(
         default=None, ge=1, le=1024, description="onnxruntime intra-op threads; default: CPU quota"

@@ -42,6 +42,8 @@ from ondeck_server.serve.llm.metrics import LlmMetrics
 from ondeck_server.serve.llm.stops import StopScanner
 
 RETRY_AFTER_S = "1"
+_MARK = "\ue000ondeck-text\ue000"
+"""stands for the text in the SSE chunk template"""
 
 
 @dataclass
@@ -266,49 +268,60 @@ class _Run:
         self.usage: dict[str, int] = {}
         self.finish_reason = "stop"
         self.completed = False
+        # Every text chunk is the same JSON but for the text: encode it once with a marker
+        # and splice each piece's JSON string in (bytes equal to encoding the whole dict);
+        # the text is the template's last string, after the id and the model's name.
+        head, _, tail = self._chunk(_MARK, None).rpartition(json.dumps(_MARK).encode())
+        self._text_head, self._text_tail = head, tail
 
     async def pieces(self) -> AsyncIterator[str]:
-        """The text as it comes; sets usage and finish_reason at the end."""
+        """The text as it comes (pieces that queued up while the loop was busy come as
+        one); sets usage and finish_reason at the end."""
         metrics = self.state.metrics
         last: float | None = None
         stopped = False
         while True:
-            event = await self.job.events.get()
-            now = time.monotonic()
-            if isinstance(event, Piece):
-                if last is None:
-                    metrics.ttft.observe(now - self.job.submitted_at)
-                    if self.job.started_at is not None:
-                        metrics.queue_time.observe(self.job.started_at - self.job.submitted_at)
-                else:
-                    metrics.itl.observe(now - last)
-                last = now
-                if stopped:
-                    continue
-                text, stopped = self.scanner.feed(event.text)
-                if text:
-                    yield text
-                if stopped:
-                    self.job.cancel()
-                    self.state.worker.wake()
-            elif isinstance(event, Finished):
-                self.completed = True
-                if not stopped:
-                    tail = self.scanner.flush()
-                    if tail:
-                        yield tail
-                if event.reason == "error":
-                    raise ApiError(500, f"generation failed: {event.message}", kind="server_error")
-                self.finish_reason = "stop" if stopped or event.reason != "length" else "length"
-                self.usage = {
-                    "prompt_tokens": event.prompt_tokens,
-                    "completion_tokens": event.completion_tokens,
-                    "total_tokens": event.prompt_tokens + event.completion_tokens,
-                }
-                metrics.generation_tokens.inc(event.completion_tokens)
-                metrics.e2e.observe(now - self.job.submitted_at)
-                metrics.finished(self.finish_reason)
-                return
+            for event in self.job.drain(await self.job.events.get()):
+                if isinstance(event, Piece):
+                    # engine-side stamps: what the engine did, not when this loop got to it
+                    for at in event.tokens:
+                        if last is None:
+                            metrics.ttft.observe(at - self.job.submitted_at)
+                            if self.job.started_at is not None:
+                                metrics.queue_time.observe(
+                                    self.job.started_at - self.job.submitted_at
+                                )
+                        else:
+                            metrics.itl.observe(at - last)
+                        last = at
+                    if stopped:
+                        continue
+                    text, stopped = self.scanner.feed(event.text)
+                    if text:
+                        yield text
+                    if stopped:
+                        self.job.cancel()
+                        self.state.worker.wake()
+                elif isinstance(event, Finished):
+                    self.completed = True
+                    if not stopped:
+                        tail = self.scanner.flush()
+                        if tail:
+                            yield tail
+                    if event.reason == "error":
+                        raise ApiError(
+                            500, f"generation failed: {event.message}", kind="server_error"
+                        )
+                    self.finish_reason = "stop" if stopped or event.reason != "length" else "length"
+                    self.usage = {
+                        "prompt_tokens": event.prompt_tokens,
+                        "completion_tokens": event.completion_tokens,
+                        "total_tokens": event.prompt_tokens + event.completion_tokens,
+                    }
+                    metrics.generation_tokens.inc(event.completion_tokens)
+                    metrics.e2e.observe(time.monotonic() - self.job.submitted_at)
+                    metrics.finished(self.finish_reason)
+                    return
 
     async def collect(self) -> dict[str, Any]:
         text = "".join([piece async for piece in self.pieces()])
@@ -361,12 +374,16 @@ class _Run:
             data["usage"] = None
         return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
+    def text_chunk(self, piece: str) -> bytes:
+        """`_chunk(piece, None)`, without building and encoding the whole dict."""
+        return self._text_head + json.dumps(piece).encode() + self._text_tail
+
     async def sse(self) -> AsyncIterator[bytes]:
         if self.chat:
             yield self._chunk("", None, role=True)
         try:
             async for piece in self.pieces():
-                yield self._chunk(piece, None)
+                yield self.text_chunk(piece)
         except ApiError as exc:
             yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"

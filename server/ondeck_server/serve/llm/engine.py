@@ -8,6 +8,11 @@ through its own asyncio queue (`call_soon_threadsafe`), so every client gets exa
 its own tokens. At most `max_batch` jobs decode together; the others wait in order.
 A cancelled job (client gone, stop string seen, drain deadline) is cancelled in the
 engine on the worker's next step, which frees its slot.
+
+A decode step of a small model costs well under a millisecond, so the handoff is built to
+cost less than that: each step's events for all its jobs cross to the event loop in ONE
+`call_soon_threadsafe` (one wake-up of the loop, not one per token), and a reader that
+finds several pieces waiting takes them together (`Job.drain`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Rejected:
 @dataclass
 class Piece:
     text: str
+    tokens: list[float]
+    """when each token in `text` came out of the engine (monotonic s), for TTFT/ITL"""
 
 
 @dataclass
@@ -87,6 +94,8 @@ class Job:
     turn: int = 0
     stream: Any = None
     done: bool = False
+    pending: list[float] = field(default_factory=list)
+    """stamps of tokens the detokenizer holds back (part of a UTF-8 character)"""
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -95,6 +104,25 @@ class Job:
         # RuntimeError: the loop is closed, nobody is listening any more
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def drain(self, first: Event) -> list[Event]:
+        """`first` and every event already waiting, consecutive pieces merged into one
+        (the loop was behind the engine: the client gets them in one chunk)."""
+        out = [first]
+        while not self.events.empty():
+            event = self.events.get_nowait()
+            last = out[-1]
+            if isinstance(event, Piece) and isinstance(last, Piece):
+                out[-1] = Piece(last.text + event.text, last.tokens + event.tokens)
+            else:
+                out.append(event)
+        return out
+
+
+def _deliver(batch: list[tuple[Job, Event]]) -> None:
+    """On the event loop: one step's events, in the engine's order."""
+    for job, event in batch:
+        job.events.put_nowait(event)
 
 
 class QueueFull(Exception):
@@ -110,8 +138,18 @@ class EngineWorker:
         max_queue: int,
         threads: int | None,
         max_context: int | None = None,
+        batch_wait: float = 0.0,
+        batch_wait_share: float = 0.1,
     ) -> None:
         self.genai = genai
+        self.batch_wait = batch_wait
+        """longest (s) a new batch waits for the requests the last one suggests are coming"""
+        self.batch_wait_share = batch_wait_share
+        """...and at most this share of the last batch's duration"""
+        self._peak = 0
+        """most requests in flight (running + waiting) since the current batch began"""
+        self._batch_began = 0.0
+        self._last_batch_s = 0.0
         self.max_context = max_context
         """`--max-context-length`: caps the model's context (prompt + output tokens)"""
         self.max_batch = max_batch
@@ -125,8 +163,6 @@ class EngineWorker:
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._main, name="ondeck-llm-engine", daemon=True)
-        self.on_token: Any = None
-        """callback(job, now) for metrics, called on the worker thread"""
 
     # ------------------------------------------------------------ event-loop side
 
@@ -225,11 +261,30 @@ class EngineWorker:
                 if self._stop and not self._active and not self._waiting:
                     return
                 fresh: list[Job] = []
-                while self._waiting and len(self._active) + len(fresh) < self.max_batch:
-                    fresh.append(self._waiting.popleft())
+                # a request cancelled while it waits (its client left) leaves now, not
+                # when the running batch ends
+                gone = [job for job in self._waiting if job.cancelled]
+                if gone:
+                    self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
+                if not self._active:
+                    # A batch boundary: the Engine (static batching) takes new requests
+                    # only now; anything admitted while a batch decodes waits for all of
+                    # it. So new requests wait in our deque during a batch, and a new batch
+                    # waits briefly for as many as were in flight during the last one
+                    # (closed-loop clients send their next request a round trip after
+                    # their last token): otherwise the first to come back starts a batch
+                    # alone and the rest wait for it to finish.
+                    self._gather()
+                    while self._waiting and len(fresh) < self.max_batch:
+                        fresh.append(self._waiting.popleft())
+                    self._peak = len(fresh) + len(self._waiting)
+                    if fresh:
+                        self._batch_began = time.monotonic()
                 if self._stop:
                     fresh += list(self._waiting)
                     self._waiting.clear()
+            for job in gone:
+                job._send(Finished("cancelled", 0, 0))
             for job in fresh:
                 if job.cancelled:
                     job._send(Finished("cancelled", 0, 0))
@@ -240,7 +295,25 @@ class EngineWorker:
                     job.done = True
                     job.request.cancel_turn(job.turn)
             if self._active:
+                self._peak = max(self._peak, len(self._active) + len(self._waiting))
                 self._step()
+                if not self._active:
+                    self._last_batch_s = time.monotonic() - self._batch_began
+
+    def _gather(self) -> None:
+        """With the lock held and no batch running: wait (bounded) until as many requests
+        wait as were in flight during the last batch, capped at `max_batch`. No wait when
+        the last batch had one request (a lone client pays no extra latency)."""
+        target = min(self.max_batch, self._peak)
+        if target <= 1 or not self._waiting:
+            return
+        window = min(self.batch_wait, self.batch_wait_share * self._last_batch_s)
+        deadline = time.monotonic() + window
+        while not self._stop and len(self._waiting) < target:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(left)
 
     def _admit(self, job: Job) -> None:
         og = self._og
@@ -307,33 +380,45 @@ class EngineWorker:
         failed_flag = int(og.EngineEventFlags.FAILED.value)
         events = self._engine.run(self._buffer)
         now = time.monotonic()
+        out: dict[Any, list[tuple[Job, Event]]] = {}
         for event in events:
             job = self._active.get(id(event.request))
             if job is None:
                 continue
+            batch = out.get(job.loop)
+            if batch is None:
+                batch = out[job.loop] = []
             flags = int(event.flags)
             if flags & token_flag:
                 token = int(event.token)
                 if token not in self._eos:
                     job.generated += 1
+                    job.pending.append(now)
                     text = job.stream.decode(token)
-                    if self.on_token is not None:
-                        self.on_token(job, now)
                     if text:
-                        job._send(Piece(text))
+                        batch.append((job, Piece(text, job.pending)))
+                        job.pending = []
             if flags & (finished_flag | failed_flag):
                 reason = _reason(og, event, failed=bool(flags & failed_flag))
                 self._active.pop(id(event.request), None)
                 job.done = True
                 job.request.close()
-                job._send(
-                    Finished(
-                        reason,
-                        job.prompt_tokens,
-                        job.generated,
-                        str(event.error_code) if reason == "error" else "",
+                batch.append(
+                    (
+                        job,
+                        Finished(
+                            reason,
+                            job.prompt_tokens,
+                            job.generated,
+                            str(event.error_code) if reason == "error" else "",
+                        ),
                     )
                 )
+        for loop, batch in out.items():
+            if batch:
+                # RuntimeError: the loop is closed, nobody is listening any more
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_deliver, batch)
 
 
 def _reason(og: Any, event: Any, *, failed: bool) -> str:
