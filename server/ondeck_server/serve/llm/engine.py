@@ -1,5 +1,5 @@
-"""Continuous batching: ONE onnxruntime-genai Engine, owned by ONE thread, fed from a
-bounded queue.
+"""Batching at batch boundaries (on CPU the Engine batches statically): ONE
+onnxruntime-genai Engine, owned by ONE thread, fed from a bounded queue.
 
 Every onnxruntime-genai call (loading, tokenizing, `Engine.run`, cancelling, closing)
 happens on the worker thread. The event loop talks to it through `submit` (a job into
