@@ -114,6 +114,18 @@ def external_data_locations(path: Path) -> list[str]:
     return found
 
 
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of `model` points to an external data file."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return any(uses_external_data(tensor) for tensor in _get_all_tensors(model))
+
+
+def has_external_data_file(path: Path) -> bool:
+    """Whether the model at `path` keeps tensors in external data files (graph read only)."""
+    return bool(external_data_locations(path))
+
+
 def model_files(path: Path) -> list[Path]:
     """`path` and the external data files it refers to."""
     return [path, *(path.parent / loc for loc in external_data_locations(path))]
