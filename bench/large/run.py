@@ -32,12 +32,14 @@ GIB = 1 << 30
 HIDDEN = 8192
 
 
-def build(path: Path, gib: float) -> int:
-    """An MLP input[-1, HIDDEN] -> HIDDEN -> ... -> 16 with ~gib GiB of float32 weights,
+def build(path: Path, gib: float, hidden: int = HIDDEN) -> int:
+    """An MLP input[-1, hidden] -> hidden -> ... -> 16 with ~gib GiB of float32 weights,
     saved with external data; returns the bytes of weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    global HIDDEN
+    HIDDEN = hidden
     layer_bytes = HIDDEN * HIDDEN * 4
     layers = max(1, round(gib * GIB / layer_bytes))
     rng = np.random.default_rng(0)
@@ -146,6 +148,9 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=2.2)
     parser.add_argument("--modes", default="none,int8")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--hidden", type=int, default=HIDDEN, help="layer width (8192: 256 MiB per layer)"
+    )
     parser.add_argument("--work", type=Path)
     parser.add_argument(
         "--max-top1-disagreement",
@@ -159,7 +164,7 @@ def main() -> int:
     model = work / "src" / "large.onnx"
     model.parent.mkdir(exist_ok=True)
     t = time.perf_counter()
-    weights = build(model, args.gib)
+    weights = build(model, args.gib, args.hidden)
     build_s = time.perf_counter() - t
     files = sum(p.stat().st_size for p in model.parent.iterdir())
     lines = [
