@@ -157,6 +157,7 @@ def main() -> int:
         default="0.01",
         help="the gate's top-1 bound (a random deep MLP has near-tied logits)",
     )
+    parser.add_argument("--min-cosine", default="0.99", help="the gate's cosine bound")
     args = parser.parse_args()
     server = str(Path(sys.executable).parent / "ondeck-server")
     work = args.work or Path(tempfile.mkdtemp(prefix="ondeck-large-"))
@@ -174,7 +175,8 @@ def main() -> int:
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start; model: MLP "
         f"{HIDDEN}-wide, {weights / GIB:.2f} GiB of FP32 weights in external data "
         f"({files / GIB:.2f} GiB on disk), built in {build_s:.0f} s; gate: 16 generated "
-        f"samples, top-1 disagreement <= {args.max_top1_disagreement}.",
+        f"samples, top-1 disagreement <= {args.max_top1_disagreement}, cosine >= "
+        f"{args.min_cosine}.",
         "",
         "| step | wall s | peak RSS GiB | RSS / model | result |",
         "|---|---|---|---|---|",
@@ -185,7 +187,8 @@ def main() -> int:
         wall, rss, done = run_step(
             [server, "convert", "--source", str(model), "--store", str(store), "--quantize",
              mode, "--validation-samples", "16", "--ref", "large",
-             "--max-top1-disagreement", args.max_top1_disagreement]
+             "--max-top1-disagreement", args.max_top1_disagreement,
+             "--min-cosine", args.min_cosine]
         )  # fmt: skip
         if done.returncode != 0:
             failed = True

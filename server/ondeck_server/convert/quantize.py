@@ -504,10 +504,20 @@ def int4_candidates(model: Any, *, block_size: int) -> tuple[list[str], dict[str
 
 
 def _int4(src: Path, out: Path, *, settings: Int4Settings) -> str:
+    """int4 with onnxruntime's MatMulNBitsQuantizer. A model with external data and no
+    Gemm is loaded without its weights and quantized in its own folder: the quantizer
+    reads each weight from the data file (onnx_ir maps it) when it packs it, so the FP32
+    weights are never all in memory (bench/large)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
-    model = onnx.load_model(str(src))
-    gemm_to_matmul(model)
+    model = onnx.load_model(str(src), load_external_data=False)
+    from_disk = onnx_tools.has_external_data(model) and not any(
+        node.op_type == "Gemm" for node in model.graph.node
+    )
+    if not from_disk:
+        load_external_data_for_model(model, str(src.parent))
+        gemm_to_matmul(model)
     chosen, skipped = int4_candidates(model, block_size=settings.block_size)
     left_out = sum(len(names) for names in skipped.values())
     reasons = ", ".join(f"{len(names)} {why}" for why, names in skipped.items())
@@ -528,8 +538,13 @@ def _int4(src: Path, out: Path, *, settings: Int4Settings) -> str:
         nodes_to_exclude=[name for names in skipped.values() for name in names],
         op_types_to_quantize=("MatMul",),
     )
-    quantizer.process()
-    quantized = quantizer.model.model
+    del model
+    with contextlib.chdir(src.parent) if from_disk else contextlib.nullcontext():
+        quantizer.process()
+        quantized = quantizer.model.model
+        del quantizer
+        if from_disk:  # what stayed FP32 goes into the artifact's own files
+            load_external_data_for_model(quantized, str(src.parent))
     done = sum(n.op_type == "MatMulNBits" for n in quantized.graph.node)
     onnx_tools.save(quantized, out)
     left = f"; {left_out} left in FP32 ({reasons})" if left_out else ""
