@@ -109,6 +109,13 @@ def main() -> int:
     for module, attr in [
         ("ondeck_server.convert.convert_onnx", "convert_onnx"),
         ("ondeck_server.convert.run", "optimize"),
+        ("ondeck_server.convert.run", "fetch"),
+        ("ondeck_server.convert.run", "_fetch_external_data"),
+        ("ondeck_server.convert.bounds", "check_tensor_sizes"),
+        ("ondeck_server.convert.run", "_check_loads"),
+        ("ondeck_server.convert.batch_check", "check"),
+        ("ondeck_server.convert.store", "finish_files"),
+        ("ondeck_server.convert.store", "clean_stale"),
         ("ondeck_server.convert.run", "quantize"),
         ("ondeck_server.convert.run", "_Gate.prepare"),
         ("ondeck_server.convert.run", "_Gate.judge"),

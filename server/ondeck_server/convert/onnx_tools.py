@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 # protobuf cannot serialize a message of 2 GiB or more; stay well below it.
 LARGE_BYTES = 1_800_000_000
+# From this size the optimized work model keeps its weights in external data (see
+# convert.optimize): quantizing it then reads them from disk, whatever the model's size.
+WORK_EXTERNAL_BYTES = 64 << 20
 EXTERNAL_DATA_SUFFIX = ".data"
 
 Feeds = dict[str, np.ndarray]
