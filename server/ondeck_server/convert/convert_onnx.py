@@ -8,12 +8,18 @@ does not optimize or quantize.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ondeck_server.convert import onnx_tools
+from ondeck_server.convert import onnx_tools, store
 from ondeck_server.convert.converted import Converted
 from ondeck_server.convert.errors import ConversionFailed, UnsafeModel, UnsupportedFormat
 from ondeck_server.convert.inputs_spec import DType, InputSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 _DTYPE_OF_V2 = {d.v2: d for d in DType}
 
@@ -57,8 +63,7 @@ def convert_onnx(path: Path, *, out: Path) -> Converted:
             onnx.checker.check_model(str(path), full_check=False)
             inferred = out.with_name(out.stem + ".inferred.onnx")
             onnx.shape_inference.infer_shapes_path(str(path), str(inferred), check_type=True)
-            model = onnx.load_model(str(inferred))
-            inferred.unlink()
+            model = _load_written(inferred)
         else:
             onnx.checker.check_model(model, full_check=False)
             model = onnx.shape_inference.infer_shapes(model, check_type=True)
@@ -77,6 +82,22 @@ def convert_onnx(path: Path, *, out: Path) -> Converted:
         )
     specs = [InputSpec(name=t.name, dtype=_DTYPE_OF_V2[t.datatype], shape=t.shape) for t in inputs]
     return Converted(onnx_path=out, inputs=specs, reference=None, reference_name="onnx-fp32")
+
+
+def _load_written(path: Path) -> onnx.ModelProto:
+    """Load (and remove) a model onnx's C++ just wrote. It does not report a failed
+    write: a full disk shows as a truncated file, told here as the OSError it was."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load_model(str(path))
+    except DecodeError:
+        if store.nearly_full(path.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _first_line(exc: BaseException) -> str:
