@@ -2,7 +2,7 @@
 it writes a few-hundred-MB artifact, locally and in the middle of an S3 multipart
 upload, leaves nothing that can be served, and the rerun completes; and a model past
 protobuf's 2 GiB limit goes through int4 conversion, the gate, the store and the server
-(opt-in: ONDECK_TEST_LARGE=1, see test_over_2_gib_int4_through_every_stage)."""
+(160 s and ~7 GiB of disk: see test_over_2_gib_int4_through_every_stage)."""
 
 from __future__ import annotations
 
@@ -185,29 +185,33 @@ def test_killed_in_the_middle_of_an_s3_upload_then_rerun(
 
 #: 9 layers 8192 x 8192 and the head: 2.25 GiB of FP32 weights, past protobuf's 2 GiB.
 BIG_WIDTH, BIG_LAYERS = 8192, 9
-LARGE_OPT_IN = "ONDECK_TEST_LARGE"
+#: Free disk the test needs: the source (2.25 GiB), the conversion's FP32 and optimized
+#: work copies (4.5 GiB) and the artifact (0.3 GiB), with room to spare.
+LARGE_DISK_BYTES = 9 << 30
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.skipif(
-    os.environ.get(LARGE_OPT_IN) != "1",
-    reason=f"a 2.25 GiB model: ~9 GB of disk and minutes of CPU (docs/conversion.md, "
-    f"'Models over 2 GiB'); set {LARGE_OPT_IN}=1 to run it",
-)
+@pytest.mark.timeout(600)
 def test_over_2_gib_int4_through_every_stage(tmp_path: Path) -> None:
     """A model past protobuf's 2 GiB limit (2.25 GiB of FP32 weights in external data,
     built layer by layer with numpy) through the real CLI: convert with int4 (fetch,
     check, optimize, quantize, gate, batch check, publish), then `serve` and one request
     whose answer is the artifact's own and close to the numpy oracle's.
 
-    Cost, measured on the 2-core CI machine at load average ~6 (bench/large/RESULTS.md):
-    see docs/conversion.md for the figures; disk: the source (2.25 GiB), the conversion's
-    work copies (fp32 and optimized, 4.5 GiB, removed at the end) and the artifact
-    (0.3 GiB). The gate's bounds are loosened (cosine 0.9, top-1 disagreement 0.5):
-    random 8192-wide weights through nine ReLU layers are the worst case for 4-bit
-    weights (mean cosine 0.965 to FP32, 0.92 at worst, near-tied logits), which says
-    nothing of a real model's."""
+    Cost, measured on the 2-core CI machine at load average 5-10: 160 s in all (the
+    conversion 53 s, peaking at 2.61 GiB RSS = 1.16x the weights), about 7 GiB of disk at
+    the peak (the source, the conversion's two work copies, the artifact), all under
+    tmp_path; skipped with less than 9 GiB free. int8 is left out: at this size its
+    conversion alone took 294 s (its gate runs the int8 MatMuls, slow on this CPU), past
+    this test's budget of 6 minutes; bench/large measures it. The gate's bounds are
+    loosened (cosine 0.9, top-1 disagreement 0.5): random 8192-wide weights through nine
+    ReLU layers are the worst case for 4-bit weights (mean cosine 0.965 to FP32, 0.92 at
+    worst, near-tied logits), which says nothing of a real model's."""
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    if free < LARGE_DISK_BYTES:
+        pytest.skip(f"needs 9 GiB of free disk under {tmp_path} for a 2.25 GiB model: {free} B")
     import resource
 
     import onnxruntime as ort
