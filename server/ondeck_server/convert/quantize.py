@@ -34,7 +34,7 @@ quantizer's) runs on the graph alone, the weights staying on disk; onnxruntime's
 `ONNXQuantizer` reads each weight from the data file when it quantizes it. The plain
 `quantize_dynamic` held four copies: the caller's, its own, the deep copy and the reload
 its shape inference makes: the conversion peaked at 5.35x the weights at 2.25 GiB,
-2.08x now (and int4 1.16x), the FP32 stages before quantization being the peak.
+1.82x now (int4 1.16x).
 """
 
 from __future__ import annotations
