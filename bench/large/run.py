@@ -32,12 +32,14 @@ GIB = 1 << 30
 HIDDEN = 8192
 
 
-def build(path: Path, gib: float) -> int:
-    """An MLP input[-1, HIDDEN] -> HIDDEN -> ... -> 16 with ~gib GiB of float32 weights,
+def build(path: Path, gib: float, hidden: int = HIDDEN) -> int:
+    """An MLP input[-1, hidden] -> hidden -> ... -> 16 with ~gib GiB of float32 weights,
     saved with external data; returns the bytes of weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    global HIDDEN
+    HIDDEN = hidden
     layer_bytes = HIDDEN * HIDDEN * 4
     layers = max(1, round(gib * GIB / layer_bytes))
     rng = np.random.default_rng(0)
@@ -146,12 +148,16 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=2.2)
     parser.add_argument("--modes", default="none,int8")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--hidden", type=int, default=HIDDEN, help="layer width (8192: 256 MiB per layer)"
+    )
     parser.add_argument("--work", type=Path)
     parser.add_argument(
         "--max-top1-disagreement",
         default="0.01",
         help="the gate's top-1 bound (a random deep MLP has near-tied logits)",
     )
+    parser.add_argument("--min-cosine", default="0.99", help="the gate's cosine bound")
     args = parser.parse_args()
     server = str(Path(sys.executable).parent / "ondeck-server")
     work = args.work or Path(tempfile.mkdtemp(prefix="ondeck-large-"))
@@ -159,7 +165,7 @@ def main() -> int:
     model = work / "src" / "large.onnx"
     model.parent.mkdir(exist_ok=True)
     t = time.perf_counter()
-    weights = build(model, args.gib)
+    weights = build(model, args.gib, args.hidden)
     build_s = time.perf_counter() - t
     files = sum(p.stat().st_size for p in model.parent.iterdir())
     lines = [
@@ -169,7 +175,8 @@ def main() -> int:
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the start; model: MLP "
         f"{HIDDEN}-wide, {weights / GIB:.2f} GiB of FP32 weights in external data "
         f"({files / GIB:.2f} GiB on disk), built in {build_s:.0f} s; gate: 16 generated "
-        f"samples, top-1 disagreement <= {args.max_top1_disagreement}.",
+        f"samples, top-1 disagreement <= {args.max_top1_disagreement}, cosine >= "
+        f"{args.min_cosine}.",
         "",
         "| step | wall s | peak RSS GiB | RSS / model | result |",
         "|---|---|---|---|---|",
@@ -180,7 +187,8 @@ def main() -> int:
         wall, rss, done = run_step(
             [server, "convert", "--source", str(model), "--store", str(store), "--quantize",
              mode, "--validation-samples", "16", "--ref", "large",
-             "--max-top1-disagreement", args.max_top1_disagreement]
+             "--max-top1-disagreement", args.max_top1_disagreement,
+             "--min-cosine", args.min_cosine]
         )  # fmt: skip
         if done.returncode != 0:
             failed = True

@@ -378,3 +378,66 @@ def save_batch_mean_model(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path
+
+
+# ---------------------------------------------------------------- large MLP (issue 11)
+
+
+def large_mlp_layer(seed: int, index: int, rows: int, cols: int) -> np.ndarray:
+    """Layer `index`'s weights, regenerated identically whenever asked (the oracle needs
+    them again without holding gigabytes)."""
+    rng = np.random.default_rng([seed, index])
+    return (rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(rows))).astype(
+        np.float32
+    )
+
+
+LARGE_MLP_OUTPUTS = 16
+
+
+def save_large_mlp(path: Path, *, width: int, layers: int, seed: int = 0) -> int:
+    """input[-1, width] -> `layers` x (MatMul width x width, Relu) -> MatMul -> 16 logits,
+    FP32, every weight in `<name>.data` next to it. Written one layer at a time straight
+    into the data file (the external data fields written by hand), so a model past 2 GiB
+    is built with one layer in memory. Returns the bytes of weights."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    data = path.name + ".data"
+    shapes = [(width, width)] * layers + [(width, LARGE_MLP_OUTPUTS)]
+    nodes, inits, x, offset = [], [], "input", 0
+    with (path.parent / data).open("wb") as out:
+        for i, (rows, cols) in enumerate(shapes):
+            weights = large_mlp_layer(seed, i, rows, cols)
+            out.write(weights.tobytes())
+            tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[rows, cols])
+            for key, value in (("location", data), ("offset", offset), ("length", weights.nbytes)):
+                tensor.external_data.add(key=key, value=str(value))
+            tensor.data_location = TensorProto.EXTERNAL
+            inits.append(tensor)
+            offset += weights.nbytes
+            last = i == len(shapes) - 1
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], ["logits" if last else f"h{i}"]))
+            if not last:
+                nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+                x = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "large-mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", LARGE_MLP_OUTPUTS])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return offset
+
+
+def large_mlp_answers(x: np.ndarray, *, width: int, layers: int, seed: int = 0) -> np.ndarray:
+    """The large MLP's logits computed with numpy (float64), one layer in memory at a time:
+    the oracle that does not go through onnxruntime."""
+    h = x.astype(np.float64)
+    for i in range(layers):
+        h = np.maximum(h @ large_mlp_layer(seed, i, width, width), 0.0)
+    return h @ large_mlp_layer(seed, layers, width, LARGE_MLP_OUTPUTS)

@@ -3,6 +3,7 @@ gate refusing a model quantization broke."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ from ondeck_server.convert import (
     Thresholds,
     ValidationFailed,
     convert,
+    onnx_tools,
     parse_inputs,
 )
 from ondeck_server.convert.fetch import NoProgress
-from ondeck_server.convert.quantize import Int4Settings, gemm_to_matmul
+from ondeck_server.convert.quantize import Int4Settings, gemm_to_matmul, quantize
 from pipeline import models
 from pipeline.conftest import Sources, assert_nothing_published, onnx_answers
 from pipeline.test_cli import run_convert
@@ -360,3 +362,109 @@ def test_language_models_get_the_same_int4_settings() -> None:
         "precision": "fp32",
         "executionProvider": "cpu",
     }
+
+
+def save_matmul_mlp(path: Path, *, external: bool) -> Path:
+    """64 -> 128 -> 128 -> 10, MatMul + Add + Relu with numpy weights; `external`: every
+    tensor in `<name>.data` next to it (as the pipeline keeps a model past 2 GiB)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    sizes = [64, 128, 128, 10]
+    nodes, inits, x = [], [], "input"
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = rng.standard_normal(n_out).astype(np.float32) * 0.1
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]))
+        last = i == len(sizes) - 2
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], ["logits" if last else f"a{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"r{i}"]))
+            x = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=0,
+    )
+    return path
+
+
+def initializer_bytes(model: Path) -> dict[str, bytes]:
+    loaded = onnx.load_model(str(model))
+    return {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in loaded.graph.initializer}
+
+
+@pytest.mark.parametrize(
+    ("mode", "op"), [(Quantize.INT8, "MatMulInteger"), (Quantize.INT4, "MatMulNBits")]
+)
+def test_quantizing_a_model_with_external_data_is_the_same_as_in_memory(
+    tmp_path: Path, mode: Quantize, op: str
+) -> None:
+    """A model with external data takes the low-memory path (weights read from disk one
+    at a time, shapes inferred on the graph alone: bench/large); it must give the very
+    model onnxruntime's quantizer gives for the same weights held in memory."""
+    inline = save_matmul_mlp(tmp_path / "inline" / "mlp.onnx", external=False)
+    external = save_matmul_mlp(tmp_path / "external" / "mlp.onnx", external=True)
+    assert onnx_tools.has_external_data_file(external)
+    assert not onnx_tools.has_external_data_file(inline)
+    outs = {}
+    for name, src in (("inline", inline), ("external", external)):
+        out = tmp_path / f"{name}-out" / "model.onnx"
+        out.parent.mkdir()
+        # The pipeline's layout: the work folder is the one the model being quantized is in.
+        done = quantize(src, mode=mode, out=out, work=src.parent)
+        assert done.startswith(mode.value)
+        outs[name] = out
+    # The artifact is self-contained: nothing points back at the source's data file.
+    assert onnx_tools.model_files(outs["external"]) == [outs["external"]]
+    assert op_types(outs["external"]) == op_types(outs["inline"])
+    assert op in op_types(outs["external"])
+    assert initializer_bytes(outs["external"]) == initializer_bytes(outs["inline"])
+    x = np.random.default_rng(3).standard_normal((32, 64)).astype(np.float32)
+    got = onnx_answers(outs["external"], {"input": x})[0]
+    np.testing.assert_array_equal(got, onnx_answers(outs["inline"], {"input": x})[0])
+    fp32 = onnx_answers(inline, {"input": x})[0]
+    cosine = float((got * fp32).sum() / np.linalg.norm(got) / np.linalg.norm(fp32))
+    assert cosine > (0.99 if mode is Quantize.INT8 else 0.98)
+    # The source's own files are untouched, and the work folder holds only our files.
+    assert sorted(p.name for p in external.parent.iterdir()) >= ["mlp.onnx", "mlp.onnx.data"]
+
+
+def test_int8_of_an_external_data_model_with_gemm(sources: Sources, tmp_path: Path) -> None:
+    """The torch-exported MLP (Gemm nodes, weights in external data): rewritten to MatMul
+    with its data loaded, then quantized; the same answers as from the in-memory model."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("mlp.onnx", "mlp.onnx.weights"):
+        (work / name).write_bytes(sources[f"external/{name}"].read_bytes())
+    outs = {}
+    for name, src, folder in (
+        ("external", work / "mlp.onnx", work),
+        ("inline", sources["mlp.onnx"], tmp_path / "inline-work"),
+    ):
+        folder.mkdir(exist_ok=True)
+        out = tmp_path / f"{name}-out" / "model.onnx"
+        out.parent.mkdir()
+        quantize(src, mode=Quantize.INT8, out=out, work=folder)
+        outs[name] = out
+    assert "Gemm" not in op_types(outs["external"])
+    assert "MatMulInteger" in op_types(outs["external"])
+    x = models.digits_calibration(16)["input"]
+    np.testing.assert_array_equal(
+        onnx_answers(outs["external"], {"input": x})[0],
+        onnx_answers(outs["inline"], {"input": x})[0],
+    )

@@ -4,6 +4,7 @@ s3://…/refs/<name>` downloading the artifact and answering over HTTP."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,8 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ondeck_server import artifact
+from ondeck_server.convert import ConvertRequest, Quantize, convert, onnx_tools
+from ondeck_server.convert.run import RemoteStore
 from pipeline import models
-from pipeline.conftest import S3, ServeProcesses, Sources
+from pipeline.conftest import S3, ServeProcesses, Sources, onnx_answers
 from pipeline.test_served import infer
 
 STORE = "artifacts/team-a"
@@ -207,3 +211,91 @@ def test_bad_store_uri_and_refused_credentials(sources: Sources, s3: S3, tmp_pat
         done.stderr.strip().splitlines()[-1].startswith(f"StoreFailed: s3://{s3.bucket}/{STORE}/")
     ), done.stderr
     assert "access denied (InvalidAccessKeyId)" in done.stderr
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("mode", [Quantize.NONE, Quantize.INT8])
+def test_a_model_with_external_data_round_trips_through_s3(
+    sources: Sources,
+    s3: S3,
+    serve_s3: object,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: Quantize,
+) -> None:
+    """A multi-file artifact (model.onnx + model.onnx.data, what a model over 2 GiB
+    becomes) converted, uploaded, downloaded by a fresh server into an empty cache, its
+    files checked against the manifest, served, right answers; then with its data object
+    gone, refused with a clear error. The split threshold is lowered from 1.8 GB to
+    1 KiB so a 0.1 MB model takes the path of a 2 GiB one (bench/large and
+    test_large.py run the real size)."""
+    monkeypatch.setattr(onnx_tools, "LARGE_BYTES", 1024)
+    for key, value in _env(s3, store_only=True).items():
+        monkeypatch.setenv(key, value)
+    prefix = f"{STORE}-external-{mode.value}"
+    outcome = convert(
+        ConvertRequest(
+            source=str(sources["external/mlp.onnx"]),
+            store=tmp_path / "build",
+            quantize=mode,
+            ref="mlp",
+            remote=RemoteStore(uri=f"s3://{s3.bucket}/{prefix}", endpoint_url=s3.endpoint),
+        )
+    )
+    digest = outcome.manifest.digest
+    built = tmp_path / "build" / digest
+    assert sorted(p.name for p in built.iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "model.onnx.data",
+    ]
+    assert _keys(s3, f"{prefix}/{digest}/") == [
+        f"{prefix}/{digest}/{name}" for name in ("manifest.json", "model.onnx", "model.onnx.data")
+    ]
+
+    # A fresh server, with an empty cache of its own, downloads all three files, checks
+    # them against the manifest (digest, total size) and serves the model.
+    x = models.digits_calibration(16)["input"]
+    url = serve_s3(f"s3://{s3.bucket}/{prefix}/refs/mlp")  # type: ignore[operator]
+    answers = infer(url, "mlp", {"input": x})["logits"]
+    cached = tmp_path / "cache" / digest
+    assert {p.name: _sha256(p) for p in cached.iterdir()} == {
+        p.name: _sha256(p) for p in built.iterdir()
+    }
+    assert artifact.read_manifest(cached).digest == digest
+    np.testing.assert_allclose(
+        answers, onnx_answers(built / "model.onnx", {"input": x})[0], rtol=1e-5, atol=1e-5
+    )
+    reference = models.torch_answers("mlp", x)
+    if mode is Quantize.NONE:
+        np.testing.assert_allclose(answers, reference, rtol=1e-4, atol=1e-4)
+    else:
+        assert (answers.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+    # The data object lost (a crashed or hand-edited store): the download is refused
+    # before onnxruntime sees it, and nothing lands in the cache.
+    data_key = f"{prefix}/{digest}/model.onnx.data"
+    lost = int(_client(s3).head_object(Bucket=s3.bucket, Key=data_key)["ContentLength"])
+    _client(s3).delete_object(Bucket=s3.bucket, Key=data_key)
+    other = tmp_path / "other-cache"
+    done = _cli(
+        "serve",
+        "--model",
+        f"s3://{s3.bucket}/{prefix}/{digest}",
+        "--model-cache",
+        str(other),
+        "--s3-endpoint-url",
+        s3.endpoint,
+        env=_env(s3),
+    )
+    size = outcome.manifest.size_bytes
+    assert (done.returncode, done.stderr.strip()) == (
+        1,
+        f"StartupError: s3://{s3.bucket}/{prefix}/{digest}: the artifact {digest} downloaded "
+        f"as {size - lost} bytes (model.onnx) but its manifest says {size}: an object is "
+        "missing or incomplete in the store; convert the model again to rebuild it",
+    )
+    assert not (other / digest).exists()

@@ -260,9 +260,34 @@ def download(model_uri: str, *, cache: Path, endpoint_url: str | None) -> Path:
                 f"{model_uri}: the downloaded artifact {digest} has no {artifact.MODEL_FILE}"
                 " or an invalid manifest"
             )
+        _check_download(staging, model_uri=model_uri, digest=digest)
         return artifact.publish(staging, cache, digest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_download(folder: Path, *, model_uri: str, digest: str) -> None:
+    """The downloaded files are the artifact the manifest describes: its own digest, and
+    for a tensor model the model and its external data files adding up to the manifest's
+    `sizeBytes` (an object missing or cut short, e.g. a `.data` file of a model over
+    2 GiB, is caught here rather than as a load error in onnxruntime)."""
+    manifest = artifact.read_manifest(folder)
+    if manifest.digest != digest:
+        raise RemoteStoreError(
+            f"{model_uri}: the manifest under {digest} is for artifact {manifest.digest}; the "
+            "store was written by hand or is corrupt"
+        )
+    if manifest.kind != "tensor":
+        return
+    files = [p for p in folder.iterdir() if p.is_file() and p.name != artifact.MANIFEST_FILE]
+    got = sum(p.stat().st_size for p in files)
+    if got != manifest.size_bytes:
+        names = ", ".join(sorted(p.name for p in files))
+        raise RemoteStoreError(
+            f"{model_uri}: the artifact {digest} downloaded as {got} bytes ({names}) but its "
+            f"manifest says {manifest.size_bytes}: an object is missing or incomplete in "
+            "the store; convert the model again to rebuild it"
+        )
 
 
 def _list(s3: Any, location: StoreLocation, digest: str, *, uri: str) -> list[str]:

@@ -58,7 +58,6 @@ def check(model: Path, samples: Feeds) -> Batching:
     empirical check."""
     import onnx
 
-    proto = onnx.load_model(str(model), load_external_data=False)
     inputs, outputs = onnx_tools.io_info(model)
     if not all(t.shape and t.shape[0] == -1 for t in [*inputs, *outputs]):
         return Batching(
@@ -70,7 +69,9 @@ def check(model: Path, samples: Feeds) -> Batching:
                 )
             ],
         )
-    findings = operator_findings(proto)
+    # The graph only while it is looked at: a model without external data would otherwise
+    # be held twice, next to the session below (bench/large).
+    findings = operator_findings(onnx.load_model(str(model), load_external_data=False))
     rows = min(CHECK_ROWS, *(len(v) for v in samples.values()))
     if rows >= 2:
         try:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 # protobuf cannot serialize a message of 2 GiB or more; stay well below it.
 LARGE_BYTES = 1_800_000_000
+# From this size the optimized work model keeps its weights in external data (see
+# convert.optimize): quantizing it then reads them from disk, whatever the model's size.
+WORK_EXTERNAL_BYTES = 64 << 20
 EXTERNAL_DATA_SUFFIX = ".data"
 
 Feeds = dict[str, np.ndarray]
@@ -112,6 +115,18 @@ def external_data_locations(path: Path) -> list[str]:
                 if entry.key == "location" and entry.value not in found:
                     found.append(entry.value)
     return found
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of `model` points to an external data file."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return any(uses_external_data(tensor) for tensor in _get_all_tensors(model))
+
+
+def has_external_data_file(path: Path) -> bool:
+    """Whether the model at `path` keeps tensors in external data files (graph read only)."""
+    return bool(external_data_locations(path))
 
 
 def model_files(path: Path) -> list[Path]:

@@ -48,7 +48,10 @@ def optimize(src: Path, *, level: OptimizationLevel, out: Path) -> None:
     options.optimized_model_filepath = str(out)
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
-    if onnx_tools.total_size(src) > onnx_tools.LARGE_BYTES:
+    # Weights in a data file next to the optimized model from WORK_EXTERNAL_BYTES on:
+    # quantization then reads them from disk one at a time instead of holding copies
+    # (convert.quantize). Only this work file: the artifact is split past LARGE_BYTES.
+    if onnx_tools.total_size(src) > onnx_tools.WORK_EXTERNAL_BYTES:
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name",
             out.name + onnx_tools.EXTERNAL_DATA_SUFFIX,

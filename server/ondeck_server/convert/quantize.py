@@ -26,6 +26,15 @@
 
 `quant_pre_process` (shape inference) runs first; it falls back to skipping symbolic
 shape inference, which fails on some transformer exports. This module does not validate.
+
+Memory (issue 11, bench/large): a model whose weights are in external data (the
+optimized work model keeps them there from 64 MiB on) is quantized to int8 or int4
+without ever holding its FP32 weights twice. Shape inference (ours and the
+quantizer's) runs on the graph alone, the weights staying on disk; onnxruntime's
+`ONNXQuantizer` reads each weight from the data file when it quantizes it. The plain
+`quantize_dynamic` held four copies: the caller's, its own, the deep copy and the reload
+its shape inference makes: the conversion peaked at 5.35x the weights at 2.25 GiB,
+1.82x now (int4 1.16x).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
@@ -150,13 +160,18 @@ def quantize(
 
 
 def _with_onnx_domain(src: Path, out: Path) -> Path:
-    """A copy of `src` with clean opset imports when it needs one (see normalize_opsets)."""
+    """A copy of `src` with clean opset imports when it needs one (see normalize_opsets).
+    Its external data stays where it is when `out` is in the same folder (graph only)."""
     import onnx
 
-    model = onnx.load_model(str(src))
+    in_place = out.parent == src.parent
+    model = onnx.load_model(str(src), load_external_data=not in_place)
     if not onnx_tools.normalize_opsets(model, default_version=DEFAULT_OPSET):
         return src
-    onnx_tools.save(model, out)
+    if in_place and onnx_tools.has_external_data(model):
+        onnx.save_model(model, str(out))
+    else:
+        onnx_tools.save(model, out)
     return out
 
 
@@ -164,6 +179,8 @@ def _pre_process(src: Path, out: Path, *, large: bool) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     src = _with_onnx_domain(src, out.with_name("domain.onnx"))
+    if src.parent == out.parent and onnx_tools.has_external_data_file(src):
+        return _pre_process_graph(src, out)
 
     for skip_symbolic in (False, True):
         try:
@@ -178,6 +195,33 @@ def _pre_process(src: Path, out: Path, *, large: bool) -> Path:
                     skip_symbolic_shape=skip_symbolic,
                     save_as_external_data=large,
                     all_tensors_to_one_file=True,
+                )
+            return out
+        except Exception:  # symbolic shape inference fails on some exports: retry without
+            out.unlink(missing_ok=True)
+            continue
+    return src
+
+
+def _pre_process_graph(src: Path, out: Path) -> Path:
+    """`_pre_process` for a model with external data: onnxruntime's pre-processing on the
+    graph alone (loaded without its weights, which symbolic shape inference needs only
+    the dimensions of), saved next to `src` so the weights' locations still resolve. The
+    ONNX shape inference step is left to the quantizer, which runs it again anyway."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        graph = onnx.load_model(str(src), load_external_data=False)
+        try:
+            with contextlib.chdir(out.parent):
+                quant_pre_process(
+                    graph,
+                    str(out),
+                    skip_optimization=True,
+                    skip_onnx_shape=True,
+                    skip_symbolic_shape=skip_symbolic,
+                    save_as_external_data=False,
                 )
             return out
         except Exception:  # symbolic shape inference fails on some exports: retry without
@@ -245,25 +289,114 @@ def gemm_to_matmul(model: Any) -> int:
 REDUCE_RANGE = True
 
 
+def _int8_ops() -> list[str]:
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    return sorted(op for op in IntegerOpsRegistry if op != "Conv")
+
+
 def _int8_dynamic(src: Path, out: Path, *, work: Path, large: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.registry import IntegerOpsRegistry
 
+    if onnx_tools.has_external_data_file(src):
+        _int8_dynamic_external(src, out, work=work)
+        return
     model = onnx.load_model(str(src))
     if gemm_to_matmul(model):
         src = work / "matmul.onnx"
         onnx_tools.save(model, src)
-    ops = sorted(op for op in IntegerOpsRegistry if op != "Conv")
+    del model
     quantize_dynamic(
         str(src),
         str(out),
-        op_types_to_quantize=ops,
+        op_types_to_quantize=_int8_ops(),
         per_channel=True,
         weight_type=QuantType.QInt8,
         reduce_range=REDUCE_RANGE,
         use_external_data_format=large,
     )
+
+
+@contextlib.contextmanager
+def _graph_only_shape_inference() -> Iterator[None]:
+    """While the block runs, onnxruntime's quantizer infers shapes on the graph in memory
+    (`onnx.shape_inference.infer_shapes`) instead of deep-copying the model, saving the
+    copy and loading it back with its weights (`save_and_reload_model_with_shape_infer`):
+    the same inference, without two more copies of the weights. Only for models whose
+    weights are external data the graph merely points to."""
+    import onnx
+    from onnxruntime.quantization import onnx_quantizer
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    def infer(model: Any) -> Any:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        add_infer_metadata(inferred)
+        return inferred
+
+    original = onnx_quantizer.save_and_reload_model_with_shape_infer
+    onnx_quantizer.save_and_reload_model_with_shape_infer = infer
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = original
+
+
+def _int8_dynamic_external(src: Path, out: Path, *, work: Path) -> None:
+    """Dynamic int8 for a model with external data, as `quantize_dynamic` does it
+    (onnxruntime's ONNXQuantizer, same options) but reading each weight from disk when it
+    is quantized: the graph is loaded without its data, shapes are inferred on the graph
+    alone, and the quantizer runs in the model's folder, where the weights' relative
+    locations resolve. What it did not quantize is loaded before the artifact is saved
+    (its data then goes to the artifact's own data file)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import (
+        QuantizationMode,
+        add_infer_metadata,
+        update_opset_version,
+    )
+
+    model = onnx.load_model(str(src), load_external_data=False)
+    if any(node.op_type == "Gemm" for node in model.graph.node):
+        load_external_data_for_model(model, str(src.parent))  # rewritten with their data
+        if gemm_to_matmul(model):
+            src = work / "matmul.onnx"
+            onnx.save_model(  # still external data, whatever its size: read back lazily
+                model,
+                str(src),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=src.name + onnx_tools.EXTERNAL_DATA_SUFFIX,
+            )
+            model = onnx.load_model(str(src), load_external_data=False)
+    model = onnx.shape_inference.infer_shapes(model)
+    add_infer_metadata(model)
+    model = update_opset_version(model, QuantType.QInt8)
+    with contextlib.chdir(src.parent), _graph_only_shape_inference():
+        quantizer = ONNXQuantizer(
+            model,
+            True,  # per_channel
+            REDUCE_RANGE,
+            QuantizationMode.IntegerOps,
+            False,  # static
+            QuantType.QInt8,
+            QuantType.QUInt8,  # dynamic activations are uint8
+            None,
+            [],
+            [],
+            _int8_ops(),
+            {"MatMulConstBOnly": True},
+        )
+        del model
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()  # as ONNXModel.save_model_to_file does
+        quantized = quantizer.model.model
+        del quantizer
+        load_external_data_for_model(quantized, str(src.parent))
+    onnx_tools.save(quantized, out)
 
 
 def calibration_batches(feeds: Feeds, *, batch: int) -> list[Feeds]:
@@ -379,10 +512,20 @@ def int4_candidates(model: Any, *, block_size: int) -> tuple[list[str], dict[str
 
 
 def _int4(src: Path, out: Path, *, settings: Int4Settings) -> str:
+    """int4 with onnxruntime's MatMulNBitsQuantizer. A model with external data and no
+    Gemm is loaded without its weights and quantized in its own folder: the quantizer
+    reads each weight from the data file (onnx_ir maps it) when it packs it, so the FP32
+    weights are never all in memory (bench/large)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
-    model = onnx.load_model(str(src))
-    gemm_to_matmul(model)
+    model = onnx.load_model(str(src), load_external_data=False)
+    from_disk = onnx_tools.has_external_data(model) and not any(
+        node.op_type == "Gemm" for node in model.graph.node
+    )
+    if not from_disk:
+        load_external_data_for_model(model, str(src.parent))
+        gemm_to_matmul(model)
     chosen, skipped = int4_candidates(model, block_size=settings.block_size)
     left_out = sum(len(names) for names in skipped.values())
     reasons = ", ".join(f"{len(names)} {why}" for why, names in skipped.items())
@@ -403,8 +546,13 @@ def _int4(src: Path, out: Path, *, settings: Int4Settings) -> str:
         nodes_to_exclude=[name for names in skipped.values() for name in names],
         op_types_to_quantize=("MatMul",),
     )
-    quantizer.process()
-    quantized = quantizer.model.model
+    del model
+    with contextlib.chdir(src.parent) if from_disk else contextlib.nullcontext():
+        quantizer.process()
+        quantized = quantizer.model.model
+        del quantizer
+        if from_disk:  # what stayed FP32 goes into the artifact's own files
+            load_external_data_for_model(quantized, str(src.parent))
     done = sum(n.op_type == "MatMulNBits" for n in quantized.graph.node)
     onnx_tools.save(quantized, out)
     left = f"; {left_out} left in FP32 ({reasons})" if left_out else ""

@@ -692,6 +692,7 @@ class _Gate:
             raise
         except Exception as exc:
             raise _run_failed(self.source, exc) from None
+        del candidate  # its session: the batch check loads the model again (bench/large)
         return report, batch_check.check(model, self.samples)
 
 
