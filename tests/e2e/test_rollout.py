@@ -2,18 +2,26 @@
 Go module (`sigs.k8s.io/gateway-api`, config/crd/standard): the operator's HTTPRoute is
 accepted by the real API server, carries the weights of each step, and a manual abort
 and a manual promote (the `ondeck.io/rollout` annotation) end a canary the way the status
-says. The simulated kubelet runs the pods (no container runs: the analysis has nothing to
-scrape, so steps advance only by hand here; the analysis is covered in
-tests/unit/operator/test_rollout.py and tests/server/test_shadow.py)."""
+says. The simulated kubelet runs the pods (no container runs).
+
+The analysis end to end: the simulated kubelet gives the stable pods 127.0.0.1 and the
+candidate's 127.0.0.2 (`set_pod_ip_rule`), where the test runs real `ondeck-server serve`
+processes on port 8080, the port the operator scrapes; with traffic driven at both, the
+operator process promotes a candidate whose every step passes, and rolls back one whose
+requests fail (500 InferenceFailed), on its own."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +29,14 @@ import httpx
 import pytest
 import yaml
 from controlplane import free_port
-from kubelet_sim import JobOutcome
+from kubelet_sim import JobOutcome, KubeletSimulator
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_harness import Cluster, manifest, summary, wait_for
 
 import modelzoo
 from ondeck_operator.api.rollout import ArtifactRef, RolloutPhase, RolloutSpec, RolloutStatus
+from ondeck_operator.reconcile.rollout import parse_time
 from ondeck_operator.render.rollout import candidate_name, stable_service_name
 from ondeck_operator.runtime.credentials import load_credentials
 from ondeck_operator.runtime.kube_client import HttpKube
@@ -339,3 +348,249 @@ def test_the_api_server_refuses_shadowing_a_language_model(cluster: Cluster, crd
         )
     assert info.value.status == 422
     assert "strategy shadow-then-canary does not apply to model.format" in str(info.value.body)
+
+
+# ------------------------------------------------ automatic promote and rollback
+
+ANALYSIS_PORT = 8080  # where the operator scrapes every pod (SERVER_PORT)
+STABLE_IP, CANDIDATE_IP = "127.0.0.1", "127.0.0.2"
+#: A whole rollout on a loaded 2-core CI: two steps of a few seconds, plus the
+#: conversions, the pods and the analysis intervals.
+ROLLOUT_TIMEOUT = 240.0
+
+
+def build_failing(path: Path, width: int = 256) -> Path:
+    """A model with mlp's signature that runs on all-zero input (the server's warm-up) and
+    fails in onnxruntime (a Reshape to a size that cannot be) on any input holding a value
+    past 0.5: every real request is a 500 InferenceFailed, which the analysis counts."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Abs", ["input"], ["magnitude"]),
+        helper.make_node("ReduceMax", ["magnitude"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "half"], ["nonzero"]),
+        helper.make_node("Cast", ["nonzero"], ["extra"], to=TensorProto.INT64),
+        helper.make_node("Add", ["extra", "one"], ["depth"]),
+        helper.make_node("Unsqueeze", ["depth", "first"], ["depth1"]),
+        helper.make_node("Shape", ["input"], ["dims"]),
+        helper.make_node("Concat", ["dims", "depth1"], ["target"], axis=0),
+        # [batch, width] into [batch, width, depth]: only a depth of 1 fits.
+        helper.make_node("Reshape", ["input", "target"], ["deep"]),
+        helper.make_node("ReduceSum", ["deep", "last"], ["logits"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "failing",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", width])],
+        initializer=[
+            helper.make_tensor("one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("first", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("last", TensorProto.INT64, [1], [2]),
+        ],
+    )
+    return modelzoo._save(graph, path)
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        # As uvicorn binds: a closed connection's TIME_WAIT does not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.fixture
+def loopback_servers(tmp_path: Path) -> Iterator[Callable[[Path, Path], None]]:
+    """start(stable model, candidate model): real `ondeck-server serve` processes on
+    127.0.0.1:8080 (stable) and 127.0.0.2:8080 (candidate), the address and port the
+    operator scrapes, both ready; stopped at teardown."""
+    for host in (STABLE_IP, CANDIDATE_IP):
+        if _port_busy(host, ANALYSIS_PORT):
+            pytest.skip(f"port {ANALYSIS_PORT} on {host} is busy (the operator scrapes there)")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(stable: Path, candidate: Path) -> None:
+        for host, model in ((STABLE_IP, stable), (CANDIDATE_IP, candidate)):
+            log = tmp_path / f"server-{host}.log"
+            started.append(_serve(model, host, ANALYSIS_PORT, log))
+        for host in (STABLE_IP, CANDIDATE_IP):
+            wait_for(f"server on {host}", lambda host=host: _ready(host, ANALYSIS_PORT), 120)
+
+    yield start
+    for server in started:
+        server.terminate()
+    for server in started:
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+
+
+@pytest.fixture
+def reachable_pods(kubelet: KubeletSimulator, namespace: str) -> Iterator[None]:
+    """The simulated kubelet gives the test namespace's server pods the loopback address of
+    their track's real server: the candidate Deployment's (`ondeck.io/track=canary`) the
+    candidate's, every other server pod stable's. Other pods keep made-up IPs."""
+
+    def rule(pod: dict[str, Any]) -> str | None:
+        meta = pod["metadata"]
+        owners = {ref.get("kind") for ref in meta.get("ownerReferences") or []}
+        if meta["namespace"] != namespace or "ReplicaSet" not in owners:
+            return None
+        canary = (meta.get("labels") or {}).get("ondeck.io/track") == "canary"
+        return CANDIDATE_IP if canary else STABLE_IP
+
+    kubelet.set_pod_ip_rule(rule)
+    yield
+    kubelet.set_pod_ip_rule(lambda pod: None)
+
+
+class Traffic:
+    """Callers of both tracks, as the Service would send them: one thread posting one
+    request to stable then one to the candidate, back to back, until stopped; it counts
+    each answer's status code per host."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, dict[int, int]] = {STABLE_IP: {}, CANDIDATE_IP: {}}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self) -> None:
+        body = json_request(modelzoo.sample_inputs("mlp", 2))
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                for host in (STABLE_IP, CANDIDATE_IP):
+                    url = f"http://{host}:{ANALYSIS_PORT}/v2/models/iris/infer"
+                    try:
+                        code = http.post(url, content=body).status_code
+                    except httpx.HTTPError:
+                        code = 0
+                    self.codes[host][code] = self.codes[host].get(code, 0) + 1
+                # Bounded rate: enough for minRequests each interval, little CPU.
+                self._stop.wait(0.02)
+
+
+def _auto_manifest(name: str, analysis: dict[str, Any]) -> dict[str, Any]:
+    steps = [{"weight": 20, "pause": "2s"}, {"weight": 50, "pause": "2s"}]
+    return manifest(name, rollout={"strategy": "canary", "steps": steps, "analysis": analysis})
+
+
+def _start_rollout(
+    cluster: Cluster, job_outcomes: dict[Any, Any], body: dict[str, Any]
+) -> tuple[str, str]:
+    """Deploys `body`, then a new model: (the old artifact key, the candidate's)."""
+    name = body["metadata"]["name"]
+    cluster.create(body)
+    old = cluster.key(name)
+    job_outcomes[(cluster.ns, old)] = JobOutcome.success(summary(old))
+    cluster.wait_ready(name, timeout=ROLLOUT_TIMEOUT)
+    new = new_model(cluster, name, "https://models.example.com/iris-v2.onnx", job_outcomes)
+    return old, new
+
+
+def _event_time(cluster: Cluster, reason: str, message: str) -> dt.datetime:
+    events = cluster.core.list_namespaced_event(cluster.ns).items
+    times = [e.last_timestamp for e in events if (e.reason, e.message) == (reason, message)]
+    assert len(times) == 1, [(e.reason, e.message) for e in events]
+    return times[0]  # type: ignore[no-any-return]
+
+
+def _ended(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    status = rollout(cluster, name)
+    return status if status.get("phase") in ("Promoted", "RolledBack") else None
+
+
+def test_a_canary_whose_analysis_passes_every_step_is_promoted_by_the_operator(
+    cluster: Cluster,
+    start_operator: Any,
+    job_outcomes: dict[Any, Any],
+    reachable_pods: None,
+    loopback_servers: Callable[[Path, Path], None],
+    tmp_path: Path,
+) -> None:
+    model = modelzoo.build_mlp(tmp_path / "mlp.onnx")
+    loopback_servers(model, model)
+    start_operator()
+    # Latency is not what this test is about: one loaded machine runs both servers.
+    analysis = {"interval": "3s", "minRequests": 5, "maxLatencyRatio": 100}
+    old, new = _start_rollout(cluster, job_outcomes, _auto_manifest("auto", analysis))
+    canary = candidate_name("auto")
+    with Traffic() as traffic:
+        ended = wait_for("the rollout to end", lambda: _ended(cluster, "auto"), ROLLOUT_TIMEOUT)
+        assert ended["phase"] == "Promoted", ended
+        wait_for("stable on the new artifact", lambda: serving(cluster, "auto") == new, TIMEOUT)
+        wait_for("the candidate removed", lambda: serving(cluster, canary) is None, TIMEOUT)
+    assert traffic.codes[CANDIDATE_IP].get(200, 0) >= 10, traffic.codes
+    assert set(traffic.codes[CANDIDATE_IP]) == {200}, traffic.codes
+    assert (ended["stable"]["key"], ended["candidate"]["key"]) == (old, new)
+    assert (ended["step"], ended["weight"]) == (1, 100)
+    figures = ended["analysis"]
+    assert figures["verdict"] == "Pass", figures
+    # The last step was promoted on its own analysis: a baseline scrape once it held, then
+    # one whole interval (3s) later the verdict, not the previous step's last verdict.
+    held = _event_time(cluster, "RolloutStep", "step 2/2 at 50% holds")
+    judged = parse_time(figures["time"])
+    assert judged is not None
+    assert (judged - held).total_seconds() >= 2, (figures, held)
+    assert figures["candidateRequests"] >= 5
+    assert figures["stableRequests"] >= 5
+    assert figures["errorRate"] == 0.0
+    assert figures["latencyRatio"] is not None
+    promoted = cluster.condition("auto", "Promoted")
+    assert promoted is not None
+    assert (promoted["status"], promoted["reason"]) == ("True", "RolloutPromoted")
+    assert "all steps passed" in promoted["message"]
+    cluster.wait_ready("auto", timeout=TIMEOUT)
+
+
+def test_a_canary_whose_requests_fail_is_rolled_back_by_the_operator(
+    cluster: Cluster,
+    start_operator: Any,
+    job_outcomes: dict[Any, Any],
+    reachable_pods: None,
+    loopback_servers: Callable[[Path, Path], None],
+    tmp_path: Path,
+) -> None:
+    loopback_servers(
+        modelzoo.build_mlp(tmp_path / "mlp.onnx"), build_failing(tmp_path / "failing.onnx")
+    )
+    start_operator()
+    analysis = {"interval": "3s", "minRequests": 5, "maxLatencyRatio": 100}
+    old, new = _start_rollout(cluster, job_outcomes, _auto_manifest("auto", analysis))
+    canary = candidate_name("auto")
+    with Traffic() as traffic:
+        ended = wait_for("the rollout to end", lambda: _ended(cluster, "auto"), ROLLOUT_TIMEOUT)
+        assert ended["phase"] == "RolledBack", ended
+        wait_for("the candidate removed", lambda: serving(cluster, canary) is None, TIMEOUT)
+    assert set(traffic.codes[CANDIDATE_IP]) == {500}, traffic.codes
+    assert set(traffic.codes[STABLE_IP]) == {200}, traffic.codes
+    assert serving(cluster, "auto") == old
+    assert (ended["stable"]["key"], ended["candidate"]["key"]) == (old, new)
+    assert (ended["step"], ended["weight"], ended["analysisReason"]) == (
+        0, 0, "ErrorRateExceeded"
+    )  # fmt: skip
+    figures = ended["analysis"]
+    assert figures["verdict"] == "Fail", figures
+    assert figures["candidateRequests"] >= 5
+    assert figures["errorRate"] == 1.0
+    assert "maxErrorRate 0.01" in figures["message"]
+    rolled = cluster.condition("auto", "RolledBack")
+    assert rolled is not None
+    assert (rolled["status"], rolled["reason"]) == ("True", "ErrorRateExceeded")
+    ready = cluster.condition("auto", "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "RolledBack")

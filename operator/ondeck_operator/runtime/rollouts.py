@@ -94,6 +94,9 @@ class Analyzer:
         watch = self._watches.get(key)
         if watch is None or watch.marker != marker or watch.spec != spec:
             self._watches[key] = _Watch(marker=marker, spec=spec, due=time.monotonic())
+            # The last verdict judged the step before: judged in the second the next step
+            # began holding, it would count as that step's own analysis and pass it.
+            self.results.pop(key, None)
 
     def forget(self, key: Key) -> None:
         self._watches.pop(key, None)
