@@ -548,6 +548,7 @@ def test_a_canary_whose_analysis_passes_every_step_is_promoted_by_the_operator(
     assert set(traffic.codes[CANDIDATE_IP]) == {200}, traffic.codes
     assert (ended["stable"]["key"], ended["candidate"]["key"]) == (old, new)
     assert (ended["step"], ended["weight"]) == (1, 100)
+    assert "stepStarted" not in ended  # cleared in the stored status, not only in memory
     figures = ended["analysis"]
     assert figures["verdict"] == "Pass", figures
     # The last step was promoted on its own analysis: a baseline scrape once it held, then
@@ -593,6 +594,7 @@ def test_a_canary_whose_requests_fail_is_rolled_back_by_the_operator(
     assert (ended["step"], ended["weight"], ended["analysisReason"]) == (
         0, 0, "ErrorRateExceeded"
     )  # fmt: skip
+    assert "stepStarted" not in ended
     figures = ended["analysis"]
     assert figures["verdict"] == "Fail", figures
     assert figures["candidateRequests"] >= 5
