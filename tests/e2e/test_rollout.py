@@ -359,40 +359,6 @@ STABLE_IP, CANDIDATE_IP = "127.0.0.1", "127.0.0.2"
 ROLLOUT_TIMEOUT = 240.0
 
 
-def build_failing(path: Path, width: int = 256) -> Path:
-    """A model with mlp's signature that runs on all-zero input (the server's warm-up) and
-    fails in onnxruntime (a Reshape to a size that cannot be) on any input holding a value
-    past 0.5: every real request is a 500 InferenceFailed, which the analysis counts."""
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("Abs", ["input"], ["magnitude"]),
-        helper.make_node("ReduceMax", ["magnitude"], ["peak"], keepdims=0),
-        helper.make_node("Greater", ["peak", "half"], ["nonzero"]),
-        helper.make_node("Cast", ["nonzero"], ["extra"], to=TensorProto.INT64),
-        helper.make_node("Add", ["extra", "one"], ["depth"]),
-        helper.make_node("Unsqueeze", ["depth", "first"], ["depth1"]),
-        helper.make_node("Shape", ["input"], ["dims"]),
-        helper.make_node("Concat", ["dims", "depth1"], ["target"], axis=0),
-        # [batch, width] into [batch, width, depth]: only a depth of 1 fits.
-        helper.make_node("Reshape", ["input", "target"], ["deep"]),
-        helper.make_node("ReduceSum", ["deep", "last"], ["logits"], keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "failing",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", width])],
-        initializer=[
-            helper.make_tensor("one", TensorProto.INT64, [], [1]),
-            helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-            helper.make_tensor("first", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("last", TensorProto.INT64, [1], [2]),
-        ],
-    )
-    return modelzoo._save(graph, path)
-
-
 def _port_busy(host: str, port: int) -> bool:
     with socket.socket() as probe:
         # As uvicorn binds: a closed connection's TIME_WAIT does not hold the port.
@@ -404,32 +370,73 @@ def _port_busy(host: str, port: int) -> bool:
     return False
 
 
+class LoopbackServers:
+    """Real `ondeck-server serve` processes on 127.0.0.1:8080 (stable) and 127.0.0.2:8080
+    (candidate), the addresses the simulated kubelet gives the pods and the port the
+    operator scrapes."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.started = 0
+
+    def start(self, stable: Path, candidate: Path) -> None:
+        """Both servers, serving `stable` and `candidate` as `iris`, both ready."""
+        for host, model in ((STABLE_IP, stable), (CANDIDATE_IP, candidate)):
+            args = ["serve", "--model", str(model), "--name", "iris",
+                    "--host", host, "--port", str(ANALYSIS_PORT)]  # fmt: skip
+            self.run(host, args, wait=False)
+        for host in (STABLE_IP, CANDIDATE_IP):
+            self.wait(host)
+
+    def run(self, host: str, args: list[str], *, wait: bool = True) -> None:
+        """(Re)start the server on `host` with the `ondeck-server` arguments `args`."""
+        self.stop(host)
+        self.started += 1
+        log = self.tmp_path / f"server-{host}-{self.started}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ondeck_server", *args],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.running[host] = (process, log)
+        if wait:
+            self.wait(host)
+
+    def wait(self, host: str) -> None:
+        process, log = self.running[host]
+        wait_for(f"server on {host}", lambda: _up(process, host, log), 120)
+
+    def stop(self, host: str) -> None:
+        process, _ = self.running.pop(host, (None, None))
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 @pytest.fixture
-def loopback_servers(tmp_path: Path) -> Iterator[Callable[[Path, Path], None]]:
-    """start(stable model, candidate model): real `ondeck-server serve` processes on
-    127.0.0.1:8080 (stable) and 127.0.0.2:8080 (candidate), the address and port the
-    operator scrapes, both ready; stopped at teardown."""
+def loopback(tmp_path: Path) -> Iterator[LoopbackServers]:
+    """The loopback servers (none started yet); skips when port 8080 is taken there;
+    every server is stopped at teardown."""
     for host in (STABLE_IP, CANDIDATE_IP):
         if _port_busy(host, ANALYSIS_PORT):
             pytest.skip(f"port {ANALYSIS_PORT} on {host} is busy (the operator scrapes there)")
-    started: list[subprocess.Popen[bytes]] = []
+    servers = LoopbackServers(tmp_path)
+    try:
+        yield servers
+    finally:
+        for host in list(servers.running):
+            servers.stop(host)
 
-    def start(stable: Path, candidate: Path) -> None:
-        logs = {host: tmp_path / f"server-{host}.log" for host in (STABLE_IP, CANDIDATE_IP)}
-        for host, model in ((STABLE_IP, stable), (CANDIDATE_IP, candidate)):
-            started.append(_serve(model, host, ANALYSIS_PORT, logs[host]))
-        for server, host in zip(started, (STABLE_IP, CANDIDATE_IP), strict=True):
-            wait_for(f"server on {host}", lambda s=server, h=host: _up(s, h, logs[h]), 120)
 
-    yield start
-    for server in started:
-        server.terminate()
-    for server in started:
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+@pytest.fixture
+def loopback_servers(loopback: LoopbackServers) -> Callable[[Path, Path], None]:
+    """start(stable model, candidate model): both loopback servers, ready."""
+    return loopback.start
 
 
 def _up(server: subprocess.Popen[bytes], host: str, log: Path) -> bool:
@@ -463,11 +470,12 @@ def reachable_pods(kubelet: KubeletSimulator, namespace: str) -> Iterator[None]:
 
 class Traffic:
     """Callers of both tracks, as the Service would send them: one thread posting one
-    request to stable then one to the candidate, back to back, until stopped; it counts
-    each answer's status code per host."""
+    request to each of `hosts` (stable then the candidate), back to back, until stopped;
+    it counts each answer's status code per host."""
 
-    def __init__(self) -> None:
-        self.codes: dict[str, dict[int, int]] = {STABLE_IP: {}, CANDIDATE_IP: {}}
+    def __init__(self, hosts: tuple[str, ...] = (STABLE_IP, CANDIDATE_IP)) -> None:
+        self.hosts = hosts
+        self.codes: dict[str, dict[int, int]] = {host: {} for host in hosts}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
 
@@ -483,7 +491,7 @@ class Traffic:
         body = json_request(modelzoo.sample_inputs("mlp", 2))
         with httpx.Client(timeout=30) as http:
             while not self._stop.is_set():
-                for host in (STABLE_IP, CANDIDATE_IP):
+                for host in self.hosts:
                     url = f"http://{host}:{ANALYSIS_PORT}/v2/models/iris/infer"
                     try:
                         code = http.post(url, content=body).status_code
@@ -577,7 +585,7 @@ def test_a_canary_whose_requests_fail_is_rolled_back_by_the_operator(
     tmp_path: Path,
 ) -> None:
     loopback_servers(
-        modelzoo.build_mlp(tmp_path / "mlp.onnx"), build_failing(tmp_path / "failing.onnx")
+        modelzoo.build_mlp(tmp_path / "mlp.onnx"), modelzoo.build_failing(tmp_path / "failing.onnx")
     )
     start_operator()
     analysis = {"interval": "3s", "minRequests": 5, "maxLatencyRatio": 100}
@@ -606,3 +614,99 @@ def test_a_canary_whose_requests_fail_is_rolled_back_by_the_operator(
     ready = cluster.condition("auto", "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "RolledBack")
+
+
+# ------------------------------------------------ shadow stopped by the agreement floor
+
+
+def _container_args(cluster: Cluster, name: str) -> list[str]:
+    dep = cluster.apps.read_namespaced_deployment(name, cluster.ns)
+    return list(dep.spec.template.spec.containers[0].args or [])
+
+
+def _local_args(rendered: list[str], model: Path, host: str, service_to_pod: str) -> list[str]:
+    """The operator-rendered `ondeck-server serve` arguments of a stable pod, run on this
+    machine: verbatim but for the model path (the pod's volume is `model` here), the
+    listen address (loopback, the pod's simulated IP) and the host of `--shadow-url` (the
+    candidate Service's DNS name, which needs cluster DNS and kube-proxy, neither of which
+    runs here: it becomes the candidate pod's address and target port, where the
+    Service would send the copy)."""
+    args = list(rendered)
+    replaced = {"--model": str(model), "--host": host, "--shadow-url": service_to_pod}
+    for flag, value in replaced.items():
+        assert flag in args, (flag, rendered)
+        args[args.index(flag) + 1] = value
+    return args
+
+
+def test_a_shadow_whose_answers_disagree_is_stopped_by_the_agreement_floor(
+    cluster: Cluster,
+    start_operator: Any,
+    job_outcomes: dict[Any, Any],
+    reachable_pods: None,
+    loopback: LoopbackServers,
+    tmp_path: Path,
+) -> None:
+    """shadow-then-canary, the candidate the same classifier with its classes shifted: the
+    stable pods copy every request to it, and the operator, judging the copies' agreement
+    on the stable server's own counters, rolls it back in the shadow phase.
+
+    No cluster DNS or kube-proxy runs here, so the stable server is started with the
+    arguments the operator rendered into the stable Deployment, verbatim except the model
+    path, the listen address (127.0.0.1, the pods' simulated IP) and the host of
+    `--shadow-url`: the candidate Service's name becomes the candidate pod's address and
+    target port (127.0.0.2:8080), where the Service would send each copy."""
+    model = modelzoo.build_mlp(tmp_path / "mlp.onnx")
+    permuted = modelzoo.build_permuted(tmp_path / "permuted.onnx", model)
+    loopback.start(model, permuted)
+    start_operator()
+    analysis = {"interval": "3s", "minRequests": 5, "maxLatencyRatio": 100, "minAgreement": 0.9}
+    body = manifest("iris", rollout={
+        "strategy": "shadow-then-canary", "shadow": {"percent": 100, "duration": "1h"},
+        "steps": [{"weight": 50, "pause": "2s"}], "analysis": analysis,
+    })  # fmt: skip
+    old, new = _start_rollout(cluster, job_outcomes, body)
+    canary = candidate_name("iris")
+    # One rolling restart of stable turns copying on: its new arguments name the candidate.
+    rendered = wait_for(
+        "the stable pods told to copy",
+        lambda: (a := _container_args(cluster, "iris")) and "--shadow-url" in a and a,
+        ROLLOUT_TIMEOUT,
+    )
+    url = rendered[rendered.index("--shadow-url") + 1]
+    assert url == f"http://{canary}.{cluster.ns}.svc.cluster.local", rendered
+    assert rendered[rendered.index("--shadow-percent") + 1] == "100"
+    assert rollout(cluster, "iris")["phase"] == "Shadow"
+    loopback.run(STABLE_IP, _local_args(rendered, model, STABLE_IP, f"http://{CANDIDATE_IP}:8080"))
+    with Traffic(hosts=(STABLE_IP,)) as traffic:  # the candidate takes no caller's request
+        ended = wait_for("the rollout to end", lambda: _ended(cluster, "iris"), ROLLOUT_TIMEOUT)
+    assert ended["phase"] == "RolledBack", ended
+    assert ended["analysisReason"] == "AgreementTooLow", ended
+    assert (ended["stable"]["key"], ended["candidate"]["key"]) == (old, new)
+    assert (ended["step"], ended["weight"]) == (0, 0)  # never left the shadow phase
+    figures = ended["analysis"]
+    assert figures["verdict"] == "Fail", figures
+    assert figures["shadowRequests"] >= 5, figures
+    assert figures["agreement"] == 0.0, figures  # every copy's top-1 differs
+    message = figures["message"]
+    assert message.startswith("agreement 0.000 < minAgreement 0.9 ("), message
+    assert "shadow answers differ" in message
+    rolled = cluster.condition("iris", "RolledBack")
+    assert rolled is not None
+    assert (rolled["status"], rolled["reason"]) == ("True", "AgreementTooLow")
+    assert message in rolled["message"]
+    events = cluster.core.list_namespaced_event(cluster.ns).items
+    warnings = [e for e in events if (e.type, e.reason) == ("Warning", "AgreementTooLow")]
+    assert warnings, [(e.reason, e.message) for e in events]
+    assert message in warnings[0].message
+    assert not [e for e in events if e.reason in ("ShadowPassed", "RolloutPromoted")]
+    # Stable untouched: its artifact, its callers all answered, copying turned off again.
+    assert set(traffic.codes[STABLE_IP]) == {200}, traffic.codes
+    assert sum(traffic.codes[STABLE_IP].values()) >= 5, traffic.codes
+    assert serving(cluster, "iris") == old
+    wait_for("the candidate removed", lambda: serving(cluster, canary) is None, TIMEOUT)
+    wait_for(
+        "stable no longer copying",
+        lambda: "--shadow-url" not in _container_args(cluster, "iris"),
+        TIMEOUT,
+    )
