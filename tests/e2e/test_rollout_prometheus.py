@@ -6,8 +6,8 @@ beside it, one from scraping the servers itself, and the figures are checked aga
 the requests the test sent and against each other.
 
 The Prometheus binary is `prometheus` on PATH or in ~/.cache/ondeck/tools (`bash
-scripts/setup.sh --dev` builds it from its Go module); the test skips naming it when it
-is absent."""
+scripts/build-prometheus.sh`, which `scripts/setup.sh --dev` runs, builds it from its Go
+module); the test skips naming it when it is absent."""
 
 from __future__ import annotations
 
@@ -37,8 +37,7 @@ from server.v2client import json_request
 pytestmark = pytest.mark.e2e
 
 TOOLS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ondeck/tools"
-#: How often Prometheus scrapes the servers here (its floor is 1s... any is allowed; 1s
-#: keeps the test short and gives each interval several samples).
+#: How often Prometheus scrapes the servers here: short, so each interval has samples.
 SCRAPE_SECONDS = 1
 STABLE_REQUESTS, CANDIDATE_REQUESTS = 30, 12
 
@@ -51,8 +50,8 @@ def prometheus_binary() -> Path:
     if cached.exists():
         return cached
     pytest.skip(
-        f"needs the prometheus binary (on PATH or {cached}; bash scripts/setup.sh --dev "
-        "builds it with go install github.com/prometheus/prometheus/cmd/prometheus)"
+        f"needs the prometheus binary (on PATH or {cached}; bash scripts/build-prometheus.sh, "
+        "run by scripts/setup.sh --dev, builds it from its Go module)"
     )
 
 
@@ -109,6 +108,11 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield url, config
     finally:
         _stop(process)
+
+
+@pytest.fixture
+def cluster(admin_api: Any, namespace: str) -> Cluster:
+    return Cluster(admin_api, namespace)
 
 
 def _pod(name: str, track: str | None) -> dict[str, Any]:
