@@ -676,7 +676,7 @@ def test_a_shadow_whose_answers_disagree_is_stopped_by_the_agreement_floor(
     url = rendered[rendered.index("--shadow-url") + 1]
     assert url == f"http://{canary}.{cluster.ns}.svc.cluster.local", rendered
     assert rendered[rendered.index("--shadow-percent") + 1] == "100"
-    assert rollout(cluster, "iris")["phase"] == "Shadow"
+    wait_for("the Shadow phase", lambda: rollout(cluster, "iris").get("phase") == "Shadow")
     loopback.run(STABLE_IP, _local_args(rendered, model, STABLE_IP, f"http://{CANDIDATE_IP}:8080"))
     with Traffic(hosts=(STABLE_IP,)) as traffic:  # the candidate takes no caller's request
         ended = wait_for("the rollout to end", lambda: _ended(cluster, "iris"), ROLLOUT_TIMEOUT)
@@ -710,3 +710,144 @@ def test_a_shadow_whose_answers_disagree_is_stopped_by_the_agreement_floor(
         lambda: "--shadow-url" not in _container_args(cluster, "iris"),
         TIMEOUT,
     )
+
+
+# ------------------------------------------------ no failed request during a rollout
+
+
+class ServiceCaller:
+    """A caller of the Service `name`, routed as kube-proxy routes: each request goes to
+    one endpoint, chosen round robin, among the Service's ready endpoints, read again
+    before every request. Bounded: stops when told, or after `limit` requests. Counts
+    answers per address; every failure is kept with its reason (no ready endpoint, a
+    connection error, a status other than 200).
+
+    The endpoints are computed as the EndpointSlice controller computes them, from the
+    API server's objects: the pods the Service's selector selects that are Ready, have an
+    IP and are not being deleted, on the Service's target port. The real controller
+    manager runs here, but its EndpointSlices stay empty: the API server refuses loopback
+    addresses in them ("may not be in the loopback range"), and the pods' addresses are
+    loopback ones (where the real servers listen)."""
+
+    def __init__(self, cluster: Cluster, name: str, limit: int = 20_000) -> None:
+        self.cluster, self.name, self.limit = cluster, name, limit
+        self.answered: dict[str, int] = {}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="service-caller", daemon=True)
+
+    def __enter__(self) -> ServiceCaller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        service = self.cluster.core.read_namespaced_service(self.name, self.cluster.ns)
+        (target,) = [p.target_port for p in service.spec.ports]
+        selector = ",".join(f"{k}={v}" for k, v in sorted(service.spec.selector.items()))
+        pods = self.cluster.core.list_namespaced_pod(self.cluster.ns, label_selector=selector)
+        out = []
+        for pod in pods.items:
+            conditions = pod.status.conditions or []
+            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+            if ready and pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
+                # A named target port is the pod's container port of that name.
+                ports = [
+                    p.container_port
+                    for c in pod.spec.containers
+                    for p in c.ports or []
+                    if p.name == target or p.container_port == target
+                ]
+                out += [(str(pod.status.pod_ip), int(port)) for port in ports[:1]]
+        return sorted(out)
+
+    def _run(self) -> None:
+        body = json_request(modelzoo.sample_inputs("mlp", 2))
+        with httpx.Client(timeout=30) as http:
+            for turn in range(self.limit):
+                if self._stop.is_set():
+                    return
+                try:
+                    ready = self.endpoints()
+                except Exception as exc:  # the thread must not die silently
+                    self.failures.append(f"reading the Service's endpoints: {exc!r}")
+                    return
+                if not ready:
+                    self.failures.append("the Service has no ready endpoint")
+                else:
+                    address, port = ready[turn % len(ready)]
+                    url = f"http://{address}:{port}/v2/models/iris/infer"
+                    try:
+                        code = http.post(url, content=body).status_code
+                    except httpx.HTTPError as exc:
+                        self.failures.append(f"{address}: {exc!r}")
+                    else:
+                        if code == 200:
+                            self.answered[address] = self.answered.get(address, 0) + 1
+                        else:
+                            self.failures.append(f"{address}: HTTP {code}")
+                self._stop.wait(0.02)
+
+
+def test_no_request_through_the_service_fails_during_a_whole_canary(
+    cluster: Cluster,
+    start_operator: Any,
+    job_outcomes: dict[Any, Any],
+    reachable_pods: None,
+    loopback_servers: Callable[[Path, Path], None],
+    tmp_path: Path,
+) -> None:
+    """A caller loops through the Service (`ServiceCaller`: its ready endpoints, re-read
+    before every request) from before the new model is set until
+    the candidate is promoted, stable has rolled onto it and the candidate is gone: not
+    one request fails, and the candidate's pods answered a share of them.
+
+    What this proves: at every moment of the rollout (the candidate scaled up, stable
+    scaled down by the replica ratio, the steps, the promotion's rolling update of stable,
+    the candidate's removal) the Service lists at least one ready endpoint, and each one
+    it lists is a server that answers. What it does not: there is no kube-proxy here
+    (iptables rules that lag the endpoints; and the endpoints are computed from the pods
+    by the test, as the EndpointSlice controller does, not read from EndpointSlices,
+    which refuse loopback addresses), no container (the simulated kubelet
+    marks pods Ready at once and removes a deleted pod at once, so readiness probes,
+    preStop and connection draining are not exercised), and the servers are two processes
+    that outlive the pods (a request to a pod just removed would still be answered).
+    `tests/e2e/test_real_node.py` covers those for a `replace` rollout on a real node."""
+    loopback_servers(
+        modelzoo.build_mlp(tmp_path / "mlp.onnx"),
+        modelzoo.build_mlp(tmp_path / "mlp-v2.onnx", seed=1),
+    )
+    start_operator()
+    analysis = {"interval": "3s", "minRequests": 5, "maxLatencyRatio": 100}
+    body = _auto_manifest("auto", analysis)
+    body["spec"]["server"] = {"replicas": 2}
+    name = body["metadata"]["name"]
+    cluster.create(body)
+    old = cluster.key(name)
+    job_outcomes[(cluster.ns, old)] = JobOutcome.success(summary(old))
+    cluster.wait_ready(name, timeout=ROLLOUT_TIMEOUT)
+    canary = candidate_name(name)
+    with ServiceCaller(cluster, name) as caller:
+        try:
+            wait_for("answers through the Service", lambda: caller.answered.get(STABLE_IP), TIMEOUT)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {caller.failures[:3]}") from exc
+        new = new_model(cluster, name, "https://models.example.com/iris-v2.onnx", job_outcomes)
+        ended = wait_for("the rollout to end", lambda: _ended(cluster, name), ROLLOUT_TIMEOUT)
+        assert ended["phase"] == "Promoted", ended
+        wait_for("stable on the new artifact", lambda: serving(cluster, name) == new, TIMEOUT)
+        wait_for("the candidate removed", lambda: serving(cluster, canary) is None, TIMEOUT)
+        wait_for(
+            "only stable's endpoints", lambda: {a for a, _ in caller.endpoints()} == {STABLE_IP}
+        )
+        cluster.wait_ready(name, timeout=TIMEOUT)
+        before = sum(caller.answered.values())
+        wait_for("answers after the rollout", lambda: sum(caller.answered.values()) > before + 5)
+    total = sum(caller.answered.values()) + len(caller.failures)
+    assert not caller.failures, f"{len(caller.failures)} of {total} failed: {caller.failures[:5]}"
+    assert caller.answered.get(CANDIDATE_IP, 0) >= 10, caller.answered
+    assert caller.answered.get(STABLE_IP, 0) >= 10, caller.answered
+    print(f"\nservice caller: {total} requests, 0 failed, by address {caller.answered}")
