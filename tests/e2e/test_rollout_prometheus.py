@@ -248,3 +248,31 @@ def test_the_prometheus_figures_match_what_was_sent_and_the_scraped_ones(
     assert figures.latency_ratio is not None
     assert direct.latency_ratio is not None
     assert figures.latency_ratio == pytest.approx(direct.latency_ratio, rel=0.5), (figures, direct)
+
+
+def test_a_prometheus_that_cannot_be_queried_gives_a_wait_that_says_why(
+    control_plane: Any, cluster: Cluster
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cluster.core.create_namespaced_pod(cluster.ns, _pod("canary-0", "canary"))
+    spec = RolloutSpec.model_validate(
+        {"strategy": "canary", "analysis": {"prometheus": {"url": url}}}
+    )
+    status = RolloutStatus(phase=RolloutPhase.CANARY, candidate=ArtifactRef(key="k"))
+    key = (cluster.ns, "iris")
+
+    async def analyze() -> Analysis:
+        kube = HttpKube(load_credentials(control_plane.admin_kubeconfig))
+        analyzer = Analyzer(kube)
+        analyzer.track(key, spec, status)
+        try:
+            assert not await analyzer.analyze_now(key)  # a baseline asks nothing
+            assert await analyzer.analyze_now(key)
+            return analyzer.results[key]
+        finally:
+            await analyzer.close()
+            await kube.close()
+
+    verdict, reason, figures = asyncio.run(analyze())
+    assert (verdict.value, reason, figures.verdict) == ("Wait", None, "Wait")
+    assert figures.message.startswith(f"Prometheus {url} could not be queried: "), figures
