@@ -8,7 +8,10 @@ The analysis end to end: the simulated kubelet gives the stable pods 127.0.0.1 a
 candidate's 127.0.0.2 (`set_pod_ip_rule`), where the test runs real `ondeck-server serve`
 processes on port 8080, the port the operator scrapes; with traffic driven at both, the
 operator process promotes a candidate whose every step passes, and rolls back one whose
-requests fail (500 InferenceFailed), on its own."""
+requests fail (500 InferenceFailed), on its own; stops in shadow a candidate whose answers
+disagree (minAgreement); promotes a canary while a caller through the Service's ready
+endpoints sees no failed request; and, with a real Prometheus discovering the pods through
+the API server, promotes a canary judged on Prometheus's figures."""
 
 from __future__ import annotations
 
@@ -851,3 +854,69 @@ def test_no_request_through_the_service_fails_during_a_whole_canary(
     assert caller.answered.get(CANDIDATE_IP, 0) >= 10, caller.answered
     assert caller.answered.get(STABLE_IP, 0) >= 10, caller.answered
     print(f"\nservice caller: {total} requests, 0 failed, by address {caller.answered}")
+
+
+# ------------------------------------------------ the operator reading Prometheus
+
+
+def test_a_canary_judged_from_prometheus_is_promoted_by_the_operator(
+    cluster: Cluster,
+    control_plane: Any,
+    start_operator: Any,
+    job_outcomes: dict[Any, Any],
+    reachable_pods: None,
+    loopback_servers: Callable[[Path, Path], None],
+    prometheus: Any,
+    tmp_path: Path,
+) -> None:
+    """The operator process with `analysis.prometheus`: a real Prometheus finds the server
+    pods through the real API server (kubernetes_sd, role pod, as in a cluster), scrapes
+    each Ready one on its pod IP and port 8080 (the loopback servers), labels the series
+    with the pod's namespace and name; the operator's figures of every step come from
+    Prometheus's API, and the canary is promoted on them."""
+    model = modelzoo.build_mlp(tmp_path / "mlp.onnx")
+    loopback_servers(model, model)
+    meta = "__meta_kubernetes_pod_"
+    prometheus.configure([{
+        "job_name": "ondeck-pods",
+        "kubernetes_sd_configs": [{
+            "role": "pod", "kubeconfig_file": str(control_plane.admin_kubeconfig),
+            "namespaces": {"names": [cluster.ns]},
+        }],
+        "relabel_configs": [
+            {"source_labels": [f"{meta}controller_kind"], "regex": "ReplicaSet",
+             "action": "keep"},
+            {"source_labels": [f"{meta}ready"], "regex": "true", "action": "keep"},
+            {"source_labels": [f"{meta}ip"], "target_label": "__address__",
+             "replacement": "${1}:8080"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": [f"{meta}name"], "target_label": "pod"},
+        ],
+    }])  # fmt: skip
+    start_operator()
+    analysis = {
+        "interval": "4s", "minRequests": 5, "maxLatencyRatio": 100,
+        "prometheus": {"url": prometheus.url},
+    }  # fmt: skip
+    old, new = _start_rollout(cluster, job_outcomes, _auto_manifest("auto", analysis))
+    canary = candidate_name("auto")
+    with Traffic():
+        ended = wait_for("the rollout to end", lambda: _ended(cluster, "auto"), ROLLOUT_TIMEOUT)
+        assert ended["phase"] == "Promoted", (ended, prometheus.tail())
+        wait_for("stable on the new artifact", lambda: serving(cluster, "auto") == new, TIMEOUT)
+        wait_for("the candidate removed", lambda: serving(cluster, canary) is None, TIMEOUT)
+    assert (ended["stable"]["key"], ended["candidate"]["key"]) == (old, new)
+    figures = ended["analysis"]
+    assert figures["verdict"] == "Pass", figures
+    assert figures["candidateRequests"] >= 5, figures
+    assert figures["stableRequests"] >= 5, figures
+    assert figures["errorRate"] == 0.0, figures
+    assert figures["latencyRatio"] is not None, figures
+    # Prometheus did scrape the candidate's pod by its name.
+    reply = httpx.get(
+        f"{prometheus.url}/api/v1/query",
+        params={"query": f'count(ondeck_requests_total{{pod=~"{canary}-.*"}})'},
+        timeout=10,
+    ).json()
+    assert reply["data"]["result"], reply
+    print(f"\nlast analysis, from prometheus: {figures}")
