@@ -698,10 +698,15 @@ def test_a_shadow_whose_answers_disagree_is_stopped_by_the_agreement_floor(
     assert rolled is not None
     assert (rolled["status"], rolled["reason"]) == ("True", "AgreementTooLow")
     assert message in rolled["message"]
+
+    def warnings() -> list[Any]:
+        events = cluster.core.list_namespaced_event(cluster.ns).items
+        return [e for e in events if (e.type, e.reason) == ("Warning", "AgreementTooLow")]
+
+    # Events are posted after the status is written, not with it.
+    (warning, *_) = wait_for("the AgreementTooLow Warning Event", warnings, TIMEOUT)
+    assert message in warning.message
     events = cluster.core.list_namespaced_event(cluster.ns).items
-    warnings = [e for e in events if (e.type, e.reason) == ("Warning", "AgreementTooLow")]
-    assert warnings, [(e.reason, e.message) for e in events]
-    assert message in warnings[0].message
     assert not [e for e in events if e.reason in ("ShadowPassed", "RolloutPromoted")]
     # Stable untouched: its artifact, its callers all answered, copying turned off again.
     assert set(traffic.codes[STABLE_IP]) == {200}, traffic.codes
