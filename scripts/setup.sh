@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh --dev   everything: all extras, test tools, Debian tools (etcd-server,
 #                                 lua5.4, shellcheck, docker.io, containerd, CNI plugins, iptables,
 #                                 conntrack, debootstrap; dockerd is started when not running),
-#                                 the Kubernetes control plane and node binaries for e2e tests
+#                                 the Kubernetes control plane and node binaries for e2e tests,
+#                                 Prometheus (the rollout analysis test queries a real one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +58,7 @@ if (( dev )); then
   .venv/bin/python -m pip install -q -e ".[dev]"
   bash scripts/build-control-plane.sh >/dev/null
   bash scripts/build-node.sh >/dev/null
+  bash scripts/build-prometheus.sh >/dev/null
 else
   .venv/bin/python -m pip install -q -e ".[server,sklearn]"
 fi

@@ -16,6 +16,8 @@ this module is cheap. This module builds models; it does not serve or convert th
 | `build_slow` | input FP32 [-1, 512] | output FP32 [-1, 512] | dynamic |
 | `build_sequence` | tok INT64 [-1, -1] | pooled FP32 [-1, 8] | dynamic (two dims) |
 | `build_scalar` | x FP32 [-1, 3] | total FP32 [] (scalar), scaled FP32 [-1, 3] | none |
+| `build_failing` | input FP32 [-1, 256] | logits FP32 [-1, 256]; fails past 0.5 | dynamic |
+| `build_permuted` | a classifier's | its logits, classes shifted by one | as the source |
 """
 
 from __future__ import annotations
@@ -140,6 +142,61 @@ def _save(graph: Any, path: Path) -> Path:
     checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     save(model, str(path))
+    return path
+
+
+def build_failing(path: Path, width: int = 256) -> Path:
+    """A model with mlp's signature that runs on all-zero input (the server's warm-up) and
+    fails in onnxruntime (a Reshape to a size that cannot be) on any input holding a value
+    past 0.5: every real request is a 500 InferenceFailed, which the analysis counts."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Abs", ["input"], ["magnitude"]),
+        helper.make_node("ReduceMax", ["magnitude"], ["peak"], keepdims=0),
+        helper.make_node("Greater", ["peak", "half"], ["nonzero"]),
+        helper.make_node("Cast", ["nonzero"], ["extra"], to=TensorProto.INT64),
+        helper.make_node("Add", ["extra", "one"], ["depth"]),
+        helper.make_node("Unsqueeze", ["depth", "first"], ["depth1"]),
+        helper.make_node("Shape", ["input"], ["dims"]),
+        helper.make_node("Concat", ["dims", "depth1"], ["target"], axis=0),
+        # [batch, width] into [batch, width, depth]: only a depth of 1 fits.
+        helper.make_node("Reshape", ["input", "target"], ["deep"]),
+        helper.make_node("ReduceSum", ["deep", "last"], ["logits"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "failing",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", width])],
+        initializer=[
+            helper.make_tensor("one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("first", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("last", TensorProto.INT64, [1], [2]),
+        ],
+    )
+    return _save(graph, path)
+
+
+def build_permuted(path: Path, source: Path) -> Path:
+    """The classifier at `source` (mlp: logits FP32 [-1, 10]) with its output classes
+    shifted by one (class i answers what class i+1 did): the same computation, the same
+    latency, every row's arg-max moved, so every shadow comparison disagrees."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    (output,) = graph.output
+    for node in graph.node:
+        node.output[:] = ["raw" if name == output.name else name for name in node.output]
+    classes = output.type.tensor_type.shape.dim[1].dim_value
+    order = [(i + 1) % classes for i in range(classes)]
+    graph.initializer.append(helper.make_tensor("order", TensorProto.INT64, [classes], order))
+    graph.node.append(helper.make_node("Gather", ["raw", "order"], [output.name], axis=1))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     return path
 
 

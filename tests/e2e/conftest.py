@@ -219,3 +219,24 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 node.stop()
         finally:
             plane.stop()
+
+
+# ------------------------------------------------------------------ Prometheus
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Any]:
+    """A real Prometheus on loopback (prometheus_harness.Prometheus), scraping nothing until
+    the test configures it; skips naming the binary when there is none."""
+    from prometheus_harness import MISSING, Prometheus, prometheus_binary
+
+    binary = prometheus_binary()
+    if binary is None:
+        pytest.skip(f"needs {MISSING}")
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    server = Prometheus(binary, workdir)
+    try:
+        yield server
+    finally:
+        server.stop()

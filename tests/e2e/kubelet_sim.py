@@ -9,7 +9,9 @@ the kubelet would do, through the real API (bindings and the pod status subresou
   decision for it, Succeeded (exit 0) or Failed (exit 1) with that decision's termination
   message in `status.containerStatuses[0].state.terminated.message`, exactly where the
   kubelet copies the container's `terminationMessagePath`;
-* any other pod (Deployment/ReplicaSet pods) is marked Running and Ready at once;
+* any other pod (Deployment/ReplicaSet pods) is marked Running and Ready at once, with a
+  made-up 10.244.x.y IP that nothing answers on, unless the rule the test gave
+  `set_pod_ip_rule` names a reachable address for it (a real server on loopback);
 * a pod being deleted gracefully is removed (grace period 0), as the kubelet confirms it.
 
 The Job and Deployment controllers of the real kube-controller-manager react to these
@@ -58,6 +60,8 @@ class JobOutcome:
 
 
 JobRule = Callable[[Pod], JobOutcome | None]
+#: The IP a starting pod gets (None: a made-up one).
+IpRule = Callable[[Pod], str | None]
 
 
 #: How often the watch loop lists every pod again (see _watch_loop).
@@ -92,6 +96,7 @@ class KubeletSimulator:
         self._core: Any = client.CoreV1Api(api_client)
         self.node_name = node_name
         self._rule: JobRule = lambda pod: None
+        self._ip_rule: IpRule = lambda pod: None
         self._lock = threading.Lock()
         self._awaiting: dict[str, Pod] = {}  # Job pods running, waiting for the test's decision
         self._stop = threading.Event()
@@ -109,6 +114,12 @@ class KubeletSimulator:
         """Decide every Job pod from now on with `rule` (None = keep it running for now)."""
         with self._lock:
             self._rule = rule
+
+    def set_pod_ip_rule(self, rule: IpRule) -> None:
+        """Give each pod that starts from now on the IP `rule` returns for it (None = a
+        made-up 10.244.x.y one, the default for every pod)."""
+        with self._lock:
+            self._ip_rule = rule
 
     def start(self) -> None:
         self._register_node()
@@ -329,7 +340,11 @@ class KubeletSimulator:
     def _start(self, pod: Pod, *, ready: bool) -> None:
         meta = pod["metadata"]
         now = _now()
-        ip = next(self._ips)
+        with self._lock:
+            chosen = self._ip_rule(pod)
+        if chosen is None:
+            serial = next(self._ips)
+            chosen = f"10.244.{serial // 250 % 250}.{serial % 250 + 1}"
         containers = [
             {
                 "name": c["name"],
@@ -347,7 +362,7 @@ class KubeletSimulator:
         status = {
             "phase": "Running",
             "hostIP": "10.0.0.10",
-            "podIP": f"10.244.{ip // 250 % 250}.{ip % 250 + 1}",
+            "podIP": chosen,
             "startTime": now,
             "conditions": [
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},

@@ -145,6 +145,7 @@ HTTP_URL_RE = r"^https?://\S+$"
 SECRET_KEY_RE = r"^[-._a-zA-Z0-9]+$"
 ENV_NAME_RE = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 URL_PATH_RE = r"^/\S*$"
+PROM_LABEL_RE = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 #: A Go-style duration of whole hours, minutes and seconds, e.g. 30s, 2m, 1h30m.
 DURATION_RE = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$"
 #: A served model name (`ondeck-server serve --name`): the server's own pattern.
@@ -183,6 +184,7 @@ PATTERN_HINTS: dict[str, str] = {
     ENV_NAME_RE: "an environment variable name: letters, digits, '-', '_' and '.', not "
     "starting with a digit",
     URL_PATH_RE: "a path starting with '/'",
+    PROM_LABEL_RE: "a Prometheus label name: letters, digits and '_', not starting with a digit",
     DURATION_RE: "a duration of hours, minutes and seconds such as 30s, 2m or 1h30m",
     REASON_RE: "a CamelCase reason",
     SERVED_NAME_RE: "a model name: letters, digits, '.', '_' and '-', starting with a letter"

@@ -16,7 +16,14 @@ from typing import Annotated, ClassVar
 
 from pydantic import ConfigDict, Field, JsonValue, StringConstraints
 
-from ondeck_operator.api.fields import DNS_LABEL_RE, DURATION_RE, ApiModel, ObjectName
+from ondeck_operator.api.fields import (
+    DNS_LABEL_RE,
+    DURATION_RE,
+    HTTP_URL_RE,
+    PROM_LABEL_RE,
+    ApiModel,
+    ObjectName,
+)
 from ondeck_operator.api.rules import Rule
 
 __all__ = [
@@ -27,6 +34,7 @@ __all__ = [
     "Duration",
     "GatewaySpec",
     "ParentRef",
+    "PrometheusSpec",
     "RolloutPhase",
     "RolloutSpec",
     "RolloutStatus",
@@ -90,6 +98,30 @@ class ShadowSpec(ApiModel):
     duration: Duration = Field(default="5m", description="How long the shadow phase lasts.")
 
 
+class PrometheusSpec(ApiModel):
+    """Read the analysis figures from a Prometheus that scrapes the server pods, instead of
+    scraping the pods from the operator."""
+
+    url: str = Field(
+        pattern=HTTP_URL_RE,
+        max_length=2048,
+        description="Base URL of the Prometheus HTTP API (the operator queries "
+        "<url>/api/v1/query), e.g. http://prometheus.monitoring.svc:9090.",
+    )
+    pod_label: str = Field(
+        default="pod",
+        max_length=128,
+        pattern=PROM_LABEL_RE,
+        description="The series label that holds the pod's name.",
+    )
+    namespace_label: str = Field(
+        default="namespace",
+        max_length=128,
+        pattern=PROM_LABEL_RE,
+        description="The series label that holds the pod's namespace.",
+    )
+
+
 class AnalysisSpec(ApiModel):
     """The thresholds each interval's figures are judged by (the servers' own metrics)."""
 
@@ -118,6 +150,11 @@ class AnalysisSpec(ApiModel):
         le=1_000_000,
         description="Fewest candidate requests (or shadow copies) in an interval for a "
         "verdict; fewer and the step waits.",
+    )
+    prometheus: PrometheusSpec | None = Field(
+        default=None,
+        description="Take the figures from this Prometheus (increase() and "
+        "histogram_quantile() over each interval) instead of the pods' /metrics.",
     )
 
 

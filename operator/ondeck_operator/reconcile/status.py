@@ -323,10 +323,22 @@ def status_patch(
     before, after = _dump(old), _dump(new)
     if before == after:
         return None
-    patch: dict[str, Any] = dict(after)
+    return {"status": _merge_patch(before, after)}
+
+
+def _merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """`after`, with None for each key gone since `before`, at every depth: a merge patch
+    removes a key only when told to, and merges objects key by key (a rollout's
+    `stepStarted` cleared at a new step would otherwise keep the previous step's time)."""
+    patch: dict[str, Any] = {}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            value = _merge_patch(old, value)
+        patch[key] = value
     for key in before.keys() - after.keys():
-        patch[key] = None  # a merge patch removes a key only when told to
-    return {"status": patch}
+        patch[key] = None
+    return patch
 
 
 def transitions(old: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> list[EventSpec]:

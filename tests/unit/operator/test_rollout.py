@@ -85,6 +85,11 @@ def test_the_default_is_replace_with_two_steps_ready_for_a_canary() -> None:
          "greater than or equal to 1"),
         ({"analysis": {"minRequests": 0}}, "spec.rollout.analysis.minRequests",
          "greater than or equal to 1"),
+        ({"analysis": {"prometheus": {"url": "prometheus:9090"}}},
+         "spec.rollout.analysis.prometheus.url", "an http:// or https:// URL"),
+        ({"analysis": {"prometheus": {}}}, "spec.rollout.analysis.prometheus.url", "required"),
+        ({"analysis": {"prometheus": {"url": "http://p:9090", "podLabel": "pod-name"}}},
+         "spec.rollout.analysis.prometheus.podLabel", "a Prometheus label name"),
     ],
 )  # fmt: skip
 def test_bad_rollouts_are_refused_at_the_field(
