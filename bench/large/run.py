@@ -136,8 +136,9 @@ def serve_once(artifact: Path, server: str) -> dict[str, Any]:
                    if line.startswith("VmRSS:"))  # fmt: skip
         hwm = next(int(line.split()[1]) * 1024 for line in status.splitlines()
                    if line.startswith("VmHWM:"))  # fmt: skip
+        logits = answer.json()["outputs"][0]["data"] if answer.status_code == 200 else []
         return {"status": answer.status_code, "ready_s": ready_s, "infer_ms": infer_ms,
-                "rss": rss, "hwm": hwm}  # fmt: skip
+                "rss": rss, "hwm": hwm, "logits": logits}  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(timeout=60)
