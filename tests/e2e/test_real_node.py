@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -148,6 +149,108 @@ def helm_uninstall(cluster: RealCluster) -> None:
     )
 
 
+def restricted_namespace(cluster: RealCluster) -> str:
+    """A new namespace where restricted Pod Security is enforced; its name."""
+    namespace = f"ml-{uuid.uuid4().hex[:6]}"
+    kubectl(cluster, "create", "namespace", namespace)
+    kubectl(
+        cluster,
+        *("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"),
+    )
+    return namespace
+
+
+def small_iris(namespace: str, model_server: str) -> dict[str, Any]:
+    """The iris ModelDeployment with requests small enough for the one node."""
+    return {
+        "apiVersion": "ondeck.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": namespace},
+        "spec": {
+            "model": {"uri": f"{model_server}/iris.skops", "format": "sklearn"},
+            "optimize": {"resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}},
+            "server": {
+                "replicas": 1,
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            },
+        },
+    }
+
+
+def md_ready(cluster: RealCluster, namespace: str, name: str = "iris") -> bool:
+    """Ready is True for the ModelDeployment's current generation."""
+    md = get(cluster, "modeldeployment", name, "-n", namespace)
+    conditions = {c["type"]: c for c in (md.get("status") or {}).get("conditions", [])}
+    ready = conditions.get("Ready", {})
+    return bool(
+        ready.get("status") == "True"
+        and ready.get("observedGeneration") == md["metadata"]["generation"]
+    )
+
+
+class ClusterIPClient:
+    """A client looping V2 requests for iris rows on a Service's ClusterIP (kube-proxy's
+    rules) in a thread; every exception or wrong label counts as a failure."""
+
+    def __init__(self, cluster: RealCluster, namespace: str, service: str = "iris") -> None:
+        from pipeline import models
+
+        found = get(cluster, "service", service, "-n", namespace)
+        (port,) = [p["port"] for p in found["spec"]["ports"]]
+        self.url = f"http://{found['spec']['clusterIP']}:{port}/v2/models/iris/infer"
+        x, _ = models.iris()
+        rows = x[::15]
+        self.expected = models.sklearn_models()["iris_pipeline"].predict(rows).tolist()
+        self.body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(rows.shape),
+                        "datatype": "FP32",
+                        "data": rows.reshape(-1).tolist(),
+                    }
+                ]
+            }
+        ).encode()
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def once(self) -> bool:
+        request = urllib.request.Request(
+            self.url, data=self.body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            outputs = {o["name"]: o["data"] for o in json.loads(response.read())["outputs"]}
+        if outputs["label"] != self.expected:
+            raise AssertionError(f"wrong answer {outputs['label']}")
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.once()
+                self.ok += 1
+            except Exception as exc:  # every failure counts, whatever it is
+                self.failures.append(repr(exc))
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        wait_until("a first answer through the ClusterIP", self.once, timeout=60)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def assert_none_failed(self) -> None:
+        total = self.ok + len(self.failures)
+        assert not self.failures, f"{len(self.failures)} failed of {total}: {self.failures[:5]}"
+        assert self.ok >= 20, self.ok
+
+
 @pytest.fixture
 def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     """An HTTP server on the node's bridge address serving iris.skops; its base URL."""
@@ -157,6 +260,8 @@ def model_server(real_cluster: RealCluster, tmp_path: Path) -> Iterator[str]:
     folder = tmp_path / "www"
     folder.mkdir()
     models.save_skops(models.sklearn_models()["iris_pipeline"], folder / "iris.skops")
+    # a "new version" that answers like the old one, for the canary test
+    (folder / "iris-v2.skops").write_bytes((folder / "iris.skops").read_bytes())
     (folder / "broken.onnx").write_bytes(b"this is not an ONNX model\n" * 40)
     from controlplane import free_port
 
@@ -241,12 +346,7 @@ def test_chart_operator_job_pods_and_service_on_a_real_node(
 
     cluster = real_cluster
     images = cluster.images
-    namespace = f"ml-{uuid.uuid4().hex[:6]}"
-    kubectl(cluster, "create", "namespace", namespace)
-    kubectl(
-        cluster,
-        *("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"),
-    )
+    namespace = restricted_namespace(cluster)
     started = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -510,106 +610,27 @@ def test_a_spec_change_rolls_out_with_no_failed_request(
     """While a client loops on the Service's ClusterIP, a serving setting changes: the
     Deployment rolls (maxSurge 1, maxUnavailable 0, preStop sleep, readiness probes) and
     not one request fails."""
-    import threading
-
-    from pipeline import models
-
     cluster = real_cluster
-    namespace = f"ml-{uuid.uuid4().hex[:6]}"
-    kubectl(cluster, "create", "namespace", namespace)
-    kubectl(
-        cluster,
-        *("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"),
-    )
+    namespace = restricted_namespace(cluster)
     helm = helm_install(cluster, namespace, tmp_path)
     try:
         assert helm.returncode == 0, helm.stderr
-        manifest = {
-            "apiVersion": "ondeck.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "iris", "namespace": namespace},
-            "spec": {
-                "model": {"uri": f"{model_server}/iris.skops", "format": "sklearn"},
-                "optimize": {"resources": {"requests": {"cpu": "200m", "memory": "512Mi"}}},
-                "server": {
-                    "replicas": 1,
-                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                    "batching": {"maxBatchSize": 32},
-                },
-            },
-        }
+        manifest = small_iris(namespace, model_server)
+        manifest["spec"]["server"]["batching"] = {"maxBatchSize": 32}
         kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
-
-        def md_ready() -> bool:
-            md = get(cluster, "modeldeployment", "iris", "-n", namespace)
-            conditions = {c["type"]: c for c in (md.get("status") or {}).get("conditions", [])}
-            ready = conditions.get("Ready", {})
-            return bool(
-                ready.get("status") == "True"
-                and ready.get("observedGeneration") == md["metadata"]["generation"]
-            )
-
-        wait_until("the ModelDeployment to be Ready", md_ready, timeout=600, node=cluster.node)
-        service = get(cluster, "service", "iris", "-n", namespace)
-        (port,) = [p["port"] for p in service["spec"]["ports"]]
-        url = f"http://{service['spec']['clusterIP']}:{port}/v2/models/iris/infer"
-        x, _ = models.iris()
-        rows = x[::15]
-        expected = models.sklearn_models()["iris_pipeline"].predict(rows).tolist()
-        body = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": list(rows.shape),
-                        "datatype": "FP32",
-                        "data": rows.reshape(-1).tolist(),
-                    }
-                ]
-            }
-        ).encode()
-        ok, failures = 0, []
-        stop = threading.Event()
-
-        def loop() -> None:
-            nonlocal ok
-            while not stop.is_set():
-                request = urllib.request.Request(
-                    url, data=body, headers={"Content-Type": "application/json"}
-                )
-                try:
-                    with urllib.request.urlopen(request, timeout=10) as response:
-                        outputs = {
-                            o["name"]: o["data"] for o in json.loads(response.read())["outputs"]
-                        }
-                    if outputs["label"] != expected:
-                        failures.append(f"wrong answer {outputs['label']}")
-                    else:
-                        ok += 1
-                except Exception as exc:  # every failure counts, whatever it is
-                    failures.append(repr(exc))
-                time.sleep(0.05)
-
         wait_until(
-            "a first answer through the ClusterIP",
-            lambda: (
-                urllib.request.urlopen(
-                    urllib.request.Request(
-                        url, data=body, headers={"Content-Type": "application/json"}
-                    ),
-                    timeout=10,
-                ).status
-                == 200
-            ),
-            timeout=60,
+            "the ModelDeployment to be Ready",
+            lambda: md_ready(cluster, namespace),
+            timeout=600,
+            node=cluster.node,
         )
+        client = ClusterIPClient(cluster, namespace)
         old_pods = {
             p["metadata"]["name"]
             for p in get(
                 cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=server"
             )["items"]
         }
-        client = threading.Thread(target=loop, daemon=True)
         client.start()
         try:
             time.sleep(2)
@@ -633,17 +654,133 @@ def test_a_spec_change_rolls_out_with_no_failed_request(
                 )
 
             wait_until("the rollout to replace every pod", rolled, timeout=300, node=cluster.node)
-            wait_until("the ModelDeployment to be Ready again", md_ready, timeout=120)
+            wait_until(
+                "the ModelDeployment to be Ready again",
+                lambda: md_ready(cluster, namespace),
+                timeout=120,
+            )
             time.sleep(3)
         finally:
-            stop.set()
-            client.join(timeout=30)
-        assert not failures, f"{len(failures)} failed of {ok + len(failures)}: {failures[:5]}"
-        assert ok >= 20, ok
-        print(f"\nrollout: {ok} requests through the ClusterIP, 0 failed")
+            client.stop()
+        client.assert_none_failed()
+        print(f"\nrollout: {client.ok} requests through the ClusterIP, 0 failed")
         kubectl(cluster, "delete", "modeldeployment", "iris", "-n", namespace, "--wait=true")
     except BaseException:
         print(kubectl(cluster, "get", "all,events", "-n", namespace, check=False)[-5000:])
+        raise
+    finally:
+        helm_uninstall(cluster)
+        kubectl(cluster, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_a_canary_is_promoted_on_its_analysis_with_no_failed_request(
+    real_cluster: RealCluster, model_server: str, artifact_volume: list[str], tmp_path: Path
+) -> None:
+    """A new model version rolled out as a canary on the real node: the operator (its image,
+    in a pod) runs the candidate beside stable behind the one Service (replica-ratio
+    split: 1 + 1 pods, 50 %), reads both pods' /metrics over the pod network, judges each
+    interval and promotes; a client looping on the Service's ClusterIP (kube-proxy's
+    rules) the whole time sees not one failed request, and some of its requests were
+    answered by the candidate (counted in the recorded analysis)."""
+    cluster = real_cluster
+    namespace = restricted_namespace(cluster)
+    helm = helm_install(cluster, namespace, tmp_path)
+    try:
+        assert helm.returncode == 0, helm.stderr
+        manifest = small_iris(namespace, model_server)
+        manifest["spec"]["rollout"] = {
+            "strategy": "canary",
+            "steps": [{"weight": 50, "pause": "20s"}],
+            "analysis": {
+                "interval": "5s",
+                "maxErrorRate": 0.01,
+                # a loaded 2-core machine: the latency ratio is not what is tested
+                "maxLatencyRatio": 20,
+                "minRequests": 5,
+            },
+        }
+        kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(manifest))
+
+        def md() -> dict[str, Any]:
+            return dict(get(cluster, "modeldeployment", "iris", "-n", namespace))
+
+        wait_until(
+            "the ModelDeployment to be Ready",
+            lambda: md_ready(cluster, namespace),
+            timeout=600,
+            node=cluster.node,
+        )
+        first_key = md()["status"]["artifact"]["key"]
+        client = ClusterIPClient(cluster, namespace)
+        client.start()
+        seen: dict[str, Any] = {}
+        try:
+            time.sleep(2)
+            kubectl(
+                cluster,
+                *("patch", "modeldeployment", "iris", "-n", namespace, "--type", "merge"),
+                *("-p", json.dumps({"spec": {"model": {"uri": f"{model_server}/iris-v2.skops"}}})),
+            )
+
+            def promoted() -> bool:
+                status = md().get("status") or {}
+                rollout = status.get("rollout") or {}
+                analysis = rollout.get("analysis") or {}
+                if rollout.get("phase") == "Canary" and analysis.get("verdict") == "Pass":
+                    seen["passed"] = analysis
+                if rollout.get("phase") == "RolledBack":
+                    seen["rolledBack"] = rollout  # ends the wait: fail at once, not at 600 s
+                return rollout.get("phase") in ("Promoted", "RolledBack")
+
+            wait_until("the canary to be promoted", promoted, timeout=600, node=cluster.node)
+            assert "rolledBack" not in seen, f"rolled back: {seen['rolledBack']}"
+            wait_until(
+                "the ModelDeployment to be Ready again",
+                lambda: md_ready(cluster, namespace),
+                timeout=300,
+            )
+
+            def only_new_pods() -> bool:
+                pods = get(
+                    cluster, "pods", "-n", namespace, "-l", "app.kubernetes.io/component=server"
+                )["items"]
+                return bool(
+                    pods
+                    and all(p["metadata"].get("deletionTimestamp") is None for p in pods)
+                    and all(
+                        c["ready"] for p in pods for c in p["status"].get("containerStatuses", [])
+                    )
+                    and len(pods) == 1
+                )
+
+            wait_until("one ready server pod after promotion", only_new_pods, timeout=300)
+            time.sleep(3)
+        finally:
+            client.stop()
+        status = md()["status"]
+        assert (status.get("artifact") or {}).get("key") not in (None, first_key), status
+        assert seen.get("passed"), "no analysis passed during the canary step"
+        assert seen["passed"]["candidateRequests"] >= 5, seen["passed"]
+        client.assert_none_failed()
+        print(
+            f"\ncanary: {client.ok} requests through the ClusterIP, 0 failed; "
+            f"the passing analysis: {seen['passed']}"
+        )
+        kubectl(cluster, "delete", "modeldeployment", "iris", "-n", namespace, "--wait=true")
+    except BaseException:
+        print(kubectl(cluster, "get", "all,events", "-n", namespace, check=False)[-5000:])
+        print(
+            kubectl(
+                cluster,
+                "logs",
+                "-n",
+                "ondeck-system",
+                "-l",
+                "app.kubernetes.io/name=ondeck",
+                "--tail=80",
+                check=False,
+            )
+        )
         raise
     finally:
         helm_uninstall(cluster)

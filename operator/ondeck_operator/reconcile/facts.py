@@ -16,6 +16,7 @@ from ondeck_operator.api.constants import (
     Reason,
 )
 from ondeck_operator.api.operator_config import OperatorConfig
+from ondeck_operator.api.rollout import RolloutPhase
 from ondeck_operator.api.spec import (
     ModelDeployment,
     ModelDeploymentStatus,
@@ -175,9 +176,17 @@ def pods_needed(md: ModelDeployment, observed: Observed) -> str | None:
         known = status.artifact is not None and status.artifact.key == wanted
         if known and status.artifact and status.artifact.digest:
             return None
-        candidate = status.rollout.candidate if status.rollout else None
-        # A rollout keeps the stable artifact's report; the candidate's digest is its own.
-        return None if candidate and candidate.key == wanted and candidate.digest else job
+        rollout = status.rollout
+        candidate = rollout.candidate if rollout else None
+        # While a rollout holds the candidate back, the status keeps the stable artifact's
+        # report and the candidate's digest is recorded apart. Once it is promoted, its
+        # own report is read like any finished Job's (else status.artifact would be empty).
+        on_trial = rollout is not None and rollout.phase in (
+            RolloutPhase.SHADOW,
+            RolloutPhase.CANARY,
+        )
+        held = on_trial and candidate and candidate.key == wanted and candidate.digest
+        return None if held else job
     if state == JobState.FAILED:
         return None if _known_failure(md) is not None else job
     return None

@@ -22,7 +22,7 @@ from ondeck_operator.reconcile.analysis import (
     parse_sample,
     quantile,
 )
-from ondeck_operator.reconcile.facts import Observed
+from ondeck_operator.reconcile.facts import Observed, pods_needed
 from ondeck_operator.reconcile.kinds import DEPLOYMENT, HTTPROUTE, JOB, POD, SERVICE, kind_of
 from ondeck_operator.reconcile.plan import Plan, plan
 from ondeck_operator.reconcile.rollout import Analysis
@@ -271,7 +271,12 @@ class Cluster:
         assert self.plans[-1].writes == 0
 
     def step(self, now: str, analysis: Analysis | None = None) -> Plan:
-        p = plan(self.m, self.observed, CONFIG, now=now, analysis=analysis)
+        # As the controller does: a conversion Job's pods are seen only when
+        # pods_needed asks for them (they are listed then, not watched).
+        observed = self.observed
+        if pods_needed(self.m, observed) is None:
+            observed = Observed({**observed.children, POD: ()})
+        p = plan(self.m, observed, CONFIG, now=now, analysis=analysis)
         self.plans.append(p)
         self.observed = observed_after(p, self.observed)
         for name in self.unready:
@@ -439,6 +444,8 @@ def test_a_failing_analysis_rolls_back_at_once_with_the_figures() -> None:
     assert c.m.status is not None
     assert c.m.status.phase is not None
     assert c.m.status.phase.value == "Ready"  # the old version serves
+    assert c.m.status.artifact is not None
+    assert c.m.status.artifact.key == old  # the report is the serving artifact's
     # It stays rolled back (no new candidate) until the spec changes, writing nothing
     # once the status has the stable replica counts back.
     c.step(at(30))
