@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
@@ -176,31 +176,13 @@ def _with_onnx_domain(src: Path, out: Path) -> Path:
 
 
 def _pre_process(src: Path, out: Path, *, large: bool) -> Path:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     src = _with_onnx_domain(src, out.with_name("domain.onnx"))
     if src.parent == out.parent and onnx_tools.has_external_data_file(src):
         return _pre_process_graph(src, out)
-
-    for skip_symbolic in (False, True):
-        try:
-            # On failure, symbolic shape inference dumps `sym_shape_infer_temp.onnx` and its
-            # external data into the working directory: keep that inside our work folder
-            # (a Job's root filesystem is read-only, and a laptop's cwd is the user's).
-            with contextlib.chdir(out.parent):
-                quant_pre_process(
-                    str(src),
-                    str(out),
-                    skip_optimization=True,
-                    skip_symbolic_shape=skip_symbolic,
-                    save_as_external_data=large,
-                    all_tensors_to_one_file=True,
-                )
-            return out
-        except Exception:  # symbolic shape inference fails on some exports: retry without
-            out.unlink(missing_ok=True)
-            continue
-    return src
+    done = _quant_pre_process(
+        lambda: str(src), out, save_as_external_data=large, all_tensors_to_one_file=True
+    )
+    return out if done else src
 
 
 def _pre_process_graph(src: Path, out: Path) -> Path:
@@ -209,25 +191,39 @@ def _pre_process_graph(src: Path, out: Path) -> Path:
     the dimensions of), saved next to `src` so the weights' locations still resolve. The
     ONNX shape inference step is left to the quantizer, which runs it again anyway."""
     import onnx
+
+    done = _quant_pre_process(
+        lambda: onnx.load_model(str(src), load_external_data=False),
+        out,
+        skip_onnx_shape=True,
+        save_as_external_data=False,
+    )
+    return out if done else src
+
+
+def _quant_pre_process(model: Callable[[], Any], out: Path, **options: Any) -> bool:
+    """onnxruntime's `quant_pre_process` of `model()` (a path, or a graph loaded afresh
+    for each try) into `out`, with symbolic shape inference and, when that fails (it does
+    on some exports), without it. False when both tries fail (`out` then does not exist)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     for skip_symbolic in (False, True):
-        graph = onnx.load_model(str(src), load_external_data=False)
         try:
+            # On failure, symbolic shape inference dumps `sym_shape_infer_temp.onnx` and its
+            # external data into the working directory: keep that inside our work folder
+            # (a Job's root filesystem is read-only, and a laptop's cwd is the user's).
             with contextlib.chdir(out.parent):
                 quant_pre_process(
-                    graph,
+                    model(),
                     str(out),
                     skip_optimization=True,
-                    skip_onnx_shape=True,
                     skip_symbolic_shape=skip_symbolic,
-                    save_as_external_data=False,
+                    **options,
                 )
-            return out
-        except Exception:  # symbolic shape inference fails on some exports: retry without
+            return True
+        except Exception:
             out.unlink(missing_ok=True)
-            continue
-    return src
+    return False
 
 
 def gemm_to_matmul(model: Any) -> int:
