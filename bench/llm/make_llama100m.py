@@ -39,51 +39,15 @@ CONTEXT = 1024
 
 def build(folder: Path, *, seed: int, check_tokens: int, train_steps: int) -> dict[str, object]:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     text = tinyllm.corpus()
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=tinyllm.SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([text[i : i + 4096] for i in range(0, len(text), 4096)], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>"],
-        model_max_length=CONTEXT,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = tinyllm.CHATML
-    fast.save_pretrained(folder)
-
-    eos = bpe.token_to_id("<|im_end|>")
-    pad = bpe.token_to_id("<|endoftext|>")
+    bpe = tinyllm.tokenizer(text, folder, vocab=VOCAB, context=CONTEXT)
+    eos, pad = bpe.token_to_id("<|im_end|>"), bpe.token_to_id("<|endoftext|>")
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=bpe.get_vocab_size(),
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=8,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        max_position_embeddings=CONTEXT,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=pad,
-        eos_token_id=eos,
-        pad_token_id=pad,
+    config = tinyllm.llama_config(
+        bpe, context=CONTEXT, hidden=1024, intermediate=2816, layers=8, heads=16, kv_heads=4
     )
     model = LlamaForCausalLM(config)
     losses = _train(model, bpe.encode(text).ids, steps=train_steps) if train_steps else []
@@ -93,6 +57,7 @@ def build(folder: Path, *, seed: int, check_tokens: int, train_steps: int) -> di
     params = sum(p.numel() for p in model.parameters())
 
     torch.set_num_threads(1)
+    fast = PreTrainedTokenizerFast.from_pretrained(folder)  # as saved for the builder
     ids = fast(PROMPT, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(

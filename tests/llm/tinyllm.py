@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 CHATML = (
     "{% for message in messages %}"
@@ -58,54 +59,17 @@ def build(folder: Path, *, steps: int = 250, seed: int = 0) -> Path:
     thread (~30 s on a busy 2-core machine; loss 7.7 → ~3.2). Fewer leave the logits so
     flat that int4's rounding flips the top-1 token at half the positions."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
     text = corpus()
     train_text = text[:-HELD_OUT_CHARS]
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    chunks = [train_text[i : i + 4096] for i in range(0, len(train_text), 4096)]
-    bpe.train_from_iterator(chunks, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>"],
-        model_max_length=CONTEXT,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = CHATML
-    fast.save_pretrained(folder)
-
-    eos = bpe.token_to_id("<|im_end|>")
-    pad = bpe.token_to_id("<|endoftext|>")
+    bpe = tokenizer(train_text, folder, vocab=VOCAB, context=CONTEXT)
+    eos, pad = bpe.token_to_id("<|im_end|>"), bpe.token_to_id("<|endoftext|>")
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=bpe.get_vocab_size(),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=pad,
-        eos_token_id=eos,
-        pad_token_id=pad,
+    config = llama_config(
+        bpe, context=CONTEXT, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2
     )
     model = LlamaForCausalLM(config)
     _train(model, bpe.encode(train_text).ids, steps=steps)
@@ -116,6 +80,70 @@ def build(folder: Path, *, steps: int = 250, seed: int = 0) -> Path:
     meta = {"steps": steps, "seed": seed}
     (folder / "ondeck-tinyllm.json").write_text(json.dumps(meta))
     return folder
+
+
+def tokenizer(text: str, folder: Path, *, vocab: int, context: int) -> Any:
+    """A byte-level BPE of `vocab` tokens trained on `text`, saved in `folder` as a Hugging
+    Face tokenizer with the ChatML template and special tokens; the `tokenizers.Tokenizer`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    chunks = [text[i : i + 4096] for i in range(0, len(text), 4096)]
+    bpe.train_from_iterator(chunks, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=context,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return bpe
+
+
+def llama_config(
+    bpe: Any,
+    *,
+    context: int,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+) -> Any:
+    """A LLaMA `LlamaConfig` of these sizes for the tokenizer `bpe` (its ChatML end token
+    is EOS, `<|endoftext|>` pads)."""
+    from transformers import LlamaConfig
+
+    eos, pad = bpe.token_to_id("<|im_end|>"), bpe.token_to_id("<|endoftext|>")
+    return LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=context,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=pad,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
 
 
 def _train(model: object, ids: list[int], *, steps: int) -> None:
