@@ -115,10 +115,11 @@ def test_tinyllm_goes_ready_sized_from_its_artifact(
         assert args[args.index("--name") + 1] == "tiny-chat"
         assert args[args.index("--max-batch-size") + 1] == "4"
         assert args[args.index("--max-context-length") + 1] == "128"
-        # weights + 2 x layers x KV heads x head size x bytes x context x 4 sequences + 768 MiB
+        # weights + 2 x layers x KV heads x head size x bytes x context x 4 sequences + 768
+        # MiB, the context capped by maxContextLength (the server allocates that many)
         terms = summary["llm"]
         kv = 2 * terms["numLayers"] * terms["numKeyValueHeads"] * terms["headSize"]
-        kv *= terms["kvBytesPerElement"] * terms["contextLength"] * 4
+        kv *= terms["kvBytesPerElement"] * min(terms["contextLength"], 128) * 4
         request = summary["sizeBytes"] + kv + 768 * MI
         assert server.resources.requests == {"cpu": "1", "memory": _mi(request)}
         assert server.resources.limits == {"memory": _mi(request + 512 * MI)}

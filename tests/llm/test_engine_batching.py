@@ -1,9 +1,9 @@
-"""The engine worker's batch boundaries. onnxruntime-genai's Engine here batches
-statically (a request admitted while a batch decodes waits for all of it), so the worker
-holds new requests until a batch ends, and a new batch waits (bounded by `batch_wait`)
-for as many requests as were in flight during the last one. Pinned by which engine step
-each job's tokens came from (every job of one step gets the same stamp), never by speed;
-the timeouts only bound a test that would otherwise hang."""
+"""The engine worker's continuous batching: a request that arrives while others decode is
+admitted into a free slot at the worker's next turn and decodes alongside them (it does
+not wait for them to finish); past `max_batch` it waits for a slot; a cancelled waiting
+request leaves at once. Pinned by which engine turn each job's tokens came from (every
+job decoded in one turn gets the same stamp), never by speed; the timeouts only bound a
+test that would otherwise hang."""
 
 from __future__ import annotations
 
@@ -22,27 +22,24 @@ from ondeck_server.serve.llm.engine import (
     Sampling,
     _deliver,
 )
-from ondeck_server.serve.llm.server import LLM_MIN_BATCH_WAIT_S, llm_batch_wait
 
 BOUND_S = 120.0
 """no job here takes more than a fraction of this, even on a loaded machine"""
 
 
-def _worker(artifact: Outcome, *, max_batch: int) -> EngineWorker:
-    # a window far longer than BOUND_S: only the request count ends the wait
+def _worker(artifact: Outcome, *, max_batch: int, chunk: int = 256) -> EngineWorker:
     return EngineWorker(
         Path(artifact.path) / "genai",
         max_batch=max_batch,
         max_queue=16,
         threads=1,
-        batch_wait=10 * BOUND_S,
-        batch_wait_share=1e9,
+        prefill_chunk=chunk,
     )
 
 
-def _job(max_tokens: int = 8, loop: Any = None) -> Job:
+def _job(max_tokens: int = 8, loop: Any = None, prompt: str = "The for statement") -> Job:
     return Job(
-        "The for statement",
+        prompt,
         Sampling(max_tokens=max_tokens, temperature=0.0),
         loop=loop or asyncio.get_running_loop(),
     )
@@ -55,58 +52,117 @@ async def _events(job: Job) -> list[Event]:
     return out
 
 
-def _first_stamp(events: list[Event]) -> float:
-    return next(e.tokens[0] for e in events if isinstance(e, Piece))
+def _stamps(events: list[Event]) -> list[float]:
+    return [t for e in events if isinstance(e, Piece) for t in e.tokens]
 
 
-def test_a_new_batch_waits_for_as_many_requests_as_the_last_one_held(
-    fp32_artifact: Outcome,
-) -> None:
-    async def go() -> None:
-        worker = _worker(fp32_artifact, max_batch=4)
-        first = [_job() for _ in range(3)]
-        for job in first:  # all waiting before the worker's first look: one batch of 3
-            worker.submit(job)
-        worker.start()
-        try:
-            rounds = await asyncio.gather(*(_events(j) for j in first))
-            assert len({_first_stamp(e) for e in rounds}) == 1
-            # the next round's first request comes back alone; the batch waits for the
-            # other two instead of starting without them
-            lone = _job()
-            worker.submit(lone)
-            await asyncio.sleep(0.5)
-            assert lone.events.empty(), "the lone request was admitted without the others"
-            rest = [_job(), _job()]
-            for job in rest:
-                worker.submit(job)
-            second = await asyncio.gather(*(_events(j) for j in [lone, *rest]))
-            assert len({_first_stamp(e) for e in second}) == 1
-            assert all(isinstance(e[-1], Finished) for e in second)
-        finally:
-            worker.stop()
-
-    asyncio.run(go())
-
-
-def test_a_lone_clients_next_request_does_not_wait(fp32_artifact: Outcome) -> None:
-    async def go() -> None:
-        worker = _worker(fp32_artifact, max_batch=4)
-        worker.start()
-        try:
-            for _ in range(3):  # each would wait 10 x BOUND_S if a lone request waited
-                events = await _events(_submitted(worker, _job()))
-                assert isinstance(events[-1], Finished)
-                assert events[-1].reason == "length"
-        finally:
-            worker.stop()
-
-    asyncio.run(go())
+def _text(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, Piece))
 
 
 def _submitted(worker: EngineWorker, job: Job) -> Job:
     worker.submit(job)
     return job
+
+
+async def _drain(job: Job) -> list[Event]:
+    return job.drain(await asyncio.wait_for(job.events.get(), BOUND_S))
+
+
+class _SubmitOnFirstToken:
+    """The event loop the long job is given: when the worker hands over that job's first
+    token, it submits `late` from the worker thread itself, before the worker's next turn
+    (so `late` arrives while the long job is decoding, whatever the machine's speed)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, worker: EngineWorker, late: Job):
+        self.loop, self.worker, self.late = loop, worker, late
+        self.submitted = False
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        first_token = callback is _deliver and any(isinstance(e, Piece) for _, e in args[0])
+        if first_token and not self.submitted:
+            self.submitted = True
+            self.worker.submit(self.late)
+        self.loop.call_soon_threadsafe(callback, *args)
+
+
+def test_a_request_joins_the_running_ones_instead_of_waiting_for_them(
+    fp32_artifact: Outcome,
+) -> None:
+    async def go() -> None:
+        worker = _worker(fp32_artifact, max_batch=4)
+        worker.start()
+        try:
+            late = _job(max_tokens=8)
+            hook = _SubmitOnFirstToken(asyncio.get_running_loop(), worker, late)
+            long = _submitted(worker, _job(max_tokens=200, loop=hook))
+            late_events = await _events(late)
+            long_events = await _events(long)
+            assert hook.submitted
+            assert isinstance(late_events[-1], Finished)
+            assert late_events[-1].reason == "length"
+            long_stamps = _stamps(long_events)
+            # the late request's tokens after its first were decoded in the same turns as
+            # the long one's (one stamp per turn), and it finished while the long one ran
+            late_stamps = _stamps(late_events)
+            assert len(late_stamps) == 8
+            assert set(late_stamps[1:]) <= set(long_stamps)
+            assert max(late_stamps) < max(long_stamps)
+            # and each got exactly its own tokens: the same text as alone
+            alone = await _events(_submitted(worker, _job(max_tokens=8)))
+            assert _text(alone) == _text(late_events) != ""
+        finally:
+            worker.stop()
+
+    asyncio.run(go())
+
+
+def test_past_max_batch_a_request_waits_for_a_slot(fp32_artifact: Outcome) -> None:
+    async def go() -> None:
+        worker = _worker(fp32_artifact, max_batch=2)
+        worker.start()
+        try:
+            jobs = [_submitted(worker, _job(max_tokens=40)) for _ in range(2)]
+            third = _submitted(worker, _job(max_tokens=8))
+            done = await asyncio.gather(*(_events(j) for j in [*jobs, third]))
+            first_two_end = min(max(_stamps(e)) for e in done[:2])
+            assert min(_stamps(done[2])) > first_two_end
+            assert {_text(e) for e in done[:2]} == {_text(done[0])}
+        finally:
+            worker.stop()
+
+    asyncio.run(go())
+
+
+def test_a_prompt_longer_than_a_chunk_gives_the_same_tokens(fp32_artifact: Outcome) -> None:
+    """A prompt prefilled in chunks of 8 tokens (interleaved with another request's
+    decoding) continues exactly as one prefilled whole."""
+
+    async def go() -> None:
+        prompt = "The for statement is used to iterate over the elements of a sequence " * 3
+        whole = _worker(fp32_artifact, max_batch=2, chunk=4096)
+        whole.start()
+        try:
+            expected = await _events(_submitted(whole, _job(16, prompt=prompt)))
+        finally:
+            whole.stop()
+        chunked = _worker(fp32_artifact, max_batch=2, chunk=8)
+        chunked.start()
+        try:
+            other = _submitted(chunked, _job(max_tokens=60))
+            await _drain(other)
+            got = await _events(_submitted(chunked, _job(16, prompt=prompt)))
+            rest = await _events(other)
+            assert isinstance(got[-1], Finished)
+            assert isinstance(expected[-1], Finished)
+            assert got[-1].prompt_tokens == expected[-1].prompt_tokens > 16
+            assert _text(got) == _text(expected) != ""
+            assert isinstance(rest[-1], Finished)
+            assert rest[-1].reason == "length"
+        finally:
+            chunked.stop()
+
+    asyncio.run(go())
 
 
 class _Order:
@@ -127,7 +183,7 @@ class _Order:
         self.loop.call_soon_threadsafe(callback, *args)
 
 
-def test_a_request_cancelled_while_it_waits_leaves_before_the_batch_ends(
+def test_a_request_cancelled_while_it_waits_leaves_before_a_slot_frees(
     fp32_artifact: Outcome,
 ) -> None:
     async def go() -> None:
@@ -137,7 +193,7 @@ def test_a_request_cancelled_while_it_waits_leaves_before_the_batch_ends(
         try:
             running = _submitted(worker, _job(max_tokens=200, loop=order))
             waiting = _submitted(worker, _job(loop=order))
-            # the running request has decoded; the other waits for its batch to end
+            # the running request has decoded; the other waits for its slot
             while not any(isinstance(e, Piece) for e in await _drain(running)):
                 pass
             assert worker.waiting == 1
@@ -156,11 +212,25 @@ def test_a_request_cancelled_while_it_waits_leaves_before_the_batch_ends(
     asyncio.run(go())
 
 
-async def _drain(job: Job) -> list[Event]:
-    return job.drain(await asyncio.wait_for(job.events.get(), BOUND_S))
+def test_a_running_request_cancelled_frees_its_slot(fp32_artifact: Outcome) -> None:
+    async def go() -> None:
+        worker = _worker(fp32_artifact, max_batch=1)
+        worker.start()
+        try:
+            running = _submitted(worker, _job(max_tokens=200))
+            while not any(isinstance(e, Piece) for e in await _drain(running)):
+                pass
+            running.cancel()
+            worker.wake()
+            events = await _events(running)
+            assert isinstance(events[-1], Finished)
+            assert events[-1].reason == "cancelled"
+            assert events[-1].completion_tokens < 200
+            after = await _events(_submitted(worker, _job(max_tokens=4)))
+            assert isinstance(after[-1], Finished)
+            assert after[-1].reason == "length"
+            assert worker.running == 0
+        finally:
+            worker.stop()
 
-
-def test_the_llm_batch_wait_is_off_at_zero_and_at_least_the_floor_otherwise() -> None:
-    assert llm_batch_wait(0.0) == 0.0
-    assert llm_batch_wait(2.0) == LLM_MIN_BATCH_WAIT_S
-    assert llm_batch_wait(200.0) == 0.2  # above the floor: --max-delay-ms itself
+    asyncio.run(go())

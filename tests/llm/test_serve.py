@@ -191,6 +191,33 @@ def test_concurrent_streams_each_get_their_batch1_text(
     assert "vllm:time_to_first_token_seconds_count" in httpx.get(f"{server}/metrics").text
 
 
+def test_a_seed_gives_the_same_sampled_text_whatever_runs_beside_it(server: str) -> None:
+    """A seeded request samples from its own generator: the same text alone and among 7
+    others (greedy and differently seeded), and another seed gives another text."""
+    client = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0)
+
+    async def one(prompt: str, seed: int | None, temperature: float = 1.0) -> str:
+        stream = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=NEW_TOKENS, temperature=temperature,
+            seed=seed, stream=True, extra_body={"top_k": 50},
+        )  # fmt: skip
+        return "".join([chunk.choices[0].text async for chunk in stream])
+
+    async def go() -> tuple[str, list[str], str]:
+        alone = await one(PROMPTS[2], 1234)
+        crowd = await asyncio.gather(
+            one(PROMPTS[2], 1234),
+            *(one(p, i, temperature=0.7 if i % 2 else 0.0) for i, p in enumerate(PROMPTS[1:])),
+        )
+        other = await one(PROMPTS[2], 99)
+        return alone, crowd, other
+
+    alone, crowd, other = asyncio.run(go())
+    assert alone != ""
+    assert crowd[0] == alone
+    assert other != alone
+
+
 def test_a_stream_observes_one_ttft_and_one_gap_per_later_token(
     server: str, client: openai.OpenAI
 ) -> None:
@@ -258,6 +285,8 @@ BAD = [
     (CHAT, {"model": MODEL, "messages": HI, "logprobs": True}, 400, "logprobs"),
     ("/v1/completions", {"model": MODEL, "prompt": " the" * 300}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x"}, 400, "model"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": "7"}, 400, "seed"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": -1}, 400, "seed"),
 ]  # fmt: skip
 
 

@@ -100,9 +100,12 @@ def _with_headroom(request: int) -> Pair:
     return Pair(request, request + headroom)
 
 
-def kv_cache_bytes(report: ArtifactReport, sequences: int) -> int | None:
+def kv_cache_bytes(
+    report: ArtifactReport, sequences: int, max_context: int | None = None
+) -> int | None:
     """2 (K and V) x layers x KV heads x head size x bytes x context x sequences: the
-    KV cache onnxruntime-genai allocates for the model's own context per sequence."""
+    KV cache the server allocates (one slot per sequence, each for the model's context,
+    or `--max-context-length` when that is smaller)."""
     llm = report.llm
     if llm is None:
         return None
@@ -115,6 +118,8 @@ def kv_cache_bytes(report: ArtifactReport, sequences: int) -> int | None:
     if layers is None or heads is None or head is None or context is None:
         return None
     element = llm.kv_bytes_per_element or DEFAULT_KV_BYTES
+    if max_context is not None:
+        context = min(context, max_context)
     return 2 * layers * heads * head * element * context * sequences
 
 
@@ -131,7 +136,8 @@ def server_memory(spec: ModelDeploymentSpec, report: ArtifactReport | None) -> P
     if report is None or report.size_bytes is None:
         return None
     if report.kind == KIND_LLM:
-        kv = kv_cache_bytes(report, llm_sequences(spec))
+        cap = spec.llm.max_context_length if spec.llm else None
+        kv = kv_cache_bytes(report, llm_sequences(spec), cap)
         if kv is None:
             return None
         return _with_headroom(report.size_bytes + kv + LLM_OVERHEAD)

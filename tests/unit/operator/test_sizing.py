@@ -101,7 +101,8 @@ def test_kv_cache_formula_on_the_tiny_model() -> None:
 
 def test_language_model_memory_is_weights_plus_kv_cache_plus_constant() -> None:
     resources = _server(LLM_SPEC, _report())["resources"]
-    request = 257029 + MI + 768 * MI  # weights + KV cache (batch 8) + LLM overhead
+    # weights + KV cache (batch 8, maxContextLength 128 of 256) + LLM overhead
+    request = 257029 + MI // 2 + 768 * MI
     assert resources["requests"] == {"cpu": "1", "memory": _mi(request)}
     assert resources["limits"] == {"memory": _mi(request + 512 * MI)}
 
@@ -127,6 +128,16 @@ def test_the_kv_cache_grows_with_the_batch_and_a_big_model() -> None:
     # Without spec.llm.maxBatchSize the server's batching.maxBatchSize (32) decodes at once.
     wide = _server({**LLM_SPEC, "llm": None}, big)["resources"]["requests"]["memory"]
     assert wide == _mi(35 * GI + 80 * GI + 768 * MI)
+
+
+def test_max_context_length_shrinks_the_kv_cache() -> None:
+    """The server allocates each slot for `--max-context-length` positions when that is
+    below the model's context (serve/llm/decoder.py): 64 of 256 is a quarter."""
+    assert sizing.kv_cache_bytes(_report(), 8, 64) == MI // 4
+    assert sizing.kv_cache_bytes(_report(), 8, 4096) == MI
+    spec = {**LLM_SPEC, "llm": {"maxBatchSize": 8, "maxContextLength": 64}}
+    request = 257029 + MI // 4 + 768 * MI
+    assert _server(spec, _report())["resources"]["requests"]["memory"] == _mi(request)
 
 
 def test_an_older_summary_without_the_kv_element_size_counts_fp32() -> None:
@@ -281,7 +292,7 @@ def test_the_jobs_summary_sizes_the_deployment_and_reaches_the_status() -> None:
     second = plan(m, observed, config, now=NOW)
     deployment = next(o for o in second.applies if o["kind"] == "Deployment")
     resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
-    assert resources["requests"]["memory"] == _mi(257029 + MI + 768 * MI)
+    assert resources["requests"]["memory"] == _mi(257029 + MI // 2 + 768 * MI)  # KV for 128 of 256
     artifact = second.status.artifact
     assert artifact is not None
     assert (artifact.kind, artifact.precision) == ("llm", "int4")

@@ -1,13 +1,15 @@
-"""Batching at batch boundaries (on CPU the Engine batches statically): ONE
-onnxruntime-genai Engine, owned by ONE thread, fed from a bounded queue.
+"""Continuous batching: ONE decoder (decoder.py: onnxruntime over the artifact's model
+with a KV cache of `max_batch` slots), owned by ONE thread, fed from a bounded queue.
 
-Every onnxruntime-genai call (loading, tokenizing, `Engine.run`, cancelling, closing)
+Every model and tokenizer call (loading, tokenizing, prefill, decode, detokenizing)
 happens on the worker thread. The event loop talks to it through `submit` (a job into
 the waiting deque, 429 past `max_queue`) and `Job.cancel`; the worker answers each job
 through its own asyncio queue (`call_soon_threadsafe`), so every client gets exactly
-its own tokens. At most `max_batch` jobs decode together; the others wait in order.
-A cancelled job (client gone, stop string seen, drain deadline) is cancelled in the
-engine on the worker's next step, which frees its slot.
+its own tokens. Each turn of the worker's loop admits waiting jobs into free slots
+(prefilled at once, so a new request never waits for the others to finish), then
+decodes one token for every running job in one batch; at most `max_batch` run, the
+others wait in order. A cancelled job (client gone, stop string seen, drain deadline)
+leaves on the worker's next turn, which frees its slot.
 
 A decode step of a small model costs well under a millisecond, so the handoff is built to
 cost less than that: each step's events for all its jobs cross to the event loop in ONE
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ondeck_server.serve.llm.sampling import pick
 
 log = logging.getLogger("ondeck.llm")
 
@@ -42,6 +45,8 @@ class Sampling:
     top_k: int = 0
     default_max_tokens: int | None = None
     max_tokens_param: str = "max_tokens"
+    seed: int | None = None
+    """the request's own random generator: the same text whatever else runs with it"""
 
 
 @dataclass
@@ -90,8 +95,15 @@ class Job:
     prompt_tokens: int = 0
     generated: int = 0
     # worker-side state
-    request: Any = None
-    turn: int = 0
+    ids: Any = None
+    """the prompt's token ids (int64)"""
+    slot: int = -1
+    cursor: int = 0
+    """prompt tokens already in the cache (the prefill's progress)"""
+    next_token: int = -1
+    """sampled, sent, not yet in the cache: the next decode step feeds it"""
+    limit: int = 0
+    rng: Any = None
     stream: Any = None
     done: bool = False
     pending: list[float] = field(default_factory=list)
@@ -138,28 +150,23 @@ class EngineWorker:
         max_queue: int,
         threads: int | None,
         max_context: int | None = None,
-        batch_wait: float = 0.0,
-        batch_wait_share: float = 0.1,
+        prefill_chunk: int = 256,
     ) -> None:
         self.genai = genai
-        self.batch_wait = batch_wait
-        """longest (s) a new batch waits for the requests the last one suggests are coming"""
-        self.batch_wait_share = batch_wait_share
-        """...and at most this share of the last batch's duration"""
-        self._peak = 0
-        """most requests in flight (running + waiting) since the current batch began"""
-        self._batch_began = 0.0
-        self._last_batch_s = 0.0
         self.max_context = max_context
         """`--max-context-length`: caps the model's context (prompt + output tokens)"""
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.threads = threads
+        self.prefill_chunk = prefill_chunk
+        """a longer prompt is prefilled in pieces of this many tokens, each followed by
+        a decode step of the running jobs (their streams do not stall for a long prompt)"""
         self.context = 0
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: dict[int, Job] = {}
+        """slot -> job"""
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._main, name="ondeck-llm-engine", daemon=True)
@@ -226,32 +233,22 @@ class EngineWorker:
     def _load(self) -> None:
         import onnxruntime_genai as og
 
-        self._og = og
-        config = og.Config(str(self.genai))
-        overlay: dict[str, Any] = {
-            "engine": {"static_batching": {"max_batch_size": self.max_batch}}
-        }
-        if self.threads is not None:
-            overlay["model"] = {
-                "decoder": {"session_options": {"intra_op_num_threads": self.threads}}
-            }
-        config.overlay(json.dumps(overlay))
-        self._model = og.Model(config)
-        self._tokenizer = og.Tokenizer(self._model)
-        self._engine = og.Engine(self._model)
-        self._buffer = self._engine.create_event_buffer(max(64, 4 * self.max_batch))
-        self._eos = {int(t) for t in self._tokenizer.eos_token_ids}
-        genai_config = json.loads((self.genai / "genai_config.json").read_text())
-        self.context = int(genai_config["model"]["context_length"])
-        if self.max_context is not None:
-            self.context = min(self.context, self.max_context)
+        from ondeck_server.serve.llm.decoder import Decoder
+
+        self._decoder = Decoder(
+            self.genai, slots=self.max_batch, context=self.max_context, threads=self.threads
+        )
+        self.context = self._decoder.context
+        # the tokenizer only: onnxruntime-genai never loads the model here
+        self._tokenizer = og.Tokenizer(og.Config(str(self.genai)))
+        self._eos = {int(t) for t in self._tokenizer.eos_token_ids} | set(self._decoder.spec.eos)
 
     def _warm_up(self) -> None:
         loop: Any = _NullLoop()
         job = Job("Hello", Sampling(max_tokens=2, temperature=0.0), loop=loop)
         self._admit(job)
         while self._active:
-            self._step()
+            self._turn()
 
     def _loop(self) -> None:
         while True:
@@ -260,68 +257,45 @@ class EngineWorker:
                     self._cv.wait(0.5)
                 if self._stop and not self._active and not self._waiting:
                     return
-                fresh: list[Job] = []
-                # a request cancelled while it waits (its client left) leaves now, not
-                # when the running batch ends
-                gone = [job for job in self._waiting if job.cancelled]
+                # a request cancelled while it waits leaves now, not when a slot frees
+                gone = [job for job in self._waiting if job.cancelled or self._stop]
                 if gone:
-                    self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
-                if not self._active:
-                    # A batch boundary: the Engine (static batching) takes new requests
-                    # only now; anything admitted while a batch decodes waits for all of
-                    # it. So new requests wait in our deque during a batch, and a new batch
-                    # waits briefly for as many as were in flight during the last one
-                    # (closed-loop clients send their next request a round trip after
-                    # their last token): otherwise the first to come back starts a batch
-                    # alone and the rest wait for it to finish.
-                    self._gather()
-                    while self._waiting and len(fresh) < self.max_batch:
-                        fresh.append(self._waiting.popleft())
-                    self._peak = len(fresh) + len(self._waiting)
-                    if fresh:
-                        self._batch_began = time.monotonic()
-                if self._stop:
-                    fresh += list(self._waiting)
-                    self._waiting.clear()
+                    self._waiting = collections.deque(
+                        j for j in self._waiting if not (j.cancelled or self._stop)
+                    )
+                fresh: list[Job] = []
+                while self._waiting and len(self._active) + len(fresh) < self.max_batch:
+                    fresh.append(self._waiting.popleft())
             for job in gone:
                 job._send(Finished("cancelled", 0, 0))
             for job in fresh:
-                if job.cancelled:
-                    job._send(Finished("cancelled", 0, 0))
-                    continue
                 self._admit(job)
-            for job in list(self._active.values()):
-                if job.cancelled and not job.done:
-                    job.done = True
-                    job.request.cancel_turn(job.turn)
-            if self._active:
-                self._peak = max(self._peak, len(self._active) + len(self._waiting))
-                self._step()
-                if not self._active:
-                    self._last_batch_s = time.monotonic() - self._batch_began
+            self._turn()
 
-    def _gather(self) -> None:
-        """With the lock held and no batch running: wait (bounded) until as many requests
-        wait as were in flight during the last batch, capped at `max_batch`. No wait when
-        the last batch had one request (a lone client pays no extra latency)."""
-        target = min(self.max_batch, self._peak)
-        if target <= 1 or not self._waiting:
-            return
-        window = min(self.batch_wait, self.batch_wait_share * self._last_batch_s)
-        deadline = time.monotonic() + window
-        while not self._stop and len(self._waiting) < target:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._cv.wait(left)
+    def _turn(self) -> None:
+        """Cancelled jobs leave, new ones are prefilled, every running one decodes one
+        token; the events of the turn cross to each event loop in one hand-off."""
+        out: dict[Any, list[tuple[Job, Event]]] = {}
+        for job in list(self._active.values()):
+            if job.cancelled:
+                self._finish(job, "cancelled", out)
+        self._prefill(out)
+        self._decode(out)
+        for loop, batch in out.items():
+            if batch:
+                # RuntimeError: the loop is closed, nobody is listening any more
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_deliver, batch)
 
     def _admit(self, job: Job) -> None:
-        og = self._og
         s = job.sampling
+        if job.cancelled:
+            job._send(Finished("cancelled", 0, 0))
+            return
         if isinstance(job.prompt, str):
-            ids = np.asarray(self._tokenizer.encode(job.prompt), dtype=np.int32)
+            ids = np.asarray(self._tokenizer.encode(job.prompt), dtype=np.int64)
         else:
-            ids = np.asarray(job.prompt, dtype=np.int32)
+            ids = np.asarray(job.prompt, dtype=np.int64)
         n = int(ids.size)
         job.prompt_tokens = n
         if n == 0:
@@ -356,82 +330,104 @@ class EngineWorker:
                 )
             )
             return
-        request = self._engine.create_request(options=og.RequestOptions())
-        options = og.TurnOptions(request)
-        options.set_max_generated_tokens(max_tokens)
-        if s.temperature <= 0.0:
-            options.set_do_sample(False)
-        else:
-            options.set_do_sample(True)
-            options.set_temperature(s.temperature)
-            options.set_top_p(s.top_p)
-            options.set_top_k(s.top_k if s.top_k > 0 else 0)
-        job.request = request
+        job.ids = ids
+        job.limit = max_tokens
+        job.cursor = 0
+        job.slot = min(set(range(self.max_batch)) - set(self._active))
+        if s.temperature > 0.0:
+            job.rng = np.random.default_rng(s.seed)
         job.stream = self._tokenizer.create_stream()
-        job.turn = request.begin_turn(ids, options)
         job.started_at = time.monotonic()
-        self._active[id(request)] = job
+        self._active[job.slot] = job
         job._send(Admitted(prompt_tokens=n, max_tokens=max_tokens))
 
-    def _step(self) -> None:
-        og = self._og
-        token_flag = int(og.EngineEventFlags.TOKEN.value)
-        finished_flag = int(og.EngineEventFlags.TURN_FINISHED.value)
-        failed_flag = int(og.EngineEventFlags.FAILED.value)
-        events = self._engine.run(self._buffer)
+    def _prefill(self, out: dict[Any, list[tuple[Job, Event]]]) -> None:
+        """Every new prompt that fits in one chunk, adjacent slots together; then one
+        chunk of one longer prompt."""
+        chunk = self.prefill_chunk
+        whole = sorted(
+            (j for j in self._active.values() if j.cursor == 0 and 0 < j.ids.size <= chunk),
+            key=lambda j: j.slot,
+        )
+        runs: list[list[Job]] = []
+        for job in whole:
+            # padded to the longest: a run holds at most 4 chunks' worth of positions
+            if (
+                runs
+                and runs[-1][-1].slot + 1 == job.slot
+                and (len(runs[-1]) + 1) * max(job.ids.size, runs[-1][0].ids.size) <= 4 * chunk
+            ):
+                runs[-1].append(job)
+            else:
+                runs.append([job])
+        for run in runs:
+            logits = self._decoder.prefill(run[0].slot, [j.ids for j in run])
+            now = time.monotonic()
+            for job, row in zip(run, logits, strict=True):
+                job.cursor = job.ids.size
+                self._emit(job, row, now, out)
+        longer = next(
+            (j for j in self._active.values() if not j.done and j.cursor < j.ids.size), None
+        )
+        if longer is not None:
+            end = min(longer.cursor + chunk, longer.ids.size)
+            logits = self._decoder.prefill(longer.slot, [longer.ids[:end]], start=longer.cursor)
+            longer.cursor = end
+            if end == longer.ids.size:
+                self._emit(longer, logits[0], time.monotonic(), out)
+
+    def _decode(self, out: dict[Any, list[tuple[Job, Event]]]) -> None:
+        running = [j for j in self._active.values() if j.next_token >= 0]
+        if not running:
+            return
+        hi = max(self._active) + 1
+        tokens = np.zeros(hi, np.int64)
+        lengths = np.zeros(hi, np.int64)
+        for job in self._active.values():
+            # a prompt still being prefilled runs as a dummy row at its cursor: its next
+            # chunk overwrites that position
+            lengths[job.slot] = job.cursor + job.generated
+            if job.next_token >= 0:
+                tokens[job.slot] = job.next_token
+                lengths[job.slot] = job.ids.size + job.generated - 1
+        logits = self._decoder.decode(hi, tokens, lengths)
         now = time.monotonic()
-        out: dict[Any, list[tuple[Job, Event]]] = {}
-        for event in events:
-            job = self._active.get(id(event.request))
-            if job is None:
-                continue
-            batch = out.get(job.loop)
-            if batch is None:
-                batch = out[job.loop] = []
-            flags = int(event.flags)
-            if flags & token_flag:
-                token = int(event.token)
-                if token not in self._eos:
-                    job.generated += 1
-                    job.pending.append(now)
-                    text = job.stream.decode(token)
-                    if text:
-                        batch.append((job, Piece(text, job.pending)))
-                        job.pending = []
-            if flags & (finished_flag | failed_flag):
-                reason = _reason(og, event, failed=bool(flags & failed_flag))
-                self._active.pop(id(event.request), None)
-                job.done = True
-                job.request.close()
-                batch.append(
-                    (
-                        job,
-                        Finished(
-                            reason,
-                            job.prompt_tokens,
-                            job.generated,
-                            str(event.error_code) if reason == "error" else "",
-                        ),
-                    )
-                )
-        for loop, batch in out.items():
-            if batch:
-                # RuntimeError: the loop is closed, nobody is listening any more
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_deliver, batch)
+        for job in running:
+            self._emit(job, logits[job.slot], now, out)
 
+    def _emit(
+        self, job: Job, logits: Any, now: float, out: dict[Any, list[tuple[Job, Event]]]
+    ) -> None:
+        s = job.sampling
+        token = pick(logits, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                     rng=job.rng)  # fmt: skip
+        job.next_token = -1
+        if token in self._eos:
+            self._finish(job, "stop", out)
+            return
+        job.generated += 1
+        job.pending.append(now)
+        text = job.stream.decode(token)
+        if text:
+            self._batch(job, out).append((job, Piece(text, job.pending)))
+            job.pending = []
+        if job.generated >= job.limit:
+            self._finish(job, "length", out)
+        else:
+            job.next_token = token
 
-def _reason(og: Any, event: Any, *, failed: bool) -> str:
-    if failed:
-        return "error"
-    finish = event.finish_reason
-    if finish == og.FinishReason.CANCELLED:
-        return "cancelled"
-    if finish in (og.FinishReason.MAX_GENERATED_TOKENS, og.FinishReason.MAX_SESSION_TOKENS):
-        return "length"
-    if finish == og.FinishReason.FAILED:
-        return "error"
-    return "stop"
+    def _finish(self, job: Job, reason: str, out: dict[Any, list[tuple[Job, Event]]]) -> None:
+        self._active.pop(job.slot, None)
+        job.done = True
+        job.next_token = -1
+        self._batch(job, out).append((job, Finished(reason, job.prompt_tokens, job.generated)))
+
+    @staticmethod
+    def _batch(job: Job, out: dict[Any, list[tuple[Job, Event]]]) -> list[tuple[Job, Event]]:
+        batch = out.get(job.loop)
+        if batch is None:
+            batch = out[job.loop] = []
+        return batch
 
 
 class _NullLoop:

@@ -25,7 +25,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "tools": (None, []),
     "functions": (None, []),
     "response_format": (None, {"type": "text"}),
-    "seed": (None,),
 }
 
 
@@ -159,6 +158,11 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
         top_k = 0
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < -1:
         raise invalid(f"top_k must be an integer ≥ -1 (-1 or 0: off), got {top_k!r}", "top_k")
+    seed = body.get("seed")
+    if seed is not None and (
+        not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63
+    ):
+        raise invalid(f"seed must be an integer in [0, 2^63), got {seed!r}", "seed")
     stop = body.get("stop")
     stops: list[str]
     if stop is None:
@@ -183,6 +187,7 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
             top_k=max(top_k, 0),
             default_max_tokens=None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS,
             max_tokens_param=param,
+            seed=seed,
         ),
     )
 

@@ -58,7 +58,6 @@ def run(settings: ServeSettings) -> int:
         max_queue=settings.max_queue,
         threads=settings.threads or 1,
         max_context=settings.max_context_length,
-        batch_wait=llm_batch_wait(settings.max_delay_ms),
     )
     metrics = LlmMetrics(name)
     metrics.watch(lambda: worker.running, lambda: worker.waiting)
@@ -125,19 +124,3 @@ class LlmServer(uvicorn.Server):
                 self.config.timeout_graceful_shutdown = 1
                 return True
         return False
-
-
-LLM_MIN_BATCH_WAIT_S = 0.05
-"""A closed-loop client's next request comes a round trip after its last token: 2-20 ms
-on a loaded machine over loopback, more over a network. At 2 ms (--max-delay-ms's default,
-sized for requests already being received) a 94M model's c=8 batches stayed fragmented
-(bench/llm/RESULTS.md); the wait is also capped at 10 % of the last batch's duration, so a
-model whose batch takes milliseconds waits a fraction of a millisecond."""
-
-
-def llm_batch_wait(max_delay_ms: float) -> float:
-    """Seconds a new batch may wait for the requests the last one suggests are coming: 0
-    when --max-delay-ms is 0 (off), else at least LLM_MIN_BATCH_WAIT_S."""
-    if max_delay_ms <= 0:
-        return 0.0
-    return max(max_delay_ms / 1000, LLM_MIN_BATCH_WAIT_S)

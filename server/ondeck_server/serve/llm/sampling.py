@@ -1,0 +1,41 @@
+"""The next token from one row of logits: greedy, or sampled with temperature, top-k and
+top-p from the request's own random generator (so a `seed` gives the same text whatever
+else the engine is decoding at the time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def pick(
+    logits: npt.NDArray[Any],
+    *,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    rng: np.random.Generator | None,
+) -> int:
+    """Greedy when temperature is 0 (or no generator); otherwise softmax(logits / T) cut
+    to the top_k most likely tokens (0: all), then to the smallest set whose probability
+    reaches top_p, renormalised and sampled."""
+    if temperature <= 0.0 or rng is None:
+        return int(np.argmax(logits))
+    scores = logits.astype(np.float64) / temperature
+    if 0 < top_k < scores.size:
+        keep = np.argpartition(scores, -top_k)[-top_k:]
+    else:
+        keep = np.arange(scores.size)
+    scores = scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    keep, scores = keep[order], scores[order]
+    probs = np.exp(scores - scores[0])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        # the smallest prefix whose mass reaches top_p (at least one token)
+        cut = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
+        keep, probs = keep[:cut], probs[:cut]
+        probs /= probs.sum()
+    return int(keep[rng.choice(probs.size, p=probs)])
