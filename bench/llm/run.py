@@ -13,6 +13,13 @@ load average.
 MODEL_FOLDER: a Hugging Face causal-LM folder, e.g. examples/tinyllm/model
 (examples/tinyllm/make_model.py builds it). Raw onnxruntime-genai at concurrency c runs
 one static batch of c copies of the prompt (a Generator with batch_size c).
+
+Optional columns (off by default; without them the run and its output are as before):
+`--ct2 DIR` adds CTranslate2 rows ("ct2-int8 c=N", ct2_peer.py: the folder converted
+once into DIR, measured like raw onnxruntime-genai; needs `pip install ctranslate2`);
+`--bandwidth` measures the machine's single-thread read bandwidth (bandwidth.py) and
+reports the share of it raw onnxruntime-genai's c=1 decode step reaches (and the
+CTranslate2 c=1 step's, with --ct2).
 """
 
 from __future__ import annotations
@@ -213,6 +220,48 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+def ct2_rows(args: argparse.Namespace, runs: dict[str, Any], results: dict[str, Any]) -> Path:
+    """CTranslate2's rows (ct2_peer.py), after raw onnxruntime-genai's; returns its model."""
+    import ctranslate2
+    from ct2_peer import convert as ct2_convert
+    from ct2_peer import ct2_generate
+
+    quantization = args.ct2_quantization
+    model = ct2_convert(args.folder, args.ct2, quantization)
+    results["settings"]["ct2"] = {
+        "version": ctranslate2.__version__,
+        "quantization": quantization,
+        "model": str(model),
+    }
+    for c in args.concurrency:
+        name = f"ct2-{quantization} c={c}"
+        runs[name] = ct2_generate(
+            args.folder, args.ct2, c, args.max_tokens, args.rounds, quantization=quantization
+        )
+        print(name, runs[name], flush=True)
+    return model
+
+
+def bandwidth_rows(
+    artifact: Path, ct2_model: Path | None, ct2_name: str, runs: dict[str, Any]
+) -> dict[str, Any]:
+    """The machine's read bandwidth and the share of it each c=1 decode step reaches."""
+    from bandwidth import ceiling_fraction, read_bandwidth, weight_bytes
+
+    machine = read_bandwidth()
+    got: dict[str, Any] = {"machine": machine}
+    steps = {"raw-og c=1": artifact}
+    if ct2_model is not None:
+        steps[f"{ct2_name} c=1"] = ct2_model
+    for name, weights in steps.items():
+        if runs.get(name, {}).get("itl_ms"):
+            got[name] = ceiling_fraction(
+                weight_bytes(weights), runs[name]["itl_ms"], machine["read_gb_s"]
+            )
+    print("bandwidth", json.dumps(got), flush=True)
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, required=True)
@@ -226,7 +275,18 @@ def main() -> None:
     parser.add_argument(
         "--artifact", type=Path, help="an artifact already converted with --quantize"
     )
+    parser.add_argument(
+        "--ct2", type=Path, metavar="DIR", help="add CTranslate2 rows; converted models go here"
+    )
+    parser.add_argument("--ct2-quantization", choices=("int8", "none"), default="int8")
+    parser.add_argument(
+        "--bandwidth", action="store_true", help="the %% of read bandwidth raw og's c=1 reaches"
+    )
     args = parser.parse_args()
+    if args.bandwidth and ("raw" not in args.servers or 1 not in args.concurrency):
+        parser.error("--bandwidth needs raw onnxruntime-genai at concurrency 1 (--servers raw)")
+    if args.bandwidth and args.max_tokens < 2:
+        parser.error("--bandwidth needs --max-tokens >= 2 (a decode step is between tokens)")
     count = token_counter(args.folder)
 
     results: dict[str, Any] = {
@@ -254,6 +314,11 @@ def main() -> None:
             for c in args.concurrency:
                 runs[f"raw-og c={c}"] = raw_og(artifact, c, args.max_tokens, args.rounds)
                 print(f"raw-og c={c}", runs[f"raw-og c={c}"], flush=True)
+        ct2_model = ct2_rows(args, runs, results) if args.ct2 is not None else None
+        if args.bandwidth:
+            results["bandwidth"] = bandwidth_rows(
+                artifact, ct2_model, f"ct2-{args.ct2_quantization}", runs
+            )
         ondeck = [sys.executable, "-m", "ondeck_server", "serve", "--model", str(artifact),
                   "--threads", "1", "--max-batch-size", str(args.max_batch_size), "--name",
                   "bench", "--host", "127.0.0.1", "--port"]  # fmt: skip
