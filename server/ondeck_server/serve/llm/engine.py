@@ -137,6 +137,15 @@ def _deliver(batch: list[tuple[Job, Event]]) -> None:
         job.events.put_nowait(event)
 
 
+def _hand_over(out: dict[Any, list[tuple[Job, Event]]]) -> None:
+    """Each event loop's events of one step, in one wake-up of that loop."""
+    for loop, batch in out.items():
+        if batch:
+            # RuntimeError: the loop is closed, nobody is listening any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, batch)
+
+
 class QueueFull(Exception):
     pass
 
@@ -274,18 +283,17 @@ class EngineWorker:
 
     def _turn(self) -> None:
         """Cancelled jobs leave, new ones are prefilled, every running one decodes one
-        token; the events of the turn cross to each event loop in one hand-off."""
+        token; the events of each step cross to each event loop in one hand-off."""
         out: dict[Any, list[tuple[Job, Event]]] = {}
         for job in list(self._active.values()):
             if job.cancelled:
                 self._finish(job, "cancelled", out)
         self._prefill(out)
+        # first tokens go out before the decode step, not after it (TTFT)
+        _hand_over(out)
+        out = {}
         self._decode(out)
-        for loop, batch in out.items():
-            if batch:
-                # RuntimeError: the loop is closed, nobody is listening any more
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_deliver, batch)
+        _hand_over(out)
 
     def _admit(self, job: Job) -> None:
         s = job.sampling
