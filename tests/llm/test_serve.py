@@ -304,6 +304,31 @@ def test_bad_input_is_a_4xx_naming_the_field(
         assert re.search(r"\b\d+ tokens\b", error["message"])
 
 
+def test_the_rollout_analysis_reads_its_answers(server: str, client: openai.OpenAI) -> None:
+    """The operator's own parser (reconcile/analysis.py) reads this server's /metrics:
+    every answer counted under `ondeck_requests_total` (a 400 too, but not as an error),
+    and the duration histogram that gives the latency ratio."""
+    from ondeck_operator.reconcile.analysis import parse_sample
+
+    before = parse_sample(httpx.get(f"{server}/metrics").text)
+    client.completions.create(model=MODEL, prompt="A class is", max_tokens=3)
+    stream = client.completions.create(model=MODEL, prompt="A", max_tokens=3, stream=True)
+    assert len(list(stream)) >= 1
+    refused = httpx.post(
+        f"{server}/v1/completions", json={"model": MODEL, "prompt": "x", "top_p": 7},
+        headers=_auth(), timeout=30,
+    )  # fmt: skip
+    assert refused.status_code == 400
+    deadline = time.monotonic() + 20  # a stream is counted when its response has closed
+    after = parse_sample(httpx.get(f"{server}/metrics").text)
+    while after.requests < before.requests + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = parse_sample(httpx.get(f"{server}/metrics").text)
+    assert after.requests == before.requests + 3
+    assert after.errors == before.errors == 0
+    assert dict(after.buckets)[float("inf")] == dict(before.buckets).get(float("inf"), 0) + 3
+
+
 def test_malformed_json(server: str) -> None:
     answer = httpx.post(
         f"{server}/v1/completions", content=b"{not json", headers=_auth(), timeout=30

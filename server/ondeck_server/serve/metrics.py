@@ -32,6 +32,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: what a rollout's analysis reads from every server, tensor or language model
+REQUESTS_METRIC = "ondeck_requests"
+REQUEST_DURATION_METRIC = "ondeck_request_duration_seconds"
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -73,11 +76,11 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._requests = Counter(
-            "ondeck_requests", "Inference requests answered.", ["model", "protocol", "code"],
+            REQUESTS_METRIC, "Inference requests answered.", ["model", "protocol", "code"],
             registry=r,
         )  # fmt: skip
         self._request_seconds = Histogram(
-            "ondeck_request_duration_seconds",
+            REQUEST_DURATION_METRIC,
             "Time from receiving an inference request to sending its answer.",
             ["model", "protocol"],
             buckets=_LATENCY_BUCKETS,

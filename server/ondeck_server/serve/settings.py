@@ -62,7 +62,13 @@ class ServeSettings(BaseModel):
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="TCP port (0: any free port)")
     max_batch_size: int = Field(
-        default=32, ge=1, le=4096, description="rows per dynamic batch; 1 turns batching off"
+        default=32,
+        ge=1,
+        le=4096,
+        description=(
+            "rows per dynamic batch; 1 turns batching off (language models: sequences "
+            "decoding together, one KV-cache slot each)"
+        ),
     )
     max_delay_ms: float = Field(
         default=2.0,
@@ -70,8 +76,7 @@ class ServeSettings(BaseModel):
         le=1000.0,
         description=(
             "longest a partly filled batch waits for requests already being received; "
-            "language models: for as many requests as were in flight during the last batch, "
-            "at least 50 ms but at most 10 % of the last batch's duration; 0 turns it off"
+            "0 turns it off (language models batch continuously and never wait)"
         ),
     )
     threads: int | None = Field(

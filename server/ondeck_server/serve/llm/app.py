@@ -156,6 +156,7 @@ async def _chat(request: Request) -> Response:
 async def _generate(request: Request, *, chat: bool) -> Response:
     state = _state(request)
     state.inflight += 1
+    began = time.monotonic()
     handed_over = False
     try:
         _check_auth(state, request)
@@ -209,18 +210,23 @@ async def _generate(request: Request, *, chat: bool) -> Response:
         run = _Run(state, job, parsed, chat=chat)
         if parsed.stream:
             handed_over = True
-            return _Sse(run.sse(), on_close=lambda: _close(state, run))
-        return await _whole(request, state, run)
+            return _Sse(run.sse(), on_close=lambda: _close(state, run, began))
+        answer = await _whole(request, state, run)
+        state.metrics.answered(answer.status_code, time.monotonic() - began)
+        return answer
     except ApiError as exc:
+        state.metrics.answered(exc.status, time.monotonic() - began)
         return _error(exc)
     finally:
         if not handed_over:
             state.inflight -= 1
 
 
-def _close(state: LlmState, run: _Run) -> None:
+def _close(state: LlmState, run: _Run, began: float) -> None:
+    code = run.status if run.completed else 499
     _abort(state, run)
     state.inflight -= 1
+    state.metrics.answered(code, time.monotonic() - began)
 
 
 def _abort(state: LlmState, run: _Run) -> None:
@@ -268,6 +274,8 @@ class _Run:
         self.usage: dict[str, int] = {}
         self.finish_reason = "stop"
         self.completed = False
+        self.status = 200
+        """what a stream's answer counts as (its HTTP status was 200 before it began)"""
         # Every text chunk is the same JSON but for the text: encode it once with a marker
         # and splice each piece's JSON string in (bytes equal to encoding the whole dict);
         # the text is the template's last string, after the id and the model's name.
@@ -385,6 +393,7 @@ class _Run:
             async for piece in self.pieces():
                 yield self.text_chunk(piece)
         except ApiError as exc:
+            self.status = exc.status
             yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
             return

@@ -1,11 +1,18 @@
 """Metrics under vLLM's names, labelled `model_name`, so dashboards, KEDA and HPA
-queries written for vLLM work unchanged."""
+queries written for vLLM work unchanged; and the two every ondeck server exports
+(`ondeck_requests_total{model, protocol="openai", code}`,
+`ondeck_request_duration_seconds{model, protocol}`), so a rollout's analysis judges a
+language model's canary the way it judges a tensor model's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ondeck_server.serve.metrics import REQUEST_DURATION_METRIC, REQUESTS_METRIC
+
+PROTOCOL = "openai"
 
 _TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
          7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
@@ -53,6 +60,24 @@ class LlmMetrics:
         self._waiting = Gauge(
             "vllm:num_requests_waiting", "Requests waiting.", label, registry=r
         ).labels(model)
+
+        self._requests = Counter(
+            REQUESTS_METRIC, "Inference requests answered.", ["model", "protocol", "code"],
+            registry=r,
+        )  # fmt: skip
+        self._request_seconds = Histogram(
+            REQUEST_DURATION_METRIC,
+            "Time from receiving a request to its answer's last byte.",
+            ["model", "protocol"],
+            buckets=_E2E,
+            registry=r,
+        ).labels(model, PROTOCOL)
+
+    def answered(self, code: int, seconds: float) -> None:
+        """One completion request answered with `code` (a stream: 200, or 500 when the
+        generation failed mid-stream, 499 when the client left first)."""
+        self._requests.labels(self.model, PROTOCOL, str(code)).inc()
+        self._request_seconds.observe(seconds)
 
     def watch(self, running: Callable[[], float], waiting: Callable[[], float]) -> None:
         self._running.set_function(running)
