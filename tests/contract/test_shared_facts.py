@@ -420,3 +420,21 @@ def test_both_halves_print_one_stop_line_and_the_docs_quote_it() -> None:
     for name in ("quickstart.md", "conversion.md", "architecture.md"):
         assert f"`{INTERRUPTED}`" in flat(name), name
     assert f"`{NOTHING_QUANTIZED.format(mode='int8')}`" in flat("conversion.md")
+
+
+def test_the_rollout_analysis_reads_the_names_every_server_exports() -> None:
+    """reconcile/analysis.py parses `ondeck_requests_total` and
+    `ondeck_request_duration_seconds` from both servers' /metrics (tensor and language
+    model: both build them with serve/metrics.py's `request_metrics`)."""
+    from ondeck_operator.reconcile import analysis
+    from ondeck_server.serve import metrics
+    from ondeck_server.serve.llm.metrics import LlmMetrics
+
+    assert analysis.REQUESTS == metrics.REQUESTS_METRIC
+    assert analysis.DURATION == metrics.REQUEST_DURATION_METRIC
+    llm = LlmMetrics("m")
+    llm.answered(200, 0.4)
+    llm.answered(503, 0.1)
+    sample = analysis.parse_sample(llm.render().decode())
+    assert (sample.requests, sample.errors) == (2, 1)
+    assert dict(sample.buckets)[float("inf")] == 2

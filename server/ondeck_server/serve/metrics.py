@@ -71,21 +71,31 @@ class ModelCounters:
     last_inference_ms: int = 0
 
 
+def request_metrics(
+    registry: CollectorRegistry, buckets: tuple[float, ...]
+) -> tuple[Counter, Histogram]:
+    """`ondeck_requests_total{model, protocol, code}` and
+    `ondeck_request_duration_seconds{model, protocol}`: what a rollout's analysis reads
+    from every ondeck server, tensor or language model."""
+    requests = Counter(
+        REQUESTS_METRIC, "Inference requests answered.", ["model", "protocol", "code"],
+        registry=registry,
+    )  # fmt: skip
+    seconds = Histogram(
+        REQUEST_DURATION_METRIC,
+        "Time from receiving an inference request to sending its answer (a stream: its last byte).",
+        ["model", "protocol"],
+        buckets=buckets,
+        registry=registry,
+    )
+    return requests, seconds
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._requests = Counter(
-            REQUESTS_METRIC, "Inference requests answered.", ["model", "protocol", "code"],
-            registry=r,
-        )  # fmt: skip
-        self._request_seconds = Histogram(
-            REQUEST_DURATION_METRIC,
-            "Time from receiving an inference request to sending its answer.",
-            ["model", "protocol"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._requests, self._request_seconds = request_metrics(r, _LATENCY_BUCKETS)
         self._inference_seconds = Histogram(
             "ondeck_inference_duration_seconds",
             "Time of one onnxruntime run (one batch).",

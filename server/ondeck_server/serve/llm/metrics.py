@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ondeck_server.serve.metrics import REQUEST_DURATION_METRIC, REQUESTS_METRIC
+from ondeck_server.serve.metrics import request_metrics
 
 PROTOCOL = "openai"
 
@@ -61,17 +61,8 @@ class LlmMetrics:
             "vllm:num_requests_waiting", "Requests waiting.", label, registry=r
         ).labels(model)
 
-        self._requests = Counter(
-            REQUESTS_METRIC, "Inference requests answered.", ["model", "protocol", "code"],
-            registry=r,
-        )  # fmt: skip
-        self._request_seconds = Histogram(
-            REQUEST_DURATION_METRIC,
-            "Time from receiving a request to its answer's last byte.",
-            ["model", "protocol"],
-            buckets=_E2E,
-            registry=r,
-        ).labels(model, PROTOCOL)
+        self._requests, seconds = request_metrics(r, _E2E)
+        self._request_seconds = seconds.labels(model, PROTOCOL)
 
     def answered(self, code: int, seconds: float) -> None:
         """One completion request answered with `code` (a stream: 200, or 500 when the
