@@ -173,3 +173,51 @@ if __name__ == "__main__":  # python tests/llm/tinyllm.py OUT
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(build(Path(sys.argv[1])))
+
+
+#: Architectures besides LLaMA that onnxruntime-genai's builder exports for CPU, each as
+#: (transformers config class, model class, extra config): the issue names Qwen2/2.5/3 and
+#: Phi-3; Mistral is LLaMA with a sliding-window field.
+ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"original_max_position_embeddings": CONTEXT}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),
+}
+
+
+def build_architecture(folder: Path, arch: str, *, tokenizer_from: Path, seed: int = 0) -> Path:
+    """A random-weight model of `arch` (the tiny model's sizes) with the tokenizer files
+    of `tokenizer_from`. Untrained: weights drawn with std 0.2, so its logits are spread
+    enough that fp32 rounding never flips a greedy token; the text is noise."""
+    import shutil
+
+    import torch
+    import transformers
+
+    config_name, model_name, extra = ARCHITECTURES[arch]
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in tokenizer_from.iterdir():
+        if path.name.startswith("tokenizer") or path.name == "chat_template.jinja":
+            shutil.copy(path, folder)
+    base = json.loads((tokenizer_from / "config.json").read_text())
+    config = getattr(transformers, config_name)(
+        vocab_size=base["vocab_size"],
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CONTEXT,
+        tie_word_embeddings=False,
+        bos_token_id=base["bos_token_id"],
+        eos_token_id=base["eos_token_id"],
+        pad_token_id=base["pad_token_id"],
+        initializer_range=0.2,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
