@@ -14,6 +14,7 @@ from typing import Any
 
 from ondeck_server.convert.run import Outcome
 from ondeck_server.serve.llm.engine import (
+    PREFILL_LOGITS_BYTES,
     EngineWorker,
     Event,
     Finished,
@@ -21,6 +22,7 @@ from ondeck_server.serve.llm.engine import (
     Piece,
     Sampling,
     _deliver,
+    prefill_positions,
 )
 
 BOUND_S = 120.0
@@ -234,3 +236,12 @@ def test_a_running_request_cancelled_frees_its_slot(fp32_artifact: Outcome) -> N
             worker.stop()
 
     asyncio.run(go())
+
+
+def test_a_large_vocabulary_is_prefilled_in_smaller_pieces() -> None:
+    """A prefill call's logits stay under PREFILL_LOGITS_BYTES: Qwen's 151,936-token
+    vocabulary in fp32 takes 110 positions a call, the tiny model's 512 the full 256."""
+    assert prefill_positions(256, 512, 4) == 256
+    assert prefill_positions(256, 151_936, 4) == 110
+    assert 110 * 151_936 * 4 <= PREFILL_LOGITS_BYTES < 111 * 151_936 * 4
+    assert prefill_positions(256, 10_000_000, 4) == 16

@@ -44,8 +44,8 @@ DISK = "ephemeral-storage"
 #: The server process besides the weights: Python, FastAPI, onnxruntime's arenas and
 #: buffers. bench/large measured weights + 0.10-0.35 GiB for a 2.25 GiB model.
 SERVER_OVERHEAD = 512 * MIB
-#: A language-model server besides weights and KV cache: onnxruntime-genai, the
-#: tokenizer, logits and per-step buffers of a batch.
+#: A language-model server besides weights and KV cache: onnxruntime, the tokenizer, a
+#: prefill's logits (at most 64 MiB: serve/llm/engine.py) and per-step buffers.
 LLM_OVERHEAD = 768 * MIB
 #: The limit over the request: a batch's activations and allocator slack.
 LIMIT_HEADROOM_FRACTION = Decimal("0.25")

@@ -146,6 +146,17 @@ def _hand_over(out: dict[Any, list[tuple[Job, Event]]]) -> None:
                 loop.call_soon_threadsafe(_deliver, batch)
 
 
+PREFILL_LOGITS_BYTES = 64 * 2**20
+"""A prefill call's logits (rows x positions x vocabulary floats) stay under this: a
+152k-token vocabulary is prefilled 110 positions at a time, a 2k one 256 (`prefill_chunk`)."""
+
+
+def prefill_positions(requested: int, vocab: int, itemsize: int) -> int:
+    """Positions one prefill call may hold: `requested`, fewer when their logits would pass
+    PREFILL_LOGITS_BYTES, never under 16."""
+    return max(16, min(requested, PREFILL_LOGITS_BYTES // (vocab * itemsize)))
+
+
 class QueueFull(Exception):
     pass
 
@@ -168,8 +179,10 @@ class EngineWorker:
         self.max_queue = max_queue
         self.threads = threads
         self.prefill_chunk = prefill_chunk
-        """a longer prompt is prefilled in pieces of this many tokens, each followed by
-        a decode step of the running jobs (their streams do not stall for a long prompt)"""
+        """a longer prompt is prefilled in pieces of this many tokens (fewer for a large
+        vocabulary: PREFILL_LOGITS_BYTES), each followed by a decode step of the running
+        jobs (their streams do not stall for a long prompt)"""
+        self._chunk = prefill_chunk
         self.context = 0
         self.ready = threading.Event()
         self.failed: BaseException | None = None
@@ -248,6 +261,11 @@ class EngineWorker:
             self.genai, slots=self.max_batch, context=self.max_context, threads=self.threads
         )
         self.context = self._decoder.context
+        self._chunk = prefill_positions(
+            self.prefill_chunk,
+            self._decoder.spec.vocab,
+            np.dtype(self._decoder.logits_dtype).itemsize,
+        )
         # the tokenizer only: onnxruntime-genai never loads the model here
         self._tokenizer = og.Tokenizer(og.Config(str(self.genai)))
         self._eos = {int(t) for t in self._tokenizer.eos_token_ids} | set(self._decoder.spec.eos)
@@ -352,18 +370,19 @@ class EngineWorker:
     def _prefill(self, out: dict[Any, list[tuple[Job, Event]]]) -> None:
         """Every new prompt that fits in one chunk, adjacent slots together; then one
         chunk of one longer prompt."""
-        chunk = self.prefill_chunk
+        chunk = self._chunk
         whole = sorted(
             (j for j in self._active.values() if j.cursor == 0 and 0 < j.ids.size <= chunk),
             key=lambda j: j.slot,
         )
         runs: list[list[Job]] = []
         for job in whole:
-            # padded to the longest: a run holds at most 4 chunks' worth of positions
+            # rows are padded to the run's longest prompt: at most `chunk` positions in all
             if (
                 runs
                 and runs[-1][-1].slot + 1 == job.slot
-                and (len(runs[-1]) + 1) * max(job.ids.size, runs[-1][0].ids.size) <= 4 * chunk
+                and (len(runs[-1]) + 1) * max(job.ids.size, *(j.ids.size for j in runs[-1]))
+                <= chunk
             ):
                 runs[-1].append(job)
             else:
