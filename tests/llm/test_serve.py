@@ -218,6 +218,76 @@ def test_a_seed_gives_the_same_sampled_text_whatever_runs_beside_it(server: str)
     assert other != alone
 
 
+def test_chat_logprobs_whole_and_streamed(client: openai.OpenAI) -> None:
+    """Greedy: each token is the most likely one, so its log-probability is the first of
+    its top_logprobs (sorted, ≤ 0); the tokens spell the text; a stream carries the same
+    entries spread over its chunks."""
+    messages = [{"role": "user", "content": "What is a class?"}]
+    whole = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0,  # type: ignore[arg-type]
+        logprobs=True, top_logprobs=3,
+    )  # fmt: skip
+    choice = whole.choices[0]
+    assert choice.logprobs is not None
+    content = choice.logprobs.content
+    assert content is not None
+    assert whole.usage is not None
+    assert len(content) == whole.usage.completion_tokens == 12
+    assert "".join(t.token for t in content) == choice.message.content
+    for entry in content:
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3
+        assert tops == sorted(tops, reverse=True)
+        assert entry.logprob == tops[0] <= 0
+        assert entry.token == entry.top_logprobs[0].token
+        assert entry.bytes == list(entry.token.encode())
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0,  # type: ignore[arg-type]
+        logprobs=True, top_logprobs=3, stream=True,
+    )  # fmt: skip
+    streamed = [
+        entry
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content
+        for entry in chunk.choices[0].logprobs.content
+    ]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+
+
+def test_completion_logprobs_are_the_models(client: openai.OpenAI, fp32_artifact: Outcome) -> None:
+    """The first token's log-probability and its two runners-up equal log-softmax of the
+    logits onnxruntime-genai's own generator computes for the prompt."""
+    import onnxruntime_genai as og
+
+    prompt = PROMPTS[3]
+    done = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=6, temperature=0, logprobs=2
+    )
+    logprobs = done.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.tokens is not None
+    assert logprobs.token_logprobs is not None
+    assert logprobs.top_logprobs is not None
+    assert logprobs.text_offset is not None
+    assert "".join(logprobs.tokens) == done.choices[0].text
+    assert logprobs.text_offset == [
+        sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
+    ]
+    model = og.Model(og.Config(str(fp32_artifact.path / "genai")))
+    tokenizer = og.Tokenizer(model)
+    params = og.GeneratorParams(model)
+    ids = np.asarray(tokenizer.encode(prompt), dtype=np.int32)
+    params.set_search_options(max_length=len(ids) + 1, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids[None, :])
+    logits = np.asarray(generator.get_output("logits"), dtype=np.float64).reshape(-1, 512)[-1]
+    expected = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    best = np.argsort(-expected)[:2]
+    assert logprobs.token_logprobs[0] == pytest.approx(expected[best[0]], abs=1e-4)
+    firsts = sorted(logprobs.top_logprobs[0].values(), reverse=True)
+    assert firsts == pytest.approx([expected[best[0]], expected[best[1]]], abs=1e-4)
+
+
 def test_a_stream_observes_one_ttft_and_one_gap_per_later_token(
     server: str, client: openai.OpenAI
 ) -> None:
@@ -281,8 +351,12 @@ BAD = [
     ("/v1/completions", {"model": MODEL, "prompt": "x", "top_p": 0}, 400, "top_p"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "top_p": 1.5}, 400, "top_p"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "n"),
-    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 2}, 400, "logprobs"),
-    (CHAT, {"model": MODEL, "messages": HI, "logprobs": True}, 400, "logprobs"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": True}, 400, "logprobs"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "top_logprobs": 2}, 400, "top_logprobs"),
+    (CHAT, {"model": MODEL, "messages": HI, "top_logprobs": 2}, 400, "top_logprobs"),
+    (CHAT, {"model": MODEL, "messages": HI, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),  # noqa: E501
+    (CHAT, {"model": MODEL, "messages": HI, "logprobs": 1}, 400, "logprobs"),
     ("/v1/completions", {"model": MODEL, "prompt": " the" * 300}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x"}, 400, "model"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": "7"}, 400, "seed"),

@@ -36,6 +36,7 @@ from ondeck_server.serve.llm.engine import (
     Piece,
     QueueFull,
     Rejected,
+    TokenLogprob,
 )
 from ondeck_server.serve.llm.errors import ApiError
 from ondeck_server.serve.llm.metrics import LlmMetrics
@@ -276,15 +277,18 @@ class _Run:
         self.completed = False
         self.status = 200
         """what a stream's answer counts as (its HTTP status was 200 before it began)"""
+        self._offset = 0
+        """characters of completion text the logprobs sent so far cover"""
         # Every text chunk is the same JSON but for the text: encode it once with a marker
         # and splice each piece's JSON string in (bytes equal to encoding the whole dict);
         # the text is the template's last string, after the id and the model's name.
         head, _, tail = self._chunk(_MARK, None).rpartition(json.dumps(_MARK).encode())
         self._text_head, self._text_tail = head, tail
 
-    async def pieces(self) -> AsyncIterator[str]:
+    async def pieces(self) -> AsyncIterator[tuple[str, list[TokenLogprob]]]:
         """The text as it comes (pieces that queued up while the loop was busy come as
-        one); sets usage and finish_reason at the end."""
+        one), with its tokens' log-probabilities when asked for; sets usage and
+        finish_reason at the end."""
         metrics = self.state.metrics
         last: float | None = None
         stopped = False
@@ -305,8 +309,8 @@ class _Run:
                     if stopped:
                         continue
                     text, stopped = self.scanner.feed(event.text)
-                    if text:
-                        yield text
+                    if text or event.logprobs:
+                        yield text, event.logprobs
                     if stopped:
                         self.job.cancel()
                         self.state.worker.wake()
@@ -315,7 +319,7 @@ class _Run:
                     if not stopped:
                         tail = self.scanner.flush()
                         if tail:
-                            yield tail
+                            yield tail, []
                     if event.reason == "error":
                         raise ApiError(
                             500, f"generation failed: {event.message}", kind="server_error"
@@ -332,19 +336,24 @@ class _Run:
                     return
 
     async def collect(self) -> dict[str, Any]:
-        text = "".join([piece async for piece in self.pieces()])
+        texts: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        async for text, some in self.pieces():
+            texts.append(text)
+            logprobs += some
+        text = "".join(texts)
         if self.chat:
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": self._logprobs(logprobs),
                 "finish_reason": self.finish_reason,
             }
         else:
             choice = {
                 "index": 0,
                 "text": text,
-                "logprobs": None,
+                "logprobs": self._logprobs(logprobs),
                 "finish_reason": self.finish_reason,
             }
         return {
@@ -356,7 +365,15 @@ class _Run:
             "usage": self.usage,
         }
 
-    def _chunk(self, delta: str | None, finish: str | None, *, role: bool = False) -> bytes:
+    def _chunk(
+        self,
+        delta: str | None,
+        finish: str | None,
+        *,
+        role: bool = False,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> bytes:
+        lp = self._logprobs(logprobs) if logprobs is not None else None
         if self.chat:
             content: dict[str, Any] = {}
             if role:
@@ -364,11 +381,37 @@ class _Run:
             if delta is not None:
                 content["content"] = delta
             choice: dict[str, Any] = {
-                "index": 0, "delta": content, "logprobs": None, "finish_reason": finish,
+                "index": 0, "delta": content, "logprobs": lp, "finish_reason": finish,
             }  # fmt: skip
         else:
-            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": delta or "", "logprobs": lp, "finish_reason": finish}
         return self._event({"choices": [choice]})
+
+    def _logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any] | None:
+        """OpenAI's logprobs object: chat's `content` list, or the completions API's
+        parallel lists (`text_offset` counts characters from the completion's start)."""
+        if self.parsed.sampling.logprobs is None:
+            return None
+        if self.chat:
+            return {
+                "content": [
+                    {
+                        **_token(t.token, t.logprob),
+                        "top_logprobs": [_token(text, lp) for text, lp in t.top],
+                    }
+                    for t in tokens
+                ]
+            }
+        offsets = []
+        for t in tokens:
+            offsets.append(self._offset)
+            self._offset += len(t.token)
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [_finite(t.logprob) for t in tokens],
+            "top_logprobs": [{text: _finite(lp) for text, lp in t.top} for t in tokens],
+            "text_offset": offsets,
+        }
 
     def _event(self, extra: dict[str, Any]) -> bytes:
         data = {
@@ -389,9 +432,13 @@ class _Run:
     async def sse(self) -> AsyncIterator[bytes]:
         if self.chat:
             yield self._chunk("", None, role=True)
+        plain = self.parsed.sampling.logprobs is None
         try:
-            async for piece in self.pieces():
-                yield self.text_chunk(piece)
+            async for piece, logprobs in self.pieces():
+                if plain:
+                    yield self.text_chunk(piece)
+                else:
+                    yield self._chunk(piece, None, logprobs=logprobs)
         except ApiError as exc:
             self.status = exc.status
             yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
@@ -401,6 +448,19 @@ class _Run:
         if self.parsed.include_usage:
             yield self._event({"choices": [], "usage": self.usage})
         yield b"data: [DONE]\n\n"
+
+
+LOGPROB_FLOOR = -9999.0
+"""what a log-probability of -inf (a token with probability 0) is sent as: JSON has no
+infinities (vLLM does the same)"""
+
+
+def _finite(logprob: float) -> float:
+    return max(logprob, LOGPROB_FLOOR)
+
+
+def _token(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode())}
 
 
 class _Sse(Response):

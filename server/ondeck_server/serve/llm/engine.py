@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ondeck_server.serve.llm.sampling import pick
+from ondeck_server.serve.llm.sampling import log_softmax, pick, top_tokens
 
 log = logging.getLogger("ondeck.llm")
 
@@ -47,6 +47,8 @@ class Sampling:
     max_tokens_param: str = "max_tokens"
     seed: int | None = None
     """the request's own random generator: the same text whatever else runs with it"""
+    logprobs: int | None = None
+    """None: no log-probabilities; n ≥ 0: each token's, with the n most likely others"""
 
 
 @dataclass
@@ -64,10 +66,22 @@ class Rejected:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log-probability under the model (before temperature and
+    top-k/top-p), and the `Sampling.logprobs` most likely tokens at that position."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass
 class Piece:
     text: str
     tokens: list[float]
     """when each token in `text` came out of the engine (monotonic s), for TTFT/ITL"""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """one per token, when the request asked for them"""
 
 
 @dataclass
@@ -108,6 +122,7 @@ class Job:
     done: bool = False
     pending: list[float] = field(default_factory=list)
     """stamps of tokens the detokenizer holds back (part of a UTF-8 character)"""
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -125,7 +140,11 @@ class Job:
             event = self.events.get_nowait()
             last = out[-1]
             if isinstance(event, Piece) and isinstance(last, Piece):
-                out[-1] = Piece(last.text + event.text, last.tokens + event.tokens)
+                out[-1] = Piece(
+                    last.text + event.text,
+                    last.tokens + event.tokens,
+                    last.logprobs + event.logprobs,
+                )
             else:
                 out.append(event)
         return out
@@ -186,6 +205,8 @@ class EngineWorker:
         self.context = 0
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        self.serving = False
+        """loaded and warmed up: a failure after this is the engine's, not the model's load"""
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: dict[int, Job] = {}
         """slot -> job"""
@@ -243,6 +264,7 @@ class EngineWorker:
             self.failed = exc
             self.ready.set()
             return
+        self.serving = True
         self.ready.set()
         try:
             self._loop()
@@ -268,6 +290,7 @@ class EngineWorker:
         )
         # the tokenizer only: onnxruntime-genai never loads the model here
         self._tokenizer = og.Tokenizer(og.Config(str(self.genai)))
+        self._token_texts: dict[int, str] = {}
         self._eos = {int(t) for t in self._tokenizer.eos_token_ids} | set(self._decoder.spec.eos)
 
     def _warm_up(self) -> None:
@@ -434,14 +457,34 @@ class EngineWorker:
             return
         job.generated += 1
         job.pending.append(now)
+        if s.logprobs is not None:
+            job.pending_logprobs.append(self._logprob(logits, token, s.logprobs))
         text = job.stream.decode(token)
         if text:
-            self._batch(job, out).append((job, Piece(text, job.pending)))
+            self._batch(job, out).append((job, Piece(text, job.pending, job.pending_logprobs)))
             job.pending = []
+            job.pending_logprobs = []
         if job.generated >= job.limit:
             self._finish(job, "length", out)
         else:
             job.next_token = token
+
+    def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
+        logprobs = log_softmax(logits)
+        best = top_tokens(logprobs, top)
+        return TokenLogprob(
+            self._text(token),
+            float(logprobs[token]),
+            [(self._text(t), float(logprobs[t])) for t in best],
+        )
+
+    def _text(self, token: int) -> str:
+        """One token's own text (a piece of a UTF-8 character reads as U+FFFD)."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._tokenizer.decode(np.asarray([token], dtype=np.int32))
+            self._token_texts[token] = text
+        return text
 
     def _finish(self, job: Job, reason: str, out: dict[Any, list[tuple[Job, Event]]]) -> None:
         self._active.pop(job.slot, None)

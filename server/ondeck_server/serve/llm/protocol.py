@@ -127,11 +127,7 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
     n = body.get("n", 1)
     if n is not None and n != 1:
         raise invalid("only n=1 is supported", "n", "unsupported_parameter")
-    logprobs = body.get("logprobs")
-    if logprobs not in (None, False) or body.get("top_logprobs") is not None:
-        raise invalid(
-            "logprobs are not supported by this server", "logprobs", "unsupported_parameter"
-        )
+    logprobs = _logprobs(body, chat=chat)
     stream = _bool(body, "stream")
     options = body.get("stream_options")
     include_usage = False
@@ -188,8 +184,51 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
             default_max_tokens=None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS,
             max_tokens_param=param,
             seed=seed,
+            logprobs=logprobs,
         ),
     )
+
+
+MAX_TOP_LOGPROBS_CHAT = 20
+MAX_LOGPROBS_COMPLETIONS = 5
+
+
+def _logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
+    """How many alternatives per token to return with its log-probability; None: none.
+    Chat: `logprobs: true` and `top_logprobs` 0-20; completions: `logprobs` 0-5."""
+    value = body.get("logprobs")
+    top = body.get("top_logprobs")
+    if chat:
+        wanted = _bool(body, "logprobs")
+        if top is None:
+            return 0 if wanted else None
+        if not _int_in(top, 0, MAX_TOP_LOGPROBS_CHAT):
+            raise invalid(
+                f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS_CHAT}], got {top!r}",
+                "top_logprobs",
+            )
+        if not wanted:
+            raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
+        return int(top)
+    if top is not None:
+        raise invalid(
+            "top_logprobs is a chat parameter; completions take logprobs: N",
+            "top_logprobs",
+            "unsupported_parameter",
+        )
+    if value is None:
+        return None
+    if not _int_in(value, 0, MAX_LOGPROBS_COMPLETIONS):
+        raise invalid(
+            f"logprobs must be an integer in [0, {MAX_LOGPROBS_COMPLETIONS}] for completions, "
+            f"got {value!r}",
+            "logprobs",
+        )
+    return int(value)
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:

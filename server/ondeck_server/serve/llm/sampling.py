@@ -39,3 +39,20 @@ def pick(
         keep, probs = keep[:cut], probs[:cut]
         probs /= probs.sum()
     return int(keep[rng.choice(probs.size, p=probs)])
+
+
+def log_softmax(logits: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """log p(token) for every token of one row of logits."""
+    scores: npt.NDArray[np.float64] = logits.astype(np.float64)
+    top = float(scores.max())
+    out: npt.NDArray[np.float64] = scores - (top + float(np.log(np.exp(scores - top).sum())))
+    return out
+
+
+def top_tokens(logprobs: npt.NDArray[np.float64], n: int) -> list[int]:
+    """The `n` most likely tokens, most likely first (ties: the lower id first)."""
+    if n <= 0:
+        return []
+    n = min(n, logprobs.size)
+    best = np.argpartition(-logprobs, n - 1)[:n]
+    return [int(t) for t in best[np.lexsort((best, -logprobs[best]))]]

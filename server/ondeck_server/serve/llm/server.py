@@ -28,7 +28,7 @@ from ondeck_server.serve.connections import (
     quiet_logging,
     uvicorn_config,
 )
-from ondeck_server.serve.errors import StartupError
+from ondeck_server.serve.errors import InferenceFailed, StartupError
 from ondeck_server.serve.llm import chat
 from ondeck_server.serve.llm.app import LlmState, build_app
 from ondeck_server.serve.llm.engine import EngineWorker
@@ -77,6 +77,10 @@ def run(settings: ServeSettings) -> int:
     server.run(sockets=[sock])
     worker.stop(timeout=5.0)
     if worker.failed is not None:
+        if worker.serving:
+            raise InferenceFailed(
+                f"the language model's engine failed while serving: {worker.failed}"
+            )
         raise StartupError(f"the language model failed to load: {worker.failed}")
     return 0
 
