@@ -17,7 +17,8 @@ import pytest
 from ondeck_server import artifact
 from ondeck_server.convert.run import Outcome
 from ondeck_server.serve.llm.decoder import Decoder, DecoderError
-from ondeck_server.serve.llm.sampling import pick
+from ondeck_server.serve.llm.engine import EngineWorker, Finished, Job, Piece, Sampling
+from ondeck_server.serve.llm.sampling import penalized, pick
 
 TOL = 1e-5
 """float tolerance: onnxruntime may pick another kernel for another batch size"""
@@ -148,3 +149,69 @@ def test_sampling() -> None:
     # the frequencies follow softmax(logits): p(1) / p(3) = e^0.5 ≈ 1.65 among the top 2
     ratio = draws.count(1) / draws.count(3)
     assert 1.2 < ratio < 2.3, ratio
+
+
+def test_penalties_lower_what_was_generated() -> None:
+    logits = np.array([1.0, 2.0, 3.0, 0.5], np.float32)
+    out = penalized(logits, {2: 3, 0: 1}, presence=0.5, frequency=0.25)
+    assert out.tolist() == [1.0 - 0.75, 2.0, 3.0 - 1.25, 0.5]
+    assert logits.tolist() == [1.0, 2.0, 3.0, 0.5]  # the engine's row is left alone
+
+
+def test_the_engine_applies_penalties_to_its_own_tokens_only(fp32_artifact: Outcome) -> None:
+    """Greedy with presence and frequency penalties through the engine (beside an
+    unpenalized request) equals a plain loop over the decoder that penalizes the tokens
+    generated so far, and differs from the unpenalized text."""
+    import asyncio
+
+    import onnxruntime_genai as og
+
+    genai = fp32_artifact.path / artifact.GENAI_DIR
+    tokenizer = og.Tokenizer(og.Config(str(genai)))
+    prompt = "The for statement"
+    ids = np.asarray(tokenizer.encode(prompt), np.int64)
+    decoder = Decoder(genai, slots=1, threads=1)
+    row = decoder.prefill(0, [ids])[0]
+    counts: dict[int, int] = {}
+    tokens: list[int] = []
+    eos = set(tokenizer.eos_token_ids)
+    for step in range(20):
+        token = int(np.argmax(penalized(row, counts, 1.5, 0.5) if counts else row))
+        if token in eos:
+            break
+        tokens.append(token)
+        counts[token] = counts.get(token, 0) + 1
+        row = decoder.decode(1, np.array([token]), np.array([ids.size + step]))[0]
+    stream = tokenizer.create_stream()
+    expected = "".join(stream.decode(t) for t in tokens)
+
+    async def go() -> list[str]:
+        worker = EngineWorker(genai, max_batch=2, max_queue=4, threads=1)
+        worker.start()
+        try:
+            assert await asyncio.to_thread(worker.ready.wait, 120)
+            loop = asyncio.get_running_loop()
+            jobs = [
+                Job(prompt, Sampling(max_tokens=20, temperature=0.0, presence_penalty=1.5,
+                                     frequency_penalty=0.5), loop=loop),
+                Job(prompt, Sampling(max_tokens=20, temperature=0.0), loop=loop),
+            ]  # fmt: skip
+            for job in jobs:
+                worker.submit(job)
+
+            async def text(job: Job) -> str:
+                out = ""
+                while True:
+                    event = await asyncio.wait_for(job.events.get(), 120)
+                    if isinstance(event, Piece):
+                        out += event.text
+                    if isinstance(event, Finished):
+                        return out
+
+            return list(await asyncio.gather(*(text(j) for j in jobs)))
+        finally:
+            worker.stop()
+
+    penalized_text, plain_text = asyncio.run(go())
+    assert penalized_text == expected != ""
+    assert plain_text != penalized_text

@@ -357,6 +357,8 @@ BAD = [
     (CHAT, {"model": MODEL, "messages": HI, "top_logprobs": 2}, 400, "top_logprobs"),
     (CHAT, {"model": MODEL, "messages": HI, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),  # noqa: E501
     (CHAT, {"model": MODEL, "messages": HI, "logprobs": 1}, 400, "logprobs"),
+    (CHAT, {"model": MODEL, "messages": HI, "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "frequency_penalty": "1"}, 400, "frequency_penalty"),  # noqa: E501
     ("/v1/completions", {"model": MODEL, "prompt": " the" * 300}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x"}, 400, "model"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": "7"}, 400, "seed"),

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ondeck_server.serve.llm.sampling import log_softmax, pick, top_tokens
+from ondeck_server.serve.llm.sampling import log_softmax, penalized, pick, top_tokens
 
 log = logging.getLogger("ondeck.llm")
 
@@ -49,6 +49,9 @@ class Sampling:
     """the request's own random generator: the same text whatever else runs with it"""
     logprobs: int | None = None
     """None: no log-probabilities; n ≥ 0: each token's, with the n most likely others"""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted from a token's logit once it has been generated / per time"""
 
 
 @dataclass
@@ -123,6 +126,8 @@ class Job:
     pending: list[float] = field(default_factory=list)
     """stamps of tokens the detokenizer holds back (part of a UTF-8 character)"""
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)
+    """how often each token was generated (the penalties' input)"""
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -449,13 +454,17 @@ class EngineWorker:
         self, job: Job, logits: Any, now: float, out: dict[Any, list[tuple[Job, Event]]]
     ) -> None:
         s = job.sampling
-        token = pick(logits, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        scores = logits
+        if job.counts and (s.presence_penalty or s.frequency_penalty):
+            scores = penalized(logits, job.counts, s.presence_penalty, s.frequency_penalty)
+        token = pick(scores, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                      rng=job.rng)  # fmt: skip
         job.next_token = -1
         if token in self._eos:
             self._finish(job, "stop", out)
             return
         job.generated += 1
+        job.counts[token] = job.counts.get(token, 0) + 1
         job.pending.append(now)
         if s.logprobs is not None:
             job.pending_logprobs.append(self._logprob(logits, token, s.logprobs))

@@ -16,8 +16,6 @@ MAX_STOPS = 4
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 #: accepted only at their neutral value
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0, None),
-    "frequency_penalty": (0, 0.0, None),
     "logit_bias": (None, {}),
     "best_of": (None, 1),
     "echo": (None, False),
@@ -185,6 +183,8 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
             max_tokens_param=param,
             seed=seed,
             logprobs=logprobs,
+            presence_penalty=_number(body, "presence_penalty", 0.0, low=-2.0, high=2.0),
+            frequency_penalty=_number(body, "frequency_penalty", 0.0, low=-2.0, high=2.0),
         ),
     )
 

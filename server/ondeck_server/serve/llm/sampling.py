@@ -56,3 +56,15 @@ def top_tokens(logprobs: npt.NDArray[np.float64], n: int) -> list[int]:
     n = min(n, logprobs.size)
     best = np.argpartition(-logprobs, n - 1)[:n]
     return [int(t) for t in best[np.lexsort((best, -logprobs[best]))]]
+
+
+def penalized(
+    logits: npt.NDArray[Any], counts: dict[int, int], presence: float, frequency: float
+) -> npt.NDArray[np.float32]:
+    """A copy of the row with OpenAI's penalties: each token already generated loses
+    `presence` once and `frequency` per time it was generated."""
+    out: npt.NDArray[np.float32] = logits.astype(np.float32, copy=True)
+    tokens = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    times = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+    out[tokens] -= presence + frequency * times
+    return out
