@@ -86,6 +86,10 @@ SETTINGS: list[tuple[type[BaseModel], str, type[BaseModel], str, bool]] = [
     (api.ServerSpec, "drain_timeout_seconds", ServeSettings, "drain_timeout", True),
     (api.LlmSpec, "max_context_length", ServeSettings, "max_context_length", True),
     (api.LlmSpec, "max_batch_size", ServeSettings, "max_batch_size", False),
+    (api.LlmSamplingSpec, "temperature", ServeSettings, "default_temperature", True),
+    (api.LlmSamplingSpec, "top_p", ServeSettings, "default_top_p", True),
+    (api.LlmSamplingSpec, "top_k", ServeSettings, "default_top_k", True),
+    (api.LlmSamplingSpec, "max_tokens", ServeSettings, "default_max_tokens", True),
     (api.ValidationSpec, "samples", Thresholds, "samples", True),
     (api.ValidationSpec, "min_cosine", Thresholds, "min_cosine", True),
     (api.ValidationSpec, "max_top1_disagreement", Thresholds, "max_top1_disagreement", True),
@@ -390,6 +394,19 @@ def test_every_flag_the_operator_writes_is_one_the_server_reads() -> None:
     llm_flags = {a for a in llm if a.startswith("--")}
     assert "--max-context-length" in llm_flags
     assert llm_flags <= {flag for flag, _ in SERVE_FLAGS.values()}
+    # spec.llm.sampling: each field a --default-* flag the server parses back
+    raw["spec"]["llm"]["sampling"] = {"temperature": 0.7, "topP": 0.9, "topK": 40, "maxTokens": 64}
+    args = serve_args(ModelDeployment.from_manifest(raw).spec, model_path="/a/r", name="m")
+    field_of = {flag: field for field, (flag, _) in SERVE_FLAGS.items()}
+    pairs = dict(zip(args[1::2], args[2::2], strict=False))
+    values = {field_of[f]: v for f, v in pairs.items() if f.startswith("--default-")}
+    settings = ServeSettings.model_validate({"model": "/a/r", **values})
+    assert (
+        settings.default_temperature,
+        settings.default_top_p,
+        settings.default_top_k,
+        settings.default_max_tokens,
+    ) == (0.7, 0.9, 40, 64)
 
 
 @pytest.mark.parametrize("n", [0, 1, 1023, 1024, 21_139, 486_071, 90 * 2**20, 3 * 2**30, 2**52])

@@ -105,6 +105,7 @@ __all__ = [
     "Int4Spec",
     "KeySelector",
     "LlmReport",
+    "LlmSamplingSpec",
     "LlmSpec",
     "ModelDeployment",
     "ModelDeploymentSpec",
@@ -411,6 +412,28 @@ class BatchingSpec(ApiModel):
     )
 
 
+class LlmSamplingSpec(ApiModel):
+    """Sampling of a request that sets none of its own (each field: `--default-*` of the
+    server); OpenAI's defaults for the fields left out."""
+
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="0 is greedy; OpenAI's default is 1."
+    )
+    top_p: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Nucleus sampling's mass; default 1."
+    )
+    top_k: int | None = Field(
+        default=None, ge=0, le=1 << 20, description="The k most likely tokens; 0 (default): off."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 20,
+        description="New tokens of a request without max_tokens; default: 16 for "
+        "completions, what the context leaves for chat.",
+    )
+
+
 class LlmSpec(ApiModel):
     """Serving a language model (model format hf-causal-lm)."""
 
@@ -434,6 +457,9 @@ class LlmSpec(ApiModel):
         pattern=SERVED_NAME_RE,
         description="The model name of the OpenAI API (`model` in requests, "
         "`/v1/models`); metadata.name when omitted.",
+    )
+    sampling: LlmSamplingSpec | None = Field(
+        default=None, description="Default sampling of requests that set none."
     )
 
 

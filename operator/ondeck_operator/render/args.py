@@ -152,6 +152,16 @@ def serve_args(
     ]
     if llm is not None and llm.max_context_length is not None:
         args += ["--max-context-length", str(llm.max_context_length)]
+    if llm is not None and llm.sampling is not None:
+        sampling = llm.sampling
+        for flag, value in (
+            ("--default-temperature", sampling.temperature),
+            ("--default-top-p", sampling.top_p),
+            ("--default-top-k", sampling.top_k),
+            ("--default-max-tokens", sampling.max_tokens),
+        ):
+            if value is not None:
+                args += [flag, _num(value) if isinstance(value, float) else str(value)]
     if server.threads is not None:
         args += ["--threads", str(server.threads)]
     if auth_token_file is not None:

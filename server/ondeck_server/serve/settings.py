@@ -36,6 +36,10 @@ FLAGS: dict[str, tuple[str, str]] = {
     "body_timeout": ("--body-timeout", "ONDECK_BODY_TIMEOUT"),
     "max_connections": ("--max-connections", "ONDECK_MAX_CONNECTIONS"),
     "max_context_length": ("--max-context-length", "ONDECK_MAX_CONTEXT_LENGTH"),
+    "default_temperature": ("--default-temperature", "ONDECK_DEFAULT_TEMPERATURE"),
+    "default_top_p": ("--default-top-p", "ONDECK_DEFAULT_TOP_P"),
+    "default_top_k": ("--default-top-k", "ONDECK_DEFAULT_TOP_K"),
+    "default_max_tokens": ("--default-max-tokens", "ONDECK_DEFAULT_MAX_TOKENS"),
     "shadow_url": ("--shadow-url", "ONDECK_SHADOW_URL"),
     "shadow_percent": ("--shadow-percent", "ONDECK_SHADOW_PERCENT"),
 }
@@ -128,6 +132,32 @@ class ServeSettings(BaseModel):
         le=MAX_CONTEXT_LENGTH,
         description="language models: most tokens of a prompt plus its output, at most the"
         " model's own context; default: the model's context (tensor models ignore it)",
+    )
+    default_temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description="language models: temperature of a request that sets none (0: greedy);"
+        " default: OpenAI's, 1",
+    )
+    default_top_p: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="language models: top_p of a request that sets none; default 1",
+    )
+    default_top_k: int | None = Field(
+        default=None,
+        ge=0,
+        le=1 << 20,
+        description="language models: top_k of a request that sets none (0: off); default 0",
+    )
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CONTEXT_LENGTH,
+        description="language models: most new tokens of a request that sets no max_tokens;"
+        " default: 16 for completions (OpenAI's), what the context leaves for chat",
     )
 
     shadow_url: str | None = Field(

@@ -156,6 +156,17 @@ def test_serve_args_of_a_language_model() -> None:
     ]  # fmt: skip
 
 
+def test_serve_args_of_default_sampling() -> None:
+    """spec.llm.sampling: one --default-* flag per field set, none for the rest."""
+    llm = {**TINYLLM_SPEC["llm"], "sampling": {"temperature": 0.0, "topK": 40, "maxTokens": 64}}
+    spec = make_md({**TINYLLM_SPEC, "llm": llm}, name="tinyllm").spec
+    args = serve_args(spec, model_path="/a/r", name="tinyllm")
+    assert args[args.index("--max-context-length") :] == [
+        "--max-context-length", "512", "--default-temperature", "0.0", "--default-top-k", "40",
+        "--default-max-tokens", "64", "--drain-timeout", "30",
+    ]  # fmt: skip
+
+
 def test_serve_args_of_a_language_model_without_llm_settings() -> None:
     """Without them: metadata.name, server.batching.maxBatchSize, the model's context."""
     spec = make_md({**TINYLLM_SPEC, "llm": {}}, name="tinyllm").spec

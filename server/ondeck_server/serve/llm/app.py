@@ -55,6 +55,7 @@ class LlmState:
     metrics: LlmMetrics
     auth: BearerAuth | None
     body_limits: BodyLimits
+    defaults: protocol.Defaults = field(default_factory=protocol.Defaults)
     created: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False
     inflight: int = 0
@@ -173,7 +174,8 @@ async def _generate(request: Request, *, chat: bool) -> Response:
                 headers={"Retry-After": RETRY_AFTER_S},
             )  # fmt: skip
         body = protocol.decode_body(await _body(state, request))
-        parsed = protocol.parse_chat(body) if chat else protocol.parse_completion(body)
+        parse = protocol.parse_chat if chat else protocol.parse_completion
+        parsed = parse(body, state.defaults)
         if parsed.model != state.name:
             raise protocol.unknown_model(parsed.model)
         if chat:

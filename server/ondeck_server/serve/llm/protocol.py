@@ -26,6 +26,18 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """What a request that leaves a sampling field out gets (`serve --default-*`;
+    spec.llm.sampling)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int | None = None
+    """None: 16 for completions (OpenAI's), what the context leaves for chat"""
+
+
 @dataclass
 class Parsed:
     model: str
@@ -47,8 +59,8 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_completion(body: dict[str, Any]) -> Parsed:
-    parsed = _common(body, chat=False)
+def parse_completion(body: dict[str, Any], defaults: Defaults = Defaults()) -> Parsed:
+    parsed = _common(body, chat=False, defaults=defaults)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
@@ -73,8 +85,8 @@ def parse_completion(body: dict[str, Any]) -> Parsed:
     return parsed
 
 
-def parse_chat(body: dict[str, Any]) -> Parsed:
-    parsed = _common(body, chat=True)
+def parse_chat(body: dict[str, Any], defaults: Defaults = Defaults()) -> Parsed:
+    parsed = _common(body, chat=True, defaults=defaults)
     messages = body.get("messages")
     if messages is None:
         raise invalid("messages is required", "messages", "missing_required_parameter")
@@ -115,7 +127,7 @@ def parse_chat(body: dict[str, Any]) -> Parsed:
     return parsed
 
 
-def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
+def _common(body: dict[str, Any], *, chat: bool, defaults: Defaults) -> Parsed:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("model is required (a string; GET /v1/models lists it)", "model")
@@ -145,11 +157,11 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
             raise invalid(f"{name} must be an integer ≥ 1 (got {value!r})", name)
         max_tokens, param = value, name
         break
-    temperature = _number(body, "temperature", 1.0, low=0.0, high=2.0)
-    top_p = _number(body, "top_p", 1.0, low=0.0, high=1.0, open_low=True)
-    top_k = body.get("top_k", 0)
+    temperature = _number(body, "temperature", defaults.temperature, low=0.0, high=2.0)
+    top_p = _number(body, "top_p", defaults.top_p, low=0.0, high=1.0, open_low=True)
+    top_k = body.get("top_k")
     if top_k is None:
-        top_k = 0
+        top_k = defaults.top_k
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < -1:
         raise invalid(f"top_k must be an integer ≥ -1 (-1 or 0: off), got {top_k!r}", "top_k")
     seed = body.get("seed")
@@ -179,7 +191,8 @@ def _common(body: dict[str, Any], *, chat: bool) -> Parsed:
             temperature=temperature,
             top_p=top_p,
             top_k=max(top_k, 0),
-            default_max_tokens=None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS,
+            default_max_tokens=defaults.max_tokens
+            or (None if chat else COMPLETIONS_DEFAULT_MAX_TOKENS),
             max_tokens_param=param,
             seed=seed,
             logprobs=logprobs,

@@ -29,7 +29,7 @@ from ondeck_server.serve.connections import (
     uvicorn_config,
 )
 from ondeck_server.serve.errors import InferenceFailed, StartupError
-from ondeck_server.serve.llm import chat
+from ondeck_server.serve.llm import chat, protocol
 from ondeck_server.serve.llm.app import LlmState, build_app
 from ondeck_server.serve.llm.engine import EngineWorker
 from ondeck_server.serve.llm.metrics import LlmMetrics
@@ -68,6 +68,7 @@ def run(settings: ServeSettings) -> int:
         metrics=metrics,
         auth=auth.BearerAuth(token) if token else None,
         body_limits=BodyLimits.of(settings),
+        defaults=defaults(settings),
     )
     app = build_app(state)
     sock = listen(settings)
@@ -128,3 +129,18 @@ class LlmServer(uvicorn.Server):
                 self.config.timeout_graceful_shutdown = 1
                 return True
         return False
+
+
+def defaults(settings: ServeSettings) -> protocol.Defaults:
+    """The sampling a request that sets none gets: `--default-*`, else OpenAI's."""
+    base = protocol.Defaults()
+    return protocol.Defaults(
+        temperature=(
+            base.temperature
+            if settings.default_temperature is None
+            else settings.default_temperature
+        ),
+        top_p=base.top_p if settings.default_top_p is None else settings.default_top_p,
+        top_k=base.top_k if settings.default_top_k is None else settings.default_top_k,
+        max_tokens=settings.default_max_tokens,
+    )
