@@ -361,6 +361,7 @@ BAD = [
     ("/v1/completions", {"model": MODEL, "prompt": "x", "frequency_penalty": "1"}, 400, "frequency_penalty"),  # noqa: E501
     ("/v1/completions", {"model": MODEL, "prompt": " the" * 300}, 400, "prompt"),
     ("/v1/completions", {"prompt": "x"}, 400, "model"),
+    ("/v1/completions", {"model": MODEL, "prompt": [5, 512]}, 400, "prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": "7"}, 400, "seed"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": -1}, 400, "seed"),
 ]  # fmt: skip
@@ -375,7 +376,10 @@ def test_bad_input_is_a_4xx_naming_the_field(
     error = answer.json()["error"]
     assert error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
-    if body.get("max_tokens") == 1000 or param == "prompt":
+    if body.get("prompt") == [5, 512]:
+        assert "token id 512" in error["message"]
+        assert "0-511" in error["message"]
+    elif body.get("max_tokens") == 1000 or param == "prompt":
         assert "256" in error["message"]  # the context
         assert re.search(r"\b\d+ tokens\b", error["message"])
 

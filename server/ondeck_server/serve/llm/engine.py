@@ -355,6 +355,18 @@ class EngineWorker:
         if n == 0:
             job._send(Rejected(400, "the prompt is empty", job.prompt_param, "empty_prompt"))
             return
+        vocab = self._decoder.spec.vocab
+        if int(ids.max()) >= vocab or int(ids.min()) < 0:
+            bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+            job._send(
+                Rejected(
+                    400,
+                    f"the prompt holds token id {bad}; this model's vocabulary is 0-{vocab - 1}",
+                    job.prompt_param,
+                    "invalid_token_id",
+                )
+            )
+            return
         if n >= self.context:
             job._send(
                 Rejected(
@@ -416,7 +428,13 @@ class EngineWorker:
             else:
                 runs.append([job])
         for run in runs:
-            logits = self._decoder.prefill(run[0].slot, [j.ids for j in run])
+            try:
+                logits = self._decoder.prefill(run[0].slot, [j.ids for j in run])
+            except Exception as exc:  # these requests fail, the others go on
+                log.warning("prefill of %d requests failed: %s", len(run), exc)
+                for job in run:
+                    self._finish(job, "error", out, message=str(exc))
+                continue
             now = time.monotonic()
             for job, row in zip(run, logits, strict=True):
                 job.cursor = job.ids.size
@@ -426,7 +444,12 @@ class EngineWorker:
         )
         if longer is not None:
             end = min(longer.cursor + chunk, longer.ids.size)
-            logits = self._decoder.prefill(longer.slot, [longer.ids[:end]], start=longer.cursor)
+            try:
+                logits = self._decoder.prefill(longer.slot, [longer.ids[:end]], start=longer.cursor)
+            except Exception as exc:  # this request fails, the others go on
+                log.warning("prefill failed: %s", exc)
+                self._finish(longer, "error", out, message=str(exc))
+                return
             longer.cursor = end
             if end == longer.ids.size:
                 self._emit(longer, logits[0], time.monotonic(), out)
@@ -495,11 +518,20 @@ class EngineWorker:
             self._token_texts[token] = text
         return text
 
-    def _finish(self, job: Job, reason: str, out: dict[Any, list[tuple[Job, Event]]]) -> None:
+    def _finish(
+        self,
+        job: Job,
+        reason: str,
+        out: dict[Any, list[tuple[Job, Event]]],
+        *,
+        message: str = "",
+    ) -> None:
         self._active.pop(job.slot, None)
         job.done = True
         job.next_token = -1
-        self._batch(job, out).append((job, Finished(reason, job.prompt_tokens, job.generated)))
+        self._batch(job, out).append(
+            (job, Finished(reason, job.prompt_tokens, job.generated, message))
+        )
 
     @staticmethod
     def _batch(job: Job, out: dict[Any, list[tuple[Job, Event]]]) -> list[tuple[Job, Event]]:
