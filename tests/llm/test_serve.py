@@ -18,6 +18,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ondeck_server.convert.run import Outcome
 from server.conftest import ServerProcess
@@ -508,3 +510,80 @@ def test_overload_429_then_sigterm_drains_and_exits_0(
 
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+_SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+_JSON = st.recursive(
+    _SCALAR,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+#: every field the two routes read, each given any JSON value, or a plausible one
+_FIELDS = {
+    "prompt": st.text(max_size=40) | st.lists(st.integers(-5, 600), max_size=8),
+    "messages": st.lists(
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["user", "system", "assistant", "wiz"]),
+                "content": st.text(max_size=30) | _JSON,
+            }
+        ),
+        max_size=3,
+    ),
+    "max_tokens": st.integers(-3, 300),
+    "max_completion_tokens": st.integers(-3, 300),
+    "temperature": st.floats(-1, 3, allow_nan=False),
+    "top_p": st.floats(-0.5, 1.5, allow_nan=False),
+    "top_k": st.integers(-3, 3000),
+    "seed": st.integers(-5, 2**64),
+    "stop": st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=6),
+    "stream": st.booleans(),
+    "logprobs": st.booleans() | st.integers(-1, 30),
+    "top_logprobs": st.integers(-1, 30),
+    "presence_penalty": st.floats(-3, 3, allow_nan=False),
+    "frequency_penalty": st.floats(-3, 3, allow_nan=False),
+    "n": st.integers(0, 3),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chat=st.booleans(),
+    fields=st.dictionaries(
+        st.sampled_from(sorted(_FIELDS)), st.just(None), max_size=len(_FIELDS)
+    ).flatmap(
+        lambda keys: st.fixed_dictionaries(
+            {k: _FIELDS[k] | _JSON for k in keys}  # type: ignore[operator]
+        )
+    ),
+)
+def test_any_body_is_answered_or_refused_with_a_4xx_never_a_5xx(
+    server: str, chat: bool, fields: dict[str, object]
+) -> None:
+    """Every combination of fields, each of any JSON type: a 200 (whole, or a stream that
+    ends with [DONE]) or a 4xx in OpenAI's error shape; never a 5xx, and the engine
+    keeps serving (the module's later tests)."""
+    body = {"model": MODEL, **fields}
+    if isinstance(body.get("max_tokens"), int) or "max_tokens" not in body:
+        body.setdefault("max_tokens", 4)
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    with httpx.stream("POST", f"{server}{path}", json=body, headers=_auth(), timeout=60) as answer:
+        raw = answer.read()
+    assert answer.status_code < 500, (body, raw[:300])
+    if answer.status_code >= 400:
+        error = json.loads(raw)["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["message"]
+    elif body.get("stream") is True:
+        assert raw.rstrip().endswith(b"data: [DONE]"), raw[-200:]
+        assert b'"error"' not in raw, raw[-300:]
+    else:
+        assert "choices" in json.loads(raw)
