@@ -185,25 +185,45 @@ class _Order:
         self.loop.call_soon_threadsafe(callback, *args)
 
 
+class _OnFirstToken(_Order):
+    """An `_Order` that runs `action` in the worker thread when the first token of the
+    jobs given this loop is handed over, before the worker's next turn: what the action
+    does lands while those jobs still have (almost) all their tokens ahead, whatever the
+    machine's speed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, action: Any) -> None:
+        super().__init__(loop)
+        self.action = action
+        self.done = False
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        first_token = callback is _deliver and any(isinstance(e, Piece) for _, e in args[0])
+        if first_token and not self.done:
+            self.done = True
+            self.action()
+        super().call_soon_threadsafe(callback, *args)
+
+
 def test_a_request_cancelled_while_it_waits_leaves_before_a_slot_frees(
     fp32_artifact: Outcome,
 ) -> None:
     async def go() -> None:
         worker = _worker(fp32_artifact, max_batch=1)
-        order = _Order(asyncio.get_running_loop())
+        seen: list[int] = []
+
+        def cancel_the_waiting_one() -> None:
+            seen.append(worker.waiting)  # the other waits for the only slot
+            waiting.cancel()
+
+        order = _OnFirstToken(asyncio.get_running_loop(), cancel_the_waiting_one)
+        running = _submitted(worker, _job(max_tokens=200, loop=order))
+        waiting = _submitted(worker, _job(loop=order))
         worker.start()
         try:
-            running = _submitted(worker, _job(max_tokens=200, loop=order))
-            waiting = _submitted(worker, _job(loop=order))
-            # the running request has decoded; the other waits for its slot
-            while not any(isinstance(e, Piece) for e in await _drain(running)):
-                pass
-            assert worker.waiting == 1
-            waiting.cancel()
-            worker.wake()
             got = await asyncio.wait_for(waiting.events.get(), BOUND_S)
             assert got == Finished("cancelled", 0, 0)
             rest = await _events(running)
+            assert seen == [1]
             assert isinstance(rest[-1], Finished)
             assert rest[-1].reason == "length"
             assert order.sent.index(got) < order.sent.index(rest[-1])
@@ -217,17 +237,15 @@ def test_a_request_cancelled_while_it_waits_leaves_before_a_slot_frees(
 def test_a_running_request_cancelled_frees_its_slot(fp32_artifact: Outcome) -> None:
     async def go() -> None:
         worker = _worker(fp32_artifact, max_batch=1)
+        loop = _OnFirstToken(asyncio.get_running_loop(), lambda: running.cancel())
+        running = _submitted(worker, _job(max_tokens=200, loop=loop))
         worker.start()
         try:
-            running = _submitted(worker, _job(max_tokens=200))
-            while not any(isinstance(e, Piece) for e in await _drain(running)):
-                pass
-            running.cancel()
-            worker.wake()
             events = await _events(running)
             assert isinstance(events[-1], Finished)
             assert events[-1].reason == "cancelled"
-            assert events[-1].completion_tokens < 200
+            # cancelled at its first hand-over (after the prefill); that turn still decodes
+            assert events[-1].completion_tokens == 2
             after = await _events(_submitted(worker, _job(max_tokens=4)))
             assert isinstance(after[-1], Finished)
             assert after[-1].reason == "length"
