@@ -101,6 +101,11 @@ class ModelDeploymentStatus(_Status):
     )
     url: str | None = Field(default=None, description="Inference URL of the model.")
     artifact: ArtifactReport | None = Field(default=None, description="The artifact being served.")
+    candidate_artifact: ArtifactReport | None = Field(
+        default=None,
+        description="The report of the artifact on trial in a rollout, kept for its "
+        "promotion (its conversion Job may be gone by then).",
+    )
     replicas: int | None = Field(default=None, description="Server pods.")
     ready_replicas: int | None = Field(default=None, description="Ready server pods.")
     selector: str | None = Field(

@@ -221,10 +221,15 @@ def extract_facts(md: ModelDeployment, observed: Observed, config: OperatorConfi
         if message is None and job_obj is not None:
             failed = _condition_true(job_obj, "Failed") or _condition_true(job_obj, "FailureTarget")
             message = (failed or {}).get("message")
+    # A rollout's candidate with a known digest was built (its Job succeeded and was read)
+    # even once the Job is gone (its TTL): else a trial longer than the TTL would convert
+    # again and start over.
+    recorded = status.rollout.candidate if status.rollout else None
+    trial_built = recorded is not None and recorded.key == wanted and recorded.digest is not None
     return Facts(
         wanted_key=wanted,
         serving_key=serving,
-        wanted_built=serving == wanted or state == JobState.SUCCEEDED,
+        wanted_built=serving == wanted or state == JobState.SUCCEEDED or trial_built,
         job=state,
         job_name=job,
         job_message=message,

@@ -260,6 +260,14 @@ def _with_rollout_status(
         stable = rollout.stable_key
         old = md.status.artifact if md.status else None
         update["artifact"] = old if old is not None and old.key == stable else status.artifact
+        # The candidate's report, read once when its Job finished: kept for its promotion
+        candidate = rollout.status.candidate if rollout.status else None
+        kept = md.status.candidate_artifact if md.status else None
+        if status.artifact is not None and candidate and status.artifact.key == candidate.key:
+            kept = status.artifact
+        update["candidate_artifact"] = (
+            kept if kept and candidate and kept.key == candidate.key else None
+        )
         if rollout.ready[1] == Reason.ROLLED_BACK and status.phase == Phase.DEPLOYING:
             available = next(
                 (c for c in conditions if c.type == ConditionType.AVAILABLE.value), None

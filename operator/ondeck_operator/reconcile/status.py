@@ -292,6 +292,8 @@ def compute_status(
     # The report is of the artifact the Deployment serves, or is being pointed at now.
     target = facts.wanted_key if facts.wanted_built else facts.serving_key
     report = old.artifact if old.artifact and old.artifact.key == target else None
+    if report is None and old.candidate_artifact and old.candidate_artifact.key == target:
+        report = old.candidate_artifact  # a promoted candidate whose Job is gone
     if facts.summary is not None and facts.summary.key == target:
         report = facts.summary
     deployment = facts.deployment

@@ -422,6 +422,46 @@ def test_a_good_canary_walks_every_step_and_is_promoted() -> None:
     assert events.count(("Normal", "RolloutStep")) == 2
 
 
+def test_a_candidate_whose_job_is_gone_by_its_promotion_keeps_its_report() -> None:
+    """A canary that outlasts its conversion Job's TTL: the report read when the Job
+    finished is kept with the rollout, and becomes status.artifact at promotion (so the
+    Deployment is sized from it, not from the defaults)."""
+    c = Cluster(canary_spec())
+    new = c.change_model("s3://models/iris-b.onnx")
+    c.step(at(10))  # the Job is created, then finishes
+    c.step(at(11))
+    c.step(at(12))
+    assert c.m.status is not None
+    assert c.m.status.candidate_artifact is not None
+    assert c.m.status.candidate_artifact.key == new
+    kept = c.m.status.candidate_artifact
+    assert kept.size_bytes is not None
+    job = job_name("iris", new)
+    c.observed = Observed(
+        {
+            **c.observed.children,
+            JOB: tuple(o for o in c.observed.of(JOB) if o["metadata"]["name"] != job),
+            POD: (),
+        }
+    )
+    c.step(at(81), passing(at(81)))
+    c.step(at(82))
+    c.step(at(82 + 121), passing(at(82 + 121)))
+    assert c.rollout().phase.value == "Promoted"
+    c.step(at(210))
+    c.step(at(211))
+    assert serving(c, "iris") == new
+    assert c.observed.named(JOB, job) is None  # not converted again
+    assert c.m.status.artifact is not None
+    assert c.m.status.artifact.key == new
+    assert c.m.status.artifact == kept
+    assert c.m.status.candidate_artifact is None  # the rollout is over
+    stable = c.deployment("iris")
+    assert stable is not None
+    resources = stable["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["memory"] != "1Gi"  # sized from the report, not defaults
+
+
 def test_a_failing_analysis_rolls_back_at_once_with_the_figures() -> None:
     c = Cluster(canary_spec())
     old = serving(c, "iris")
