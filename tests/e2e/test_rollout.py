@@ -617,6 +617,11 @@ def test_a_canary_whose_requests_fail_is_rolled_back_by_the_operator(
     ready = cluster.condition("auto", "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "RolledBack")
+    # the API server stores the candidate's own report beside the stable one's
+    status = cluster.md("auto")["status"]
+    assert status["artifact"]["key"] == old
+    assert status["candidateArtifact"]["key"] == new
+    assert status["candidateArtifact"]["sizeBytes"] > 0
 
 
 # ------------------------------------------------ shadow stopped by the agreement floor
