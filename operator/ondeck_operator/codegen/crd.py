@@ -229,6 +229,11 @@ def validation_schema() -> dict[str, Any]:
         out = {k: close(v) for k, v in node.items()}
         if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
             out.setdefault("additionalProperties", False)
+        # OpenAPI v3 (the CRD) says `minimum: x, exclusiveMinimum: true`; JSON Schema
+        # 2020-12 says `exclusiveMinimum: x`
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if out.get(exclusive) is True and bound in out:
+                out[exclusive] = out.pop(bound)
         return out
 
     schema: dict[str, Any] = close(openapi_schema())

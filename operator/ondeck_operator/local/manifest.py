@@ -68,6 +68,7 @@ USED_LOCALLY: frozenset[tuple[str, ...]] = frozenset(
         ("llm", "maxContextLength"),
         ("llm", "maxBatchSize"),
         ("llm", "servedModelName"),
+        ("llm", "sampling"),
     }
 )
 #: Read from elsewhere locally, with a note saying so.

@@ -69,3 +69,18 @@ def test_null_fields_mean_the_default_as_in_the_api_server() -> None:
     md = ModelDeployment.from_manifest(doc)
     assert md.spec.server.replicas == 1
     assert md.spec.model.format is None
+
+
+def test_an_exclusive_bound_holds_in_both_validators() -> None:
+    """spec.llm.sampling.topP is in (0, 1]: the CRD says so in OpenAPI's words (`minimum:
+    0, exclusiveMinimum: true`), `ondeck validate`'s JSON Schema in 2020-12's."""
+    schema = jsonschema.Draft202012Validator(validation_schema())
+    llm = {"model": {"uri": "pvc://models/tiny/", "format": "hf-causal-lm"}}
+    for top_p, ok in ((0.5, True), (1.0, True), (0.0, False), (1.5, False)):
+        doc = manifest({**llm, "llm": {"sampling": {"topP": top_p}}})
+        assert (list(schema.iter_errors(doc)) == []) is ok, top_p
+        if ok:
+            ModelDeployment.from_manifest(doc)
+        else:
+            with pytest.raises(SpecError, match=r"spec\.llm\.sampling\.topP"):
+                ModelDeployment.from_manifest(doc)
