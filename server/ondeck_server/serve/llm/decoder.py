@@ -92,7 +92,6 @@ class Decoder:
         slots: int,
         context: int | None = None,
         threads: int | None = None,
-        chunk: int = 256,
     ) -> None:
         import onnxruntime as ort
 
@@ -100,7 +99,6 @@ class Decoder:
         self.spec = spec = DecoderSpec.read(genai)
         self.slots = slots
         self.context = min(spec.context, context) if context else spec.context
-        self.chunk = chunk
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -122,7 +122,6 @@ class Job:
     limit: int = 0
     rng: Any = None
     stream: Any = None
-    done: bool = False
     pending: list[float] = field(default_factory=list)
     """stamps of tokens the detokenizer holds back (part of a UTF-8 character)"""
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -356,8 +355,9 @@ class EngineWorker:
             job._send(Rejected(400, "the prompt is empty", job.prompt_param, "empty_prompt"))
             return
         vocab = self._decoder.spec.vocab
-        if int(ids.max()) >= vocab or int(ids.min()) < 0:
-            bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+        low, high = int(ids.min()), int(ids.max())
+        if high >= vocab or low < 0:
+            bad = high if high >= vocab else low
             job._send(
                 Rejected(
                     400,
@@ -439,9 +439,7 @@ class EngineWorker:
             for job, row in zip(run, logits, strict=True):
                 job.cursor = job.ids.size
                 self._emit(job, row, now, out)
-        longer = next(
-            (j for j in self._active.values() if not j.done and j.cursor < j.ids.size), None
-        )
+        longer = next((j for j in self._active.values() if j.cursor < j.ids.size), None)
         if longer is not None:
             end = min(longer.cursor + chunk, longer.ids.size)
             try:
@@ -462,12 +460,13 @@ class EngineWorker:
         tokens = np.zeros(hi, np.int64)
         lengths = np.zeros(hi, np.int64)
         for job in self._active.values():
-            # a prompt still being prefilled runs as a dummy row at its cursor: its next
-            # chunk overwrites that position
-            lengths[job.slot] = job.cursor + job.generated
             if job.next_token >= 0:
                 tokens[job.slot] = job.next_token
                 lengths[job.slot] = job.ids.size + job.generated - 1
+            else:
+                # a prompt still being prefilled runs as a dummy row at its cursor: its
+                # next chunk overwrites that position
+                lengths[job.slot] = job.cursor
         logits = self._decoder.decode(hi, tokens, lengths)
         now = time.monotonic()
         for job in running:
@@ -527,7 +526,6 @@ class EngineWorker:
         message: str = "",
     ) -> None:
         self._active.pop(job.slot, None)
-        job.done = True
         job.next_token = -1
         self._batch(job, out).append(
             (job, Finished(reason, job.prompt_tokens, job.generated, message))
