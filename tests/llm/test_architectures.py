@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from llm import tinyllm
+from llm.jobs import BOUND_S, job_text
 from ondeck_server.convert import ConvertRequest, convert
-from ondeck_server.serve.llm.engine import EngineWorker, Finished, Job, Piece, Sampling
+from ondeck_server.serve.llm.engine import EngineWorker, Job, Sampling
 
 PROMPTS = ["The for statement", "A class is", "Lists and tuples are"]
 NEW_TOKENS = 24
-BOUND_S = 120.0
 
 
 def _generator_text(genai: Path, prompt: str) -> str:
@@ -53,13 +53,7 @@ async def _served(genai: Path) -> list[str]:
                 loop=asyncio.get_running_loop(),
             )
             worker.submit(job)
-            text = ""
-            while True:
-                event = await asyncio.wait_for(job.events.get(), BOUND_S)
-                if isinstance(event, Piece):
-                    text += event.text
-                if isinstance(event, Finished):
-                    return text
+            return await job_text(job)
 
         return list(await asyncio.gather(*(one(p) for p in PROMPTS)))
     finally:

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from llm.jobs import job_text
 from ondeck_server import artifact
 from ondeck_server.convert.run import Outcome
 from ondeck_server.serve.llm.decoder import Decoder, DecoderError
-from ondeck_server.serve.llm.engine import EngineWorker, Finished, Job, Piece, Sampling
+from ondeck_server.serve.llm.engine import EngineWorker, Job, Sampling
 from ondeck_server.serve.llm.sampling import penalized, pick
 
 TOL = 1e-5
@@ -198,17 +199,7 @@ def test_the_engine_applies_penalties_to_its_own_tokens_only(fp32_artifact: Outc
             ]  # fmt: skip
             for job in jobs:
                 worker.submit(job)
-
-            async def text(job: Job) -> str:
-                out = ""
-                while True:
-                    event = await asyncio.wait_for(job.events.get(), 120)
-                    if isinstance(event, Piece):
-                        out += event.text
-                    if isinstance(event, Finished):
-                        return out
-
-            return list(await asyncio.gather(*(text(j) for j in jobs)))
+            return list(await asyncio.gather(*(job_text(j) for j in jobs)))
         finally:
             worker.stop()
 

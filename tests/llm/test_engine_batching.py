@@ -12,6 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from llm.jobs import BOUND_S
+from llm.jobs import events as _events
+from llm.jobs import text as _text
 from ondeck_server.convert.run import Outcome
 from ondeck_server.serve.llm.engine import (
     PREFILL_LOGITS_BYTES,
@@ -24,9 +27,6 @@ from ondeck_server.serve.llm.engine import (
     _deliver,
     prefill_positions,
 )
-
-BOUND_S = 120.0
-"""no job here takes more than a fraction of this, even on a loaded machine"""
 
 
 def _worker(artifact: Outcome, *, max_batch: int, chunk: int = 256) -> EngineWorker:
@@ -47,19 +47,8 @@ def _job(max_tokens: int = 8, loop: Any = None, prompt: str = "The for statement
     )
 
 
-async def _events(job: Job) -> list[Event]:
-    out: list[Event] = []
-    while not out or not isinstance(out[-1], Finished):
-        out.append(await asyncio.wait_for(job.events.get(), BOUND_S))
-    return out
-
-
 def _stamps(events: list[Event]) -> list[float]:
     return [t for e in events if isinstance(e, Piece) for t in e.tokens]
-
-
-def _text(events: list[Event]) -> str:
-    return "".join(e.text for e in events if isinstance(e, Piece))
 
 
 def _submitted(worker: EngineWorker, job: Job) -> Job:
@@ -237,7 +226,12 @@ def test_a_request_cancelled_while_it_waits_leaves_before_a_slot_frees(
 def test_a_running_request_cancelled_frees_its_slot(fp32_artifact: Outcome) -> None:
     async def go() -> None:
         worker = _worker(fp32_artifact, max_batch=1)
-        loop = _OnFirstToken(asyncio.get_running_loop(), lambda: running.cancel())
+        running: Job
+
+        def cancel_it() -> None:
+            running.cancel()
+
+        loop = _OnFirstToken(asyncio.get_running_loop(), cancel_it)
         running = _submitted(worker, _job(max_tokens=200, loop=loop))
         worker.start()
         try:
