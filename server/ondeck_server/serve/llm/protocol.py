@@ -165,9 +165,7 @@ def _common(body: dict[str, Any], *, chat: bool, defaults: Defaults) -> Parsed:
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < -1:
         raise invalid(f"top_k must be an integer ≥ -1 (-1 or 0: off), got {top_k!r}", "top_k")
     seed = body.get("seed")
-    if seed is not None and (
-        not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63
-    ):
+    if seed is not None and not _int_in(seed, 0, 2**63 - 1):
         raise invalid(f"seed must be an integer in [0, 2^63), got {seed!r}", "seed")
     stop = body.get("stop")
     stops: list[str]
