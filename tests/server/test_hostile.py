@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,34 +170,48 @@ def test_connections_that_never_finish_their_headers_are_closed(
 def test_probes_answer_while_requests_past_the_cap_get_503(
     start_server: object, zoo: dict[str, Path]
 ) -> None:
+    """Three requests hold the cap (their bodies half sent, so they stay in flight for as
+    long as the test wants, on a fast machine or a slow one; uvicorn's cap of 4 counts
+    the connection asking too): the next request gets the cap's 503 while the probes and
+    metrics still answer 200, and the three are answered once their bodies are in."""
     server = start_server(  # type: ignore[operator]
         zoo["slow_heavy"], "--max-connections", "4", "--max-batch-size", "1",
         memory_limit=8 * GIB,
     )  # fmt: skip
     url = server.wait_ready()
+    host, port = httpx.URL(url).host, httpx.URL(url).port
     body = json.dumps(
         {"inputs": [{"name": "input", "shape": [1, 512], "datatype": "FP32", "data": [0.1] * 512}]}
-    )
-    codes: list[int] = []
-
-    def infer() -> None:
-        try:
-            response = httpx.post(f"{url}/v2/models/slow_heavy/infer", content=body, timeout=120)
-        except httpx.TransportError:  # closed before its headers were in: made room
-            codes.append(0)
-            return
-        codes.append(response.status_code)
-
-    threads = [threading.Thread(target=infer) for _ in range(8)]
+    ).encode()
+    head = (
+        "POST /v2/models/slow_heavy/infer HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    holders = [socket.create_connection((host, port), timeout=30) for _ in range(3)]
     try:
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
+        for sock in holders:
+            sock.sendall(head + body[:100])
+        deadline = time.monotonic() + 30
+        while True:  # until the server has read the three requests' headers
+            capped = httpx.post(f"{url}/v2/models/slow_heavy/infer", content=body, timeout=30)
+            if capped.status_code == 503:
+                break
+            assert capped.status_code == 200, capped.text
+            assert time.monotonic() < deadline, "three half-sent requests never filled the cap"
+            time.sleep(0.05)
         assert httpx.get(f"{url}/v2/health/live", timeout=5).status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
         assert httpx.get(f"{url}/metrics", timeout=5).status_code == 200
+        for sock in holders:
+            sock.sendall(body[100:])
+        for sock in holders:
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     finally:
-        for thread in threads:
-            thread.join(120)
+        for sock in holders:
+            sock.close()
         server.terminate()
-    assert 503 in codes
-    assert 200 in codes

@@ -221,7 +221,8 @@ def test_requests_left_at_the_drain_deadline_get_503_not_500(
     after SIGTERM, got uvicorn's `500 text/plain` with a traceback each."""
     server = start_server(zoo["slow_heavy"], "--max-batch-size", "1", "--drain-timeout", "2")  # type: ignore[operator]
     url = server.wait_ready()
-    feeds = [modelzoo.sample_inputs("slow", 200, seed=i) for i in range(16)]
+    # 1000 rows: about 1 s a request on 2 cores, so a 2 s drain finishes only a few of them
+    feeds = [modelzoo.sample_inputs("slow", 1000, seed=i) for i in range(16)]
     requests = [binary_request(f) for f in feeds]
 
     async def post(client: httpx.AsyncClient, i: int) -> httpx.Response | Exception:
