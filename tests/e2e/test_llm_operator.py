@@ -2,10 +2,10 @@
 operator"): the tinyllm ModelDeployment's conversion Job runs its rendered `ondeck-server
 convert` command for real on the tiny LLaMA (int4), the simulated kubelet hands its
 termination log back as the pod's termination message, and the ModelDeployment goes
-Ready. The server's pod spec (args, memory from the KV-cache formula, probes) is read
-back from the real Deployment and pod, the HorizontalPodAutoscaler with the
-vllm:num_requests_waiting Pods metric from the real API server, and `kubectl get md`
-shows the kind and the precision.
+Ready. The server's pod spec (args, spec.llm.sampling's default flags, memory from the
+KV-cache formula, probes) is read back from the real Deployment and pod, the
+HorizontalPodAutoscaler with the vllm:num_requests_waiting Pods metric from the real API
+server, and `kubectl get md` shows the kind and the precision.
 """
 
 from __future__ import annotations
@@ -79,7 +79,13 @@ def test_tinyllm_goes_ready_sized_from_its_artifact(
         "tinyllm",
         model={"uri": "pvc://models/tinyllm/", "format": "hf-causal-lm", "size": "2Gi"},
         optimize={"quantize": "int4"},
-        llm={"maxContextLength": 128, "maxBatchSize": 4, "servedModelName": "tiny-chat"},
+        llm={
+            "maxContextLength": 128,
+            "maxBatchSize": 4,
+            "servedModelName": "tiny-chat",
+            # stored by the real API server under the CRD's schema, then rendered as flags
+            "sampling": {"temperature": 0.7, "topP": 0.9, "topK": 40, "maxTokens": 64},
+        },
         autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetRequestsWaiting": "2"},
     )
     md = cluster.create(body)
@@ -115,6 +121,9 @@ def test_tinyllm_goes_ready_sized_from_its_artifact(
         assert args[args.index("--name") + 1] == "tiny-chat"
         assert args[args.index("--max-batch-size") + 1] == "4"
         assert args[args.index("--max-context-length") + 1] == "128"
+        flags = ["--default-temperature", "--default-top-p", "--default-top-k"]
+        flags.append("--default-max-tokens")
+        assert [args[args.index(f) + 1] for f in flags] == ["0.7", "0.9", "40", "64"]
         # weights + 2 x layers x KV heads x head size x bytes x context x 4 sequences + 768
         # MiB, the context capped by maxContextLength (the server allocates that many)
         terms = summary["llm"]

@@ -32,14 +32,17 @@ class ServerProcess:
         log: Path,
         env: dict[str, str] | None = None,
         memory_limit: int | None = None,
+        command: list[str] | None = None,
     ) -> None:
+        """`command` replaces `python -m ondeck_server serve` (and then `env` replaces
+        this process's environment instead of adding to it)."""
         self.log = log
         self._log_file = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ondeck_server", "serve", *args],
+            command or [sys.executable, "-m", "ondeck_server", "serve", *args],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env=dict(env or {}) if command else {**os.environ, **(env or {})},
             # A cap on address space: a regression that allocates without bound then
             # fails inside the server instead of OOM-killing the test machine.
             preexec_fn=(lambda: _limit_memory(memory_limit)) if memory_limit else None,

@@ -112,14 +112,16 @@ def _image_site(extra: str, root: Path) -> Path:
     return folder
 
 
-def _run_in_image(
+def image_env(
     extra: str,
     *,
     root: Path,
     imports: list[str],
     main: tuple[str, str, list[str]] | None = None,
     cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
+) -> dict[str, str]:
+    """The whole environment of `python -S -c SANDBOX` running as the image built with
+    `extra`: import `imports`, then run `main` (program name, module, argv) if given."""
     env = {
         "PATH": str(Path(sys.executable).parent),
         "HOME": str(cwd or root),
@@ -130,6 +132,18 @@ def _run_in_image(
     if main:
         program, module, argv = main
         env |= {"IMAGE_MAIN": program, "IMAGE_MAIN_MODULE": module, "IMAGE_ARGV": json.dumps(argv)}
+    return env
+
+
+def _run_in_image(
+    extra: str,
+    *,
+    root: Path,
+    imports: list[str],
+    main: tuple[str, str, list[str]] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = image_env(extra, root=root, imports=imports, main=main, cwd=cwd)
     return subprocess.run(
         [sys.executable, "-S", "-c", SANDBOX],
         capture_output=True,
