@@ -11,15 +11,13 @@ server, and `kubectl get md` shows the kind and the precision.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubelet_sim import JobOutcome
+from llm_job import run_the_jobs_command
 from operator_harness import Cluster, manifest, wait_for
 
 from ondeck_operator.api.spec import ModelDeployment
@@ -42,22 +40,6 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def cluster(admin_api: Any, namespace: str) -> Cluster:
     return Cluster(admin_api, namespace)
-
-
-def _run_the_jobs_command(args: list[str], folder: Path, work: Path) -> str:
-    """The Job's own argv, run here: the claim mounts become local folders."""
-    root = work / "sources"
-    shutil.copytree(folder, root / "models" / "tinyllm")
-    local = {"--store": str(work / "store"), "--pvc-root": str(root)}
-    local["--termination-log"] = str(work / "termination-log")
-    argv = [local.get(args[i - 1], a) if i else a for i, a in enumerate(args)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONDECK_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "ondeck_server", *argv],
-        capture_output=True, text=True, timeout=900, env=env, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    return (work / "termination-log").read_text()
 
 
 def _mi(n: int) -> str:
@@ -96,7 +78,9 @@ def test_tinyllm_goes_ready_sized_from_its_artifact(
     # The Job sized from spec.model.size: 4 x 2 GiB + 1 GiB for a language model.
     assert container.resources.requests == {"cpu": "1", "memory": "9Gi"}
     assert container.resources.limits == {"memory": _mi(9 * GI + 9 * GI // 4)}
-    message = _run_the_jobs_command(list(container.args), tiny_folder, tmp_path)
+    message = run_the_jobs_command(
+        list(container.args), tiny_folder, tmp_path, store=tmp_path / "store"
+    )
     summary = json.loads(message)
     assert (summary["kind"], summary["precision"]) == ("llm", "int4")
     job_outcomes[(cluster.ns, key)] = JobOutcome.success(message)

@@ -8,35 +8,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from llm import tinyllm
+from llm.greedy import og_greedy
 from llm.jobs import BOUND_S, job_text
 from ondeck_server.convert import ConvertRequest, convert
 from ondeck_server.serve.llm.engine import EngineWorker, Job, Sampling
 
 PROMPTS = ["The for statement", "A class is", "Lists and tuples are"]
 NEW_TOKENS = 24
-
-
-def _generator_text(genai: Path, prompt: str) -> str:
-    import onnxruntime_genai as og
-
-    model = og.Model(og.Config(str(genai)))
-    tokenizer = og.Tokenizer(model)
-    ids = np.asarray(tokenizer.encode(prompt), dtype=np.int32)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + NEW_TOKENS, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(ids[None, :])
-    stream, eos, text = tokenizer.create_stream(), set(tokenizer.eos_token_ids), ""
-    while not generator.is_done():
-        generator.generate_next_token()
-        token = int(generator.get_next_tokens()[0])
-        if token not in eos:
-            text += stream.decode(token)
-    return text
 
 
 async def _served(genai: Path) -> list[str]:
@@ -71,5 +52,5 @@ def test_an_architecture_converts_passes_the_gate_and_serves_the_generators_text
     assert report["greedy"]["agreement"] == 1.0
     genai = done.path / "genai"
     served = asyncio.run(_served(genai))
-    assert served == [_generator_text(genai, p) for p in PROMPTS]
+    assert served == [og_greedy(genai, p, NEW_TOKENS)[0] for p in PROMPTS]
     assert all(served)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llm.greedy import og_greedy
 from ondeck_server.convert.run import Outcome
 from server.conftest import ServerProcess
 
@@ -61,27 +62,8 @@ def client(server: str) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def reference(fp32_artifact: Outcome) -> dict[str, tuple[str, int]]:
     """Batch-1 greedy text (and prompt length) of each prompt, run in this process."""
-    import onnxruntime_genai as og
-
-    model = og.Model(og.Config(str(fp32_artifact.path / "genai")))
-    tokenizer = og.Tokenizer(model)
-    out = {}
-    for prompt in PROMPTS:
-        ids = np.asarray(tokenizer.encode(prompt), dtype=np.int32)
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + NEW_TOKENS, do_sample=False)
-        generator = og.Generator(model, params)
-        generator.append_tokens(ids[None, :])
-        new: list[int] = []
-        while not generator.is_done():
-            generator.generate_next_token()
-            new.append(int(generator.get_next_tokens()[0]))
-        eos = set(int(t) for t in tokenizer.eos_token_ids)
-        out[prompt] = (
-            tokenizer.decode(np.asarray([t for t in new if t not in eos], dtype=np.int32)),
-            len(ids),
-        )
-    return out
+    genai = fp32_artifact.path / "genai"
+    return {prompt: og_greedy(genai, prompt, NEW_TOKENS) for prompt in PROMPTS}
 
 
 def _metric(server: str, name: str) -> float:
