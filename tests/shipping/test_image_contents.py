@@ -1,13 +1,15 @@
 """What each image installs is enough for what it runs.
 
 The images install ondeck's wheel with one extra each (operator: `[operator]`; server:
-`[server]`, see the Dockerfiles). No Docker engine runs here, so the tests rebuild each
-image's Python environment from this one: the distributions the image gets are the
-transitive closure of ondeck's base requirements plus that extra (read from pyproject.toml
-and the installed metadata); a site folder linking exactly their files is the only
-site-packages of a `python -S` subprocess, which then runs the image's programs. A module
-the image lacks fails there with ModuleNotFoundError, as it would in the container. The
-server image converts a real ONNX model with int8 quantization, without the converters.
+`[server]`, see the Dockerfiles). Without building the images (tests/images builds and
+runs them where Docker runs), the tests rebuild each image's Python environment from this
+one: the distributions the image gets are the transitive closure of ondeck's base
+requirements plus that extra (read from pyproject.toml and the installed metadata); a
+site folder linking exactly their files is the only site-packages of a `python -S`
+subprocess, which then runs the image's programs. A module the image lacks fails there
+with ModuleNotFoundError, as it would in the container. The server image converts a real
+ONNX model with int8 quantization, without the converters (and serves a language model:
+tests/llm/test_server_image.py).
 """
 
 from __future__ import annotations
