@@ -32,6 +32,7 @@ from ondeck_operator.api.spec import ModelDeployment
 from ondeck_operator.reconcile.status import parse_summary
 from ondeck_operator.render.args import artifact_key
 from ondeck_operator.render.manifests import RenderState, render, render_job
+from ondeck_operator.render.sizing import server_memory, to_quantity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -133,7 +134,11 @@ def test_the_server_image_serves_a_language_model_in_a_pod(
         (container,) = pod["spec"]["containers"]
         assert container["image"] == cluster.images.server
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert container["resources"]["limits"]["memory"]
+        # sized by the KV-cache formula from the conversion's report, not the defaults
+        memory = server_memory(md.spec, report)
+        assert memory is not None
+        assert container["resources"]["requests"]["memory"] == to_quantity(memory.request)
+        assert container["resources"]["limits"]["memory"] == to_quantity(memory.limit)
 
         service = real.get(cluster, "service", "tinyllm", "-n", namespace)
         (port,) = [p["port"] for p in service["spec"]["ports"]]

@@ -262,11 +262,9 @@ def _with_rollout_status(
         update["artifact"] = old if old is not None and old.key == stable else status.artifact
         # The candidate's report, read once when its Job finished: kept for its promotion
         candidate = rollout.status.candidate if rollout.status else None
-        kept = md.status.candidate_artifact if md.status else None
-        if status.artifact is not None and candidate and status.artifact.key == candidate.key:
-            kept = status.artifact
-        update["candidate_artifact"] = (
-            kept if kept and candidate and kept.key == candidate.key else None
+        reports = (status.artifact, md.status.candidate_artifact if md.status else None)
+        update["candidate_artifact"] = next(
+            (r for r in reports if r and candidate and r.key == candidate.key), None
         )
         if rollout.ready[1] == Reason.ROLLED_BACK and status.phase == Phase.DEPLOYING:
             available = next(
